@@ -1,0 +1,59 @@
+"""Queries on the callback inbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.callbacks.models import CallbackDelivery
+
+
+async def record_if_new(
+    session: AsyncSession, *, task_id: str, digest: str, body: bytes, now: datetime
+) -> int | None:
+    """Insert a delivery unless this body was seen for this task; its id when new.
+
+    `ON CONFLICT DO NOTHING RETURNING` decides concurrent duplicates in the database: exactly
+    one of them gets a row id, so exactly one applies the transition."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(CallbackDelivery)
+        .values(
+            task_id=task_id,
+            digest=digest,
+            body=body,
+            outcome="",
+            deliveries=1,
+            received_at=now,
+            last_received_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[CallbackDelivery.task_id, CallbackDelivery.digest])
+        .returning(CallbackDelivery.id)
+    )
+    return await session.scalar(statement)
+
+
+async def count_repeat(session: AsyncSession, *, task_id: str, digest: str, now: datetime) -> None:
+    """Note one more delivery of a body already recorded."""
+    await session.execute(
+        update(CallbackDelivery)
+        .where(CallbackDelivery.task_id == task_id, CallbackDelivery.digest == digest)
+        .values(deliveries=CallbackDelivery.deliveries + 1, last_received_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def set_outcome(
+    session: AsyncSession, delivery_id: int, outcome: str, reported_status: str | None
+) -> None:
+    """What was done with a new delivery."""
+    await session.execute(
+        update(CallbackDelivery)
+        .where(CallbackDelivery.id == delivery_id)
+        .values(outcome=outcome, reported_status=reported_status)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,153 @@
+"""The console script `imagegen-gateway`: serve, worker, migrate, simulate-provider."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from app.core.config import Settings, describe_error
+from app.core.logging import configure_logging
+
+log = logging.getLogger("app.cli")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, or exit with one line naming the variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings
+
+
+def _fail(message: str) -> None:
+    print(f"configuration error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cmd_migrate(_args: argparse.Namespace) -> None:
+    """Bring the database schema to head."""
+    from app.core.db import create_engine
+    from app.core.migrate import upgrade
+
+    settings = load_settings()
+    if settings.is_sqlite:
+        create_engine(settings.database_url)  # creates the directory of the database file
+    upgrade(settings.database_url)
+    log.info("database schema is at head")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Run the HTTP API (with the workers unless IMAGEGEN_RUN_WORKERS=false)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = load_settings()
+    if settings.provider == "simulator" and settings.public_base_url is None:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+        settings = load_settings(
+            public_base_url=f"http://{host}:{args.port}", allow_private_networks=True
+        )
+    if not settings.callers:
+        _fail("IMAGEGEN_API_KEYS: no caller keys configured; every /v1 request would be refused")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def cmd_worker(_args: argparse.Namespace) -> None:
+    """Run the background workers alone."""
+    settings = load_settings()
+    asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    from app.core.db import create_engine, create_sessionmaker
+    from app.core.http import create_http_client
+    from app.main import provider_origin
+    from app.provider.evolink import EvolinkClient
+    from app.tasks.context import TaskContext
+    from app.workers.setup import build_worker
+
+    if settings.public_base_url is None:
+        _fail("IMAGEGEN_PUBLIC_BASE_URL: required by the worker to build callback URLs")
+    engine = create_engine(settings.database_url)
+    http = create_http_client()
+    base_url, api_key = provider_origin(settings)
+    context = TaskContext(
+        sessions=create_sessionmaker(engine),
+        settings=settings,
+        provider=EvolinkClient(http, base_url, api_key),
+        callback_base_url=settings.public_base_url or "",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    worker = build_worker(context)
+    log.info("worker started", extra={"worker": worker.name})
+    try:
+        await worker.run(stop)
+    finally:
+        await http.aclose()
+        await engine.dispose()
+        log.info("worker stopped", extra={"worker": worker.name})
+
+
+def cmd_simulate_provider(args: argparse.Namespace) -> None:
+    """Run the fake upstream as its own process."""
+    from app.provider.simulator import cli as simulator_cli
+
+    simulator_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="imagegen-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema to head")
+    migrate.set_defaults(func=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run the background workers alone")
+    worker.set_defaults(func=cmd_worker)
+
+    from app.provider.simulator import cli as simulator_cli
+
+    simulate = commands.add_parser("simulate-provider", help="run the fake upstream")
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate_provider)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    level = "INFO"
+    with contextlib.suppress(Exception):
+        level = Settings().log_level
+    configure_logging(level)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Caller authentication: Bearer API keys compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.core.errors import ApiProblem
+
+
+class KeyRing:
+    """Named keys; lookup takes the same time whichever key (if any) matches."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._digests = [
+            (hashlib.sha256(key.encode()).digest(), name) for key, name in keys.items()
+        ]
+
+    def identify(self, presented: str) -> str | None:
+        """The name owning `presented`, comparing against every key without early exit."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: str | None = None
+        for candidate, name in self._digests:
+            if hmac.compare_digest(candidate, digest):
+                found = name
+        return found
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer` header, if any."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_caller(request: Request) -> str:
+    """The calling service's name, or 401."""
+    keys: KeyRing = request.app.state.caller_keys
+    token = bearer_token(request)
+    caller = keys.identify(token) if token else None
+    if caller is None:
+        raise ApiProblem(
+            401,
+            "unauthorized",
+            "missing or invalid API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[str, Depends(require_caller)]

@@ -1,0 +1,194 @@
+"""All configuration in one typed settings class, read from IMAGEGEN_* variables and `.env`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import timedelta
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.urls import UrlPolicyError, check_outbound_url
+from app.provider.types import MAX_CALLBACK_URL_LENGTH
+
+STORAGE_SCHEMES = ("file", "s3", "gs", "az", "memory")
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+# Values that look like someone forgot to set a real secret.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
+# The longest callback path the service appends to the public base URL:
+# "/callbacks/evolink/" + a 36-char task id + "/" + a 43-char token.
+CALLBACK_PATH_LENGTH = len("/callbacks/evolink/") + 36 + 1 + 43
+SIMULATOR_API_KEY = "sk-evo-simulator"
+SIMULATOR_CALLBACK_SECRET = "simulator-mode-only-callback-secret-not-for-production"  # noqa: S105
+
+
+def parse_key_pairs(raw: str | None) -> dict[str, str]:
+    """Parse `name:key,name2:key2` into {key: name}; refuse empty, short and repeated keys."""
+    pairs: dict[str, str] = {}
+    if raw is None or not raw.strip():
+        return pairs
+    for item in raw.split(","):
+        name, sep, key = item.strip().partition(":")
+        name, key = name.strip(), key.strip()
+        if not sep or not name or not key:
+            raise ValueError("expected comma-separated name:key pairs")
+        if len(key) < 16:
+            raise ValueError(f"the key of {name!r} is shorter than 16 characters")
+        if key in pairs:
+            raise ValueError("a key is given twice")
+        pairs[key] = name
+    return pairs
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGEN_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./var/imagegen.db"
+    storage_url: str = "file://./var/images"
+    provider: Literal["evolink", "simulator"] = "evolink"
+    provider_base_url: str = "https://api.evolink.ai"
+    provider_api_key: SecretStr | None = None
+    public_base_url: str | None = None
+    callback_secret: SecretStr | None = None
+    api_keys: SecretStr | None = None
+    notify_secret: SecretStr | None = None
+    operator_keys: SecretStr | None = None
+    allow_private_networks: bool = False
+    poll_after_seconds: timedelta = timedelta(seconds=60)
+    run_workers: bool = True
+
+    # Choices of this implementation (documented in README.md).
+    poll_max_wait_seconds: timedelta = timedelta(hours=2)
+    submit_max_wait_seconds: timedelta = timedelta(hours=1)
+    submit_uncertain_wait_seconds: timedelta = timedelta(minutes=15)
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    job_lease_seconds: timedelta = timedelta(seconds=30)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        driver = value.split("://", 1)[0]
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(f"must start with one of {', '.join(DATABASE_DRIVERS)}")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"unknown storage scheme; use one of {', '.join(STORAGE_SCHEMES)}")
+        return value
+
+    @field_validator("public_base_url", "provider_base_url")
+    @classmethod
+    def _origin_without_slash(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("api_keys", "operator_keys")
+    @classmethod
+    def _key_pairs(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key_pairs(value.get_secret_value())
+        return value
+
+    @field_validator("notify_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("must start with whsec_ (Standard Webhooks)")
+        try:
+            decoded = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise ValueError("the part after whsec_ must be base64") from exc
+        if len(decoded) < 24:
+            raise ValueError("must hold at least 24 random bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.provider == "evolink":
+            _require(self.provider_api_key, "IMAGEGEN_PROVIDER_API_KEY")
+            _require(self.public_base_url, "IMAGEGEN_PUBLIC_BASE_URL")
+            _require(self.callback_secret, "IMAGEGEN_CALLBACK_SECRET")
+        if self.callback_secret is not None:
+            secret = self.callback_secret.get_secret_value()
+            if len(secret) < 32 or secret.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("IMAGEGEN_CALLBACK_SECRET: must be at least 32 random characters")
+        if self.public_base_url is not None:
+            try:
+                check_outbound_url(
+                    self.public_base_url,
+                    allow_private=self.allow_private_networks,
+                    what="IMAGEGEN_PUBLIC_BASE_URL",
+                )
+            except UrlPolicyError as exc:
+                raise ValueError(
+                    f"{exc} (set IMAGEGEN_ALLOW_PRIVATE_NETWORKS=true for local development)"
+                ) from exc
+            longest = len(self.public_base_url) + CALLBACK_PATH_LENGTH
+            if longest > MAX_CALLBACK_URL_LENGTH:
+                raise ValueError(
+                    f"IMAGEGEN_PUBLIC_BASE_URL: callback URLs would be {longest} characters, "
+                    f"over the provider's limit of {MAX_CALLBACK_URL_LENGTH}"
+                )
+        return self
+
+    @property
+    def callers(self) -> dict[str, str]:
+        """API key -> caller name."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else None
+        return parse_key_pairs(raw)
+
+    @property
+    def operators(self) -> dict[str, str]:
+        """Operator key -> operator name."""
+        raw = self.operator_keys.get_secret_value() if self.operator_keys else None
+        return parse_key_pairs(raw)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def callback_secret_bytes(self) -> bytes:
+        """The key that derives callback tokens (a fixed one in simulator mode only)."""
+        if self.callback_secret is not None:
+            return self.callback_secret.get_secret_value().encode()
+        return SIMULATOR_CALLBACK_SECRET.encode()
+
+
+def _require(value: object, variable: str) -> None:
+    if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
+        raise ValueError(f"{variable}: required when IMAGEGEN_PROVIDER=evolink")
+
+
+_FIELD_TO_VARIABLE = {name: f"IMAGEGEN_{name.upper()}" for name in Settings.model_fields}
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the variable that is wrong and why."""
+    first = error.errors()[0]
+    location = first.get("loc") or ()
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if location:
+        variable = _FIELD_TO_VARIABLE.get(str(location[0]), str(location[0]))
+        return f"configuration error: {variable}: {message}"
+    return f"configuration error: {message}"

@@ -1,0 +1,103 @@
+"""The application factory and its lifespan: engine, HTTP client, simulator, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.callbacks.router import router as callbacks_router
+from app.core.auth import KeyRing
+from app.core.config import SIMULATOR_API_KEY, Settings
+from app.core.db import create_engine, create_sessionmaker
+from app.core.errors import install_error_handlers
+from app.core.http import create_http_client
+from app.health import router as health_router
+from app.provider.evolink import EvolinkClient
+from app.tasks.context import TaskContext
+from app.tasks.router import router as tasks_router
+from app.workers.setup import build_worker
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_MOUNT = "/_simulator"
+
+
+def provider_origin(settings: Settings) -> tuple[str, str]:
+    """(base URL, API key) of the upstream this process talks to."""
+    if settings.provider == "simulator":
+        assert settings.public_base_url is not None
+        key = settings.provider_api_key
+        return settings.public_base_url + SIMULATOR_MOUNT, (
+            key.get_secret_value() if key else SIMULATOR_API_KEY
+        )
+    assert settings.provider_api_key is not None
+    return settings.provider_base_url, settings.provider_api_key.get_secret_value()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway: caller API, provider callbacks, health; workers unless disabled."""
+    if settings.public_base_url is None:
+        raise ValueError("IMAGEGEN_PUBLIC_BASE_URL: required")
+    simulator = None
+    if settings.provider == "simulator":
+        from app.provider.simulator.app import Simulator
+        from app.provider.simulator.config import SimulatorConfig
+
+        simulator = Simulator(SimulatorConfig(allow_private_callbacks=True))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        sessions = create_sessionmaker(engine)
+        http = create_http_client()
+        base_url, api_key = provider_origin(settings)
+        context = TaskContext(
+            sessions=sessions,
+            settings=settings,
+            provider=EvolinkClient(http, base_url, api_key),
+            callback_base_url=settings.public_base_url or "",
+        )
+        app.state.sessions = sessions
+        app.state.context = context
+        stop = asyncio.Event()
+        runner: asyncio.Task[None] | None = None
+        if simulator is not None:
+            await simulator.start()
+        if settings.run_workers:
+            worker = build_worker(context)
+            app.state.wake_workers = worker.wake
+            runner = asyncio.create_task(worker.run(stop), name="workers")
+        try:
+            yield
+        finally:
+            stop.set()
+            if runner is not None:
+                await runner
+            if simulator is not None:
+                await simulator.stop()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="imagegen-gateway",
+        version="0.1.0",
+        description=(
+            "Internal gateway in front of EvoLink's gpt-image-1.5: submit image tasks, follow "
+            "them, fetch the archived images."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.caller_keys = KeyRing(settings.callers)
+    app.state.wake_workers = None
+    install_error_handlers(app)
+    app.include_router(tasks_router)
+    app.include_router(callbacks_router)
+    app.include_router(health_router)
+    if simulator is not None:
+        app.mount(SIMULATOR_MOUNT, simulator.app)
+    return app

@@ -1,0 +1,8 @@
+"""Every ORM model, imported in one place for Alembic and the tests."""
+
+from app.callbacks.models import CallbackDelivery
+from app.core.db import Base
+from app.tasks.models import Task
+from app.workers.models import Job
+
+__all__ = ["Base", "CallbackDelivery", "Job", "Task"]

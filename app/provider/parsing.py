@@ -1,0 +1,93 @@
+"""Tolerant reading of EvoLink bodies: unknown fields ignored, codes as strings or integers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.provider.types import ProviderStatus, ProviderTask, ProviderTaskError
+
+log = logging.getLogger(__name__)
+
+_STATUS_ALIASES = {
+    "pending": ProviderStatus.PENDING,
+    "processing": ProviderStatus.PROCESSING,
+    "completed": ProviderStatus.COMPLETED,
+    "failed": ProviderStatus.FAILED,
+    "cancelled": ProviderStatus.CANCELLED,
+    "canceled": ProviderStatus.CANCELLED,
+}
+
+
+class ProviderBodyError(ValueError):
+    """A body that does not describe a task at all."""
+
+
+def parse_status(raw: object) -> ProviderStatus:
+    """Normalise a status; anything unknown is `UNKNOWN` (non-terminal) and logged."""
+    status = _STATUS_ALIASES.get(str(raw).strip().lower()) if raw is not None else None
+    if status is None:
+        log.warning("unknown provider status", extra={"provider_status": str(raw)[:64]})
+        return ProviderStatus.UNKNOWN
+    return status
+
+
+def parse_error(raw: object) -> ProviderTaskError | None:
+    """The `error` object; `code` may be a string or an integer."""
+    if not isinstance(raw, dict):
+        return None
+    code = raw.get("code")
+    message = raw.get("message")
+    return ProviderTaskError(
+        code="" if code is None or isinstance(code, bool) else str(code)[:64],
+        message="" if message is None else str(message)[:2000],
+    )
+
+
+def parse_progress(raw: object) -> int:
+    """0..100 whatever arrives (numbers as strings, floats, garbage)."""
+    try:
+        value = int(float(str(raw)))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return min(max(value, 0), 100)
+
+
+def parse_results(raw: object) -> tuple[str, ...]:
+    """Result URLs: plain strings in a list (objects with a `url` are accepted too)."""
+    if not isinstance(raw, list):
+        return ()
+    urls: list[str] = []
+    for item in raw:
+        url = item.get("url") if isinstance(item, dict) else item
+        if isinstance(url, str) and url.strip():
+            urls.append(url.strip())
+    return tuple(urls)
+
+
+def parse_task(body: Any) -> ProviderTask:
+    """A task from a create, query or callback body."""
+    if not isinstance(body, dict):
+        raise ProviderBodyError("the body is not a JSON object")
+    task_id = body.get("id")
+    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > 128:
+        raise ProviderBodyError("the body has no usable task id")
+    raw_status = body.get("status")
+    return ProviderTask(
+        id=task_id.strip(),
+        status=parse_status(raw_status),
+        raw_status=str(raw_status)[:64],
+        progress=parse_progress(body.get("progress")),
+        results=parse_results(body.get("results")),
+        error=parse_error(body.get("error")),
+        raw=body,
+    )
+
+
+def parse_error_body(body: Any, fallback: str) -> tuple[str, str]:
+    """(code, message) of an error answer, tolerating any shape."""
+    error = body.get("error") if isinstance(body, dict) else None
+    parsed = parse_error(error)
+    if parsed is None:
+        return "", fallback[:500]
+    return parsed.code, parsed.message or fallback[:500]

@@ -1,0 +1,71 @@
+"""The task row: one per caller request, from submission to the archived images."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, UTCDateTime
+from app.tasks.states import TaskStatus
+
+STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
+
+
+class SubmitState:
+    """Where the upstream submission of a queued task stands."""
+
+    NONE = "none"  # never tried
+    IN_FLIGHT = "in_flight"  # a create call is being made right now (or its worker died)
+    RETRY = "retry"  # the provider certainly did not take it; try again later
+    UNCERTAIN = "uncertain"  # the provider may have taken it; its answer was lost
+    ACCEPTED = "accepted"  # the provider answered with a task id
+
+
+class Task(Base):
+    """One image task."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("caller", "idempotency_key"),
+        UniqueConstraint("provider_task_id"),
+        CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
+        CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
+        Index("ix_tasks_caller_created", "caller", "created_at", "id"),
+        Index("ix_tasks_status_news", "status", "last_news_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    caller: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+
+    model: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[str] = mapped_column(Text)
+    size: Mapped[str] = mapped_column(String(16))
+    quality: Mapped[str] = mapped_column(String(16))
+    image_urls: Mapped[list[str]] = mapped_column(JSON)
+    n: Mapped[int] = mapped_column(Integer, default=1)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    notify_url: Mapped[str | None] = mapped_column(Text)
+
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED.value)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    provider_task_id: Mapped[str | None] = mapped_column(String(128))
+    callback_nonce: Mapped[str] = mapped_column(String(32))
+    submit_state: Mapped[str] = mapped_column(String(16), default=SubmitState.NONE)
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    submit_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_news_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    provider_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    result_urls: Mapped[list[str] | None] = mapped_column(JSON)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,96 @@
+"""The poll job: ask the provider about a task whose callback is late, lost or unconfirmed."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.core.clock import utcnow
+from app.provider.types import ProviderRejected, ProviderStatus, ProviderTask, ProviderUnavailable
+from app.tasks import repository, service
+from app.tasks.context import TaskContext
+from app.tasks.models import Task
+from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
+from app.workers.models import Job
+from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.retry import RetryStrategy
+
+log = logging.getLogger(__name__)
+
+# Intervals between polls of one task grow from IMAGEGEN_POLL_AFTER_SECONDS up to this.
+MAX_POLL_INTERVAL = timedelta(minutes=10)
+_ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
+
+
+class Poller:
+    """Handler of `poll` jobs."""
+
+    def __init__(self, context: TaskContext) -> None:
+        self._ctx = context
+        self._errors = RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=2))
+
+    async def __call__(self, job: Job) -> Outcome:
+        async with self._ctx.sessions() as session:
+            task = await repository.get(session, job.task_id)
+        if task is None or task.status not in _ACTIVE or task.provider_task_id is None:
+            return Done()
+        now = utcnow()
+        if self._timed_out(task, now):
+            return await self._give_up(task)
+        extra = {"task_id": task.id, "provider_task_id": task.provider_task_id}
+        try:
+            news = await self._ctx.provider.get_task(task.provider_task_id)
+        except (ProviderUnavailable, ProviderRejected) as exc:
+            log.info("polling the provider failed", extra=extra | {"http_status": exc.status_code})
+            return RetryAt(utcnow() + self._errors.delay(job.attempts), exc.message)
+        if news.id != task.provider_task_id:
+            return RetryAt(
+                utcnow() + self._errors.delay(job.attempts), "provider answered for another task"
+            )
+        status = await self._apply(task, news)
+        if status in _ACTIVE:
+            return RetryAt(utcnow() + self._interval(job.attempts), "")
+        return Done()
+
+    async def _apply(self, task: Task, news: ProviderTask) -> str:
+        now = utcnow()
+        extra: dict[str, Any] = {"last_news_at": now}
+        if news.status is ProviderStatus.COMPLETED:
+            extra |= {"result_urls": list(news.results), "provider_completed_at": now}
+        async with self._ctx.sessions() as session:
+            fresh = await repository.get(session, task.id)
+            if fresh is None:
+                return TaskStatus.FAILED.value
+            decision = await service.apply_event(
+                session, fresh, ProviderNews(news, confirmed=True), now=now, extra=extra
+            )
+            if not decision.changed:
+                await repository.update_fields(session, task.id, {"last_news_at": now})
+            await session.commit()
+            return fresh.status
+
+    def _interval(self, attempts: int) -> timedelta:
+        base = self._ctx.settings.poll_after_seconds
+        grown = base * (1.5 ** max(attempts - 1, 0))
+        return min(grown, max(MAX_POLL_INTERVAL, base))
+
+    def _timed_out(self, task: Task, now: datetime) -> bool:
+        since = task.submitted_at or task.created_at
+        return now - since > self._ctx.settings.poll_max_wait_seconds
+
+    async def _give_up(self, task: Task) -> Outcome:
+        wait = self._ctx.settings.poll_max_wait_seconds
+        async with self._ctx.sessions() as session:
+            fresh = await repository.get(session, task.id)
+            if fresh is not None:
+                await service.apply_event(
+                    session,
+                    fresh,
+                    ServiceFailure(
+                        "provider_timeout", f"the provider did not finish the task within {wait}"
+                    ),
+                    now=utcnow(),
+                )
+                await session.commit()
+        return Done()

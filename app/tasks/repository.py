@@ -1,0 +1,102 @@
+"""All queries on the task table. Functions flush at most; the caller's boundary commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.tasks.models import Task
+from app.tasks.states import TaskState
+
+
+async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Insert a task unless (caller, idempotency_key) exists; True when inserted."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(Task)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[Task.caller, Task.idempotency_key])
+        .returning(Task.id)
+    )
+    inserted = await session.scalar(statement)
+    return inserted is not None
+
+
+async def get(session: AsyncSession, task_id: str) -> Task | None:
+    """A task by id, freshly read."""
+    return await session.get(Task, task_id, populate_existing=True)
+
+
+async def get_for_caller(session: AsyncSession, caller: str, task_id: str) -> Task | None:
+    """A task by id, only if it belongs to `caller`."""
+    return await session.scalar(select(Task).where(Task.id == task_id, Task.caller == caller))
+
+
+async def get_by_idempotency_key(session: AsyncSession, caller: str, key: str) -> Task | None:
+    """The caller's task created with this key."""
+    return await session.scalar(
+        select(Task).where(Task.caller == caller, Task.idempotency_key == key)
+    )
+
+
+async def list_for_caller(
+    session: AsyncSession,
+    caller: str,
+    *,
+    status: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> Sequence[Task]:
+    """The caller's tasks, newest first, strictly after the keyset position `before`."""
+    query = select(Task).where(Task.caller == caller)
+    if status is not None:
+        query = query.where(Task.status == status)
+    if before is not None:
+        created_at, task_id = before
+        query = query.where(
+            or_(
+                Task.created_at < created_at,
+                and_(Task.created_at == created_at, Task.id < task_id),
+            )
+        )
+    query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    return (await session.scalars(query)).all()
+
+
+async def update_if_state(
+    session: AsyncSession,
+    task_id: str,
+    *,
+    expected: TaskState,
+    values: dict[str, Any],
+) -> bool:
+    """Write `values` only if the row still has the expected status and progress."""
+    result = await session.execute(
+        update(Task)
+        .where(
+            Task.id == task_id,
+            Task.status == expected.status.value,
+            Task.progress == expected.progress,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def update_fields(
+    session: AsyncSession, task_id: str, values: dict[str, Any], **conditions: Any
+) -> bool:
+    """Write `values` where the row still matches `conditions` (column=value)."""
+    clauses = [Task.id == task_id]
+    clauses += [getattr(Task, name) == value for name, value in conditions.items()]
+    result = await session.execute(
+        update(Task).where(*clauses).values(**values).execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))

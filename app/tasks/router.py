@@ -1,0 +1,127 @@
+"""The caller API: create, read and list tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from app.core.auth import CallerDep
+from app.core.clock import utcnow
+from app.core.deps import SessionDep, SettingsDep
+from app.core.errors import ApiProblem
+from app.core.urls import UrlPolicyError, check_outbound_url
+from app.tasks import repository, service
+from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
+from app.tasks.schemas import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    ApiError,
+    CreateTaskRequest,
+    Status,
+    TaskOut,
+    TaskPage,
+)
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ApiError, "description": "Missing or invalid API key."},
+    422: {"model": ApiError, "description": "Invalid input; the message names the field."},
+}
+
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS)
+
+
+def _check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
+        raise ApiProblem(
+            422,
+            "validation_error",
+            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+        )
+    return value
+
+
+@router.post(
+    "/images/generations",
+    status_code=202,
+    response_model=TaskOut,
+    responses={
+        200: {"model": TaskOut, "description": "A replay of an earlier request with this key."},
+        202: {"description": "Accepted; the task is saved and will be submitted upstream."},
+    },
+)
+async def create_generation(
+    body: CreateTaskRequest,
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+            description="Repeat a request safely: the same key and body return the same task.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """Ask for an image. The task is saved as `queued` and submitted upstream in the background."""
+    key = _check_idempotency_key(idempotency_key)
+    if body.notify_url is not None:
+        try:
+            check_outbound_url(
+                body.notify_url, allow_private=settings.allow_private_networks, what="notify_url"
+            )
+        except UrlPolicyError as exc:
+            raise ApiProblem(422, "validation_error", f"notify_url: {exc}") from None
+    task, created = await service.create_task(
+        session, caller=caller, request=body, idempotency_key=key, now=utcnow()
+    )
+    await session.commit()
+    if created:
+        wake = getattr(request.app.state, "wake_workers", None)
+        if wake is not None:
+            wake()
+    content = service.present(task).model_dump(mode="json")
+    return JSONResponse(
+        content,
+        status_code=202 if created else 200,
+        headers={"Location": f"/v1/tasks/{task.id}"},
+    )
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, responses={404: {"model": ApiError}})
+async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> TaskOut:
+    """One of the caller's tasks."""
+    task = await repository.get_for_caller(session, caller, task_id)
+    if task is None:
+        raise ApiProblem(404, "not_found", "no such task")
+    return service.present(task)
+
+
+@router.get("/tasks", response_model=TaskPage)
+async def list_tasks(
+    caller: CallerDep,
+    session: SessionDep,
+    status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> TaskPage:
+    """The caller's tasks, newest first, with cursor pagination that is stable under inserts."""
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except CursorError as exc:
+        raise ApiProblem(422, "validation_error", f"cursor: {exc}") from None
+    rows = await repository.list_for_caller(
+        session, caller, status=status, limit=limit + 1, before=before
+    )
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return TaskPage(data=[service.present(task) for task in page], next_cursor=next_cursor)

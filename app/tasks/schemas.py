@@ -1,0 +1,177 @@
+"""Request and response bodies of the caller API (separate from the ORM models)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.provider.types import MAX_IMAGE_URLS
+
+MAX_PROMPT_CHARS = 32_000
+MAX_METADATA_BYTES = 4096
+MAX_URL_CHARS = 2048
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+Size = Literal["1:1", "2:3", "3:2", "1024x1024", "1024x1536", "1536x1024"]
+Quality = Literal["low", "medium", "high"]
+Status = Literal["queued", "pending", "processing", "archiving", "succeeded", "failed", "cancelled"]
+
+
+def _check_http_url(value: str) -> str:
+    if len(value) > MAX_URL_CHARS:
+        raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http or https URL")
+    return value
+
+
+class CreateTaskRequest(BaseModel):
+    """A request for one image: text-to-image, or image-to-image/editing with `image_urls`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description=(
+            "What to draw or how to edit the reference images. The provider accepts at most "
+            f"2000 tokens; this service accepts up to {MAX_PROMPT_CHARS} characters and turns "
+            "the provider's refusal of a longer prompt into a `failed` task "
+            "(`submission_rejected`)."
+        ),
+    )
+    model: Literal["gpt-image-1.5"] = Field(
+        default="gpt-image-1.5", description="Only `gpt-image-1.5`."
+    )
+    size: Size = Field(default="1024x1024", description="Aspect ratio or pixel size.")
+    quality: Quality = Field(default="high", description="`low` is fastest, `high` is best.")
+    image_urls: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_IMAGE_URLS,
+        description=(
+            f"0 to {MAX_IMAGE_URLS} reference images (http or https, at most {MAX_URL_CHARS} "
+            "characters each; .jpeg .jpg .png .webp up to 50 MB, directly downloadable by the "
+            "provider). Empty for text-to-image."
+        ),
+    )
+    n: Literal[1] = Field(default=1, description="Number of images; only 1 is supported.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Free JSON object kept with the task, at most {MAX_METADATA_BYTES} bytes.",
+    )
+    notify_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description=(
+            "https URL that receives a signed POST when the task is terminal. Private and "
+            "loopback addresses are refused unless the service allows private networks."
+        ),
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("image_urls")
+    @classmethod
+    def _urls(cls, values: list[str]) -> list[str]:
+        for index, value in enumerate(values):
+            try:
+                _check_http_url(value)
+            except ValueError as exc:
+                raise ValueError(f"item {index} {exc}") from None
+        return values
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
+        return value
+
+    def fingerprint(self) -> str:
+        """sha256 of the normalised request: equal for bodies that ask for the same thing."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ImageOut(BaseModel):
+    """One archived image."""
+
+    index: int = Field(ge=0)
+    url: str = Field(description="Path of the image bytes on this service.")
+    content_type: str
+    bytes: int = Field(ge=0)
+    sha256: str
+
+
+class ErrorOut(BaseModel):
+    """Why a task failed."""
+
+    code: str = Field(
+        description=(
+            "The provider's code, or the service's own: `submission_rejected`, "
+            "`archive_failed`, `links_expired`, `provider_timeout`."
+        )
+    )
+    message: str
+
+
+class TaskOut(BaseModel):
+    """A task as callers see it."""
+
+    id: str
+    status: Status
+    progress: Annotated[int, Field(ge=0, le=100)]
+    model: str
+    prompt: str
+    size: str
+    quality: str
+    image_urls: list[str]
+    metadata: dict[str, Any]
+    notify_url: str | None = None
+    provider_task_id: str | None = None
+    images: list[ImageOut] = Field(default_factory=list)
+    error: ErrorOut | None = None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+
+
+class TaskPage(BaseModel):
+    """A page of tasks, newest first."""
+
+    data: list[TaskOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class ApiErrorBody(BaseModel):
+    """Error detail."""
+
+    code: str
+    message: str
+
+
+class ApiError(BaseModel):
+    """Every error answer of the API."""
+
+    error: ApiErrorBody

@@ -1,0 +1,161 @@
+"""Task use cases: create with idempotency, apply news through the state machine, present."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.callbacks.tokens import new_nonce
+from app.core.errors import ApiProblem
+from app.tasks import repository
+from app.tasks.models import SubmitState, Task
+from app.tasks.schemas import CreateTaskRequest, ErrorOut, TaskOut
+from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
+from app.workers import repository as jobs
+from app.workers.models import JobKind
+
+log = logging.getLogger(__name__)
+
+_EFFECT_JOBS = {Effect.CONFIRM: JobKind.POLL, Effect.ARCHIVE: JobKind.ARCHIVE}
+
+
+async def create_task(
+    session: AsyncSession,
+    *,
+    caller: str,
+    request: CreateTaskRequest,
+    idempotency_key: str | None,
+    now: datetime,
+) -> tuple[Task, bool]:
+    """Save a queued task and its submission job; (task, created). Replays return the original."""
+    task_id = str(uuid.uuid4())
+    fingerprint = request.fingerprint()
+    values: dict[str, Any] = {
+        "id": task_id,
+        "caller": caller,
+        "idempotency_key": idempotency_key,
+        "request_hash": fingerprint,
+        "model": request.model,
+        "prompt": request.prompt,
+        "size": request.size,
+        "quality": request.quality,
+        "image_urls": list(request.image_urls),
+        "n": request.n,
+        "metadata_": request.metadata,
+        "notify_url": request.notify_url,
+        "status": TaskStatus.QUEUED.value,
+        "progress": 0,
+        "callback_nonce": new_nonce(),
+        "submit_state": SubmitState.NONE,
+        "submit_attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if await repository.insert_if_new(session, values):
+        await jobs.enqueue(session, JobKind.SUBMIT, task_id, now)
+        task = await repository.get(session, task_id)
+        assert task is not None
+        return task, True
+    assert idempotency_key is not None
+    existing = await repository.get_by_idempotency_key(session, caller, idempotency_key)
+    if existing is None:  # pragma: no cover - the conflicting row is committed by now
+        raise ApiProblem(409, "conflict", "a request with this Idempotency-Key is in progress")
+    if existing.request_hash != fingerprint:
+        raise ApiProblem(
+            422,
+            "idempotency_key_reused",
+            "Idempotency-Key was already used with a different request body",
+        )
+    return existing, False
+
+
+def state_of(task: Task) -> TaskState:
+    """The state-machine view of a row."""
+    return TaskState(TaskStatus(task.status), task.progress, task.error_code, task.error_message)
+
+
+async def apply_event(
+    session: AsyncSession,
+    task: Task,
+    event: Event,
+    *,
+    now: datetime,
+    extra: dict[str, Any] | None = None,
+) -> Decision:
+    """Run `event` through the state machine and write the result with a conditional update,
+    together with the jobs it implies. Concurrent writers: exactly one wins each transition."""
+    for _ in range(10):
+        current = state_of(task)
+        decision = decide(current, event)
+        if decision.state is None:
+            await _write_effects(session, task, decision, now)
+            return decision
+        new = decision.state
+        values: dict[str, Any] = {
+            "status": new.status.value,
+            "progress": new.progress,
+            "error_code": new.error_code,
+            "error_message": new.error_message,
+            "updated_at": now,
+            **(extra or {}),
+        }
+        if new.status.is_terminal:
+            values["completed_at"] = now
+        if await repository.update_if_state(session, task.id, expected=current, values=values):
+            log.info(
+                "task transition",
+                extra={
+                    "task_id": task.id,
+                    "from_status": current.status.value,
+                    "to_status": new.status.value,
+                    "progress": new.progress,
+                },
+            )
+            await _write_effects(session, task, decision, now)
+            await repository.get(session, task.id)  # refreshes `task` in place
+            return decision
+        refreshed = await repository.get(session, task.id)
+        if refreshed is None:
+            return Decision(None)
+        task = refreshed
+    raise RuntimeError(f"task {task.id} kept changing under a transition")
+
+
+async def _write_effects(
+    session: AsyncSession, task: Task, decision: Decision, now: datetime
+) -> None:
+    for effect in decision.effects:
+        kind = _EFFECT_JOBS.get(effect)
+        if effect is Effect.NOTIFY and task.notify_url:
+            kind = JobKind.NOTIFY
+        if kind is not None:
+            await jobs.enqueue(session, kind, task.id, now)
+
+
+def present(task: Task) -> TaskOut:
+    """The task object callers see."""
+    error = None
+    if task.error_code is not None:
+        error = ErrorOut(code=task.error_code, message=task.error_message or "")
+    return TaskOut(
+        id=task.id,
+        status=task.status,
+        progress=task.progress,
+        model=task.model,
+        prompt=task.prompt,
+        size=task.size,
+        quality=task.quality,
+        image_urls=list(task.image_urls),
+        metadata=dict(task.metadata_),
+        notify_url=task.notify_url,
+        provider_task_id=task.provider_task_id,
+        images=[],
+        error=error,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        completed_at=task.completed_at,
+    )

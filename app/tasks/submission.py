@@ -1,0 +1,194 @@
+"""The submit job: create the task upstream exactly once, or fail it clearly.
+
+A create whose answer was lost may have produced a paid task upstream. Such a task is never
+resubmitted automatically: the service waits for the provider's callback (which carries the
+upstream id), and fails the task with `provider_timeout` if none arrives in time."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from app.callbacks.tokens import callback_url
+from app.core.clock import utcnow
+from app.provider.types import (
+    CreateTaskRequest,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderTask,
+    ProviderUnavailable,
+)
+from app.tasks import repository, service
+from app.tasks.context import TaskContext
+from app.tasks.models import SubmitState, Task
+from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
+from app.workers import repository as jobs
+from app.workers.models import Job, JobKind
+from app.workers.repository import Done, Outcome, RetryAt
+
+log = logging.getLogger(__name__)
+
+
+class Submitter:
+    """Handler of `submit` jobs."""
+
+    def __init__(self, context: TaskContext) -> None:
+        self._ctx = context
+
+    async def __call__(self, job: Job) -> Outcome:
+        now = utcnow()
+        max_wait = self._ctx.settings.submit_max_wait_seconds
+        # Sessions are never nested: on SQLite an open transaction holds the write lock.
+        async with self._ctx.sessions() as session:
+            task = await repository.get(session, job.task_id)
+            if (
+                task is None
+                or task.status != TaskStatus.QUEUED.value
+                or task.provider_task_id is not None
+            ):
+                return Done()
+            unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
+            expired = now - task.created_at > max_wait
+            if not unsure and not expired:
+                marked = await repository.update_fields(
+                    session,
+                    task.id,
+                    {
+                        "submit_state": SubmitState.IN_FLIGHT,
+                        "submit_attempts": task.submit_attempts + 1,
+                        "submit_started_at": now,
+                        "updated_at": now,
+                    },
+                    status=TaskStatus.QUEUED.value,
+                    submit_state=task.submit_state,
+                )
+                await session.commit()
+                if not marked:
+                    return Done()
+        if unsure:
+            return await self._outcome_unknown(task, now, reason=None)
+        if expired:
+            return await self._fail(
+                task,
+                "provider_timeout",
+                f"the provider could not be reached to submit the task within {max_wait}",
+            )
+        return await self._submit(task, job)
+
+    async def _submit(self, task: Task, job: Job) -> Outcome:
+        settings = self._ctx.settings
+        request = CreateTaskRequest(
+            prompt=task.prompt,
+            size=task.size,
+            quality=task.quality,
+            image_urls=tuple(task.image_urls),
+            model=task.model,
+            n=task.n,
+            callback_url=callback_url(
+                self._ctx.callback_base_url,
+                settings.callback_secret_bytes(),
+                task.id,
+                task.callback_nonce,
+            ),
+        )
+        extra = {"task_id": task.id, "caller": task.caller, "attempt": task.submit_attempts + 1}
+        try:
+            accepted = await self._ctx.provider.create_task(request)
+        except ProviderRejected as exc:
+            log.warning(
+                "provider rejected the submission",
+                extra=extra | {"http_status": exc.status_code, "provider_code": exc.code},
+            )
+            status = f"HTTP {exc.status_code}" if exc.status_code else "refused"
+            code = f" {exc.code}" if exc.code else ""
+            return await self._fail(
+                task,
+                "submission_rejected",
+                f"the provider refused the task ({status}{code}): {exc.message}",
+            )
+        except ProviderUnavailable as exc:
+            delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
+            if exc.retry_after is not None:
+                delay = max(delay, delay.__class__(seconds=exc.retry_after))
+            log.info(
+                "provider unavailable; submission will be retried",
+                extra=extra | {"http_status": exc.status_code, "retry_in": delay.total_seconds()},
+            )
+            await self._set_submit_state(task, SubmitState.RETRY)
+            return RetryAt(utcnow() + delay, exc.message)
+        except ProviderOutcomeUnknown as exc:
+            log.warning("submission outcome unknown; not resubmitting", extra=extra)
+            return await self._outcome_unknown(task, utcnow(), reason=exc.message)
+        return await self._accept(task, accepted)
+
+    async def _accept(self, task: Task, accepted: ProviderTask) -> Outcome:
+        now = utcnow()
+        async with self._ctx.sessions() as session:
+            recorded = await repository.update_fields(
+                session,
+                task.id,
+                {
+                    "provider_task_id": accepted.id,
+                    "submit_state": SubmitState.ACCEPTED,
+                    "submitted_at": now,
+                    "last_news_at": now,
+                    "updated_at": now,
+                },
+                provider_task_id=None,
+            )
+            if not recorded:
+                log.error(
+                    "task already had a provider task id; second upstream task ignored",
+                    extra={"task_id": task.id, "provider_task_id": accepted.id},
+                )
+                return Done()
+            fresh = await repository.get(session, task.id)
+            assert fresh is not None
+            await service.apply_event(
+                session, fresh, ProviderNews(accepted, confirmed=True), now=now
+            )
+            await jobs.enqueue(
+                session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
+            )
+            await session.commit()
+        log.info(
+            "submitted upstream",
+            extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},
+        )
+        return Done()
+
+    async def _outcome_unknown(self, task: Task, now: datetime, *, reason: str | None) -> Outcome:
+        started = task.submit_started_at or task.updated_at
+        give_up_at = started + self._ctx.settings.submit_uncertain_wait_seconds
+        if now >= give_up_at:
+            wait = self._ctx.settings.submit_uncertain_wait_seconds
+            return await self._fail(
+                task,
+                "provider_timeout",
+                "the provider's answer to the submission was lost and no callback arrived "
+                f"within {wait}; the provider may have created the task, so it was not "
+                "submitted again",
+            )
+        if task.submit_state != SubmitState.UNCERTAIN:
+            await self._set_submit_state(task, SubmitState.UNCERTAIN)
+        return RetryAt(give_up_at, reason or "submission outcome unknown; waiting for a callback")
+
+    async def _set_submit_state(self, task: Task, state: str) -> None:
+        async with self._ctx.sessions() as session:
+            await repository.update_fields(
+                session,
+                task.id,
+                {"submit_state": state, "updated_at": utcnow()},
+                status=TaskStatus.QUEUED.value,
+            )
+            await session.commit()
+
+    async def _fail(self, task: Task, code: str, message: str) -> Outcome:
+        async with self._ctx.sessions() as session:
+            fresh = await repository.get(session, task.id)
+            if fresh is not None:
+                await service.apply_event(
+                    session, fresh, ServiceFailure(code, message), now=utcnow()
+                )
+                await session.commit()
+        return Done()

@@ -1,0 +1,157 @@
+"""All queries on the job table: enqueue, claim with a lease, finish, extend, release."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.workers.models import Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The job is finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    """Run the job again at `when`; `error` says why it did not finish."""
+
+    when: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The job will never succeed."""
+
+    error: str
+
+
+Outcome = Done | RetryAt | GiveUp
+
+
+async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: datetime) -> None:
+    """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Job).values(
+        kind=kind,
+        task_id=task_id,
+        state=JobState.QUEUED,
+        run_at=run_at,
+        attempts=0,
+        created_at=run_at,
+        updated_at=run_at,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[Job.kind, Job.task_id],
+        index_where=text("state = 'queued'"),
+        set_={
+            "run_at": case(
+                (statement.excluded.run_at < Job.run_at, statement.excluded.run_at),
+                else_=Job.run_at,
+            )
+        },
+    )
+    await session.execute(statement)
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    worker: str,
+    kinds: Sequence[str],
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+) -> list[Job]:
+    """Lease up to `limit` due jobs in one statement; rows locked by others are skipped."""
+    due = (
+        select(Job.id)
+        .where(
+            Job.state == JobState.QUEUED,
+            Job.kind.in_(kinds),
+            Job.run_at <= now,
+            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+        )
+        .order_by(Job.run_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    statement = (
+        update(Job)
+        .where(Job.id.in_(select(due.c.id)))
+        .values(
+            lease_owner=worker,
+            lease_expires_at=now + lease,
+            attempts=Job.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.scalars(statement)
+    return list(result.all())
+
+
+async def finish(
+    session: AsyncSession, job_id: int, *, worker: str, outcome: Outcome, now: datetime
+) -> bool:
+    """Record the outcome, if this worker still holds the lease."""
+    values: dict[str, object] = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+    if isinstance(outcome, Done):
+        values |= {"state": JobState.DONE, "finished_at": now}
+    elif isinstance(outcome, RetryAt):
+        values |= {"run_at": outcome.when, "last_error": outcome.error[:2000]}
+    else:
+        values |= {"state": JobState.DEAD, "finished_at": now, "last_error": outcome.error[:2000]}
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker, Job.state == JobState.QUEUED)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def extend_leases(
+    session: AsyncSession, job_ids: Sequence[int], *, worker: str, until: datetime
+) -> None:
+    """Keep the leases of jobs this worker is still running."""
+    if not job_ids:
+        return
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.lease_owner == worker)
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str) -> None:
+    """Give back the leases of unfinished jobs so another worker can take them at once."""
+    if not job_ids:
+        return
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.lease_owner == worker, Job.state == JobState.QUEUED)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def next_due(session: AsyncSession, kinds: Sequence[str]) -> datetime | None:
+    """When the earliest queued job of these kinds is due (ignoring leases)."""
+    return await session.scalar(
+        select(Job.run_at)
+        .where(Job.state == JobState.QUEUED, Job.kind.in_(kinds))
+        .order_by(Job.run_at)
+        .limit(1)
+    )

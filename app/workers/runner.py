@@ -1,0 +1,167 @@
+"""The worker loop: claim due jobs with leases, run them concurrently, record outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.clock import utcnow
+from app.workers import repository
+from app.workers.models import Job
+from app.workers.repository import Outcome, RetryAt
+from app.workers.retry import RetryStrategy
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], Awaitable[Outcome]]
+
+
+def worker_name() -> str:
+    """A name unique to this process, readable in the job table."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Runs the handlers of some job kinds, at most `concurrency` jobs at a time."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        handlers: Mapping[str, Handler],
+        *,
+        concurrency: int = 8,
+        lease: timedelta = timedelta(seconds=30),
+        idle_wait: float = 1.0,
+        grace: float = 10.0,
+        retry: RetryStrategy | None = None,
+    ) -> None:
+        self.name = worker_name()
+        self._sessions = sessions
+        self._handlers = dict(handlers)
+        self._concurrency = concurrency
+        self._lease = lease
+        self._idle_wait = idle_wait
+        self._grace = grace
+        self._retry = retry or RetryStrategy()
+        self._wakeup = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """Look for due jobs now instead of at the next idle tick."""
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set, then drain within the grace period."""
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self._claim()
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.exception("claiming jobs failed", extra={"worker": self.name})
+                    claimed = 0
+                    await self._sleep(stop, min(2.0**failures, 30.0))
+                    continue
+                if claimed and len(self._running) < self._concurrency:
+                    continue
+                await self._sleep(stop, self._idle_wait)
+        finally:
+            heartbeat.cancel()
+            await self._drain()
+
+    async def _claim(self) -> int:
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        async with self._sessions.begin() as session:
+            jobs = await repository.claim(
+                session,
+                worker=self.name,
+                kinds=list(self._handlers),
+                now=utcnow(),
+                lease=self._lease,
+                limit=free,
+            )
+        for job in jobs:
+            if job.attempts > 1 and job.last_error is None:
+                log.info("job taken over", extra={"job_id": job.id, "task_id": job.task_id})
+            task = asyncio.create_task(self._run_one(job), name=f"job-{job.id}")
+            self._running[job.id] = task
+            task.add_done_callback(functools.partial(self._finished, job.id))
+        return len(jobs)
+
+    def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._wakeup.set()
+
+    async def _run_one(self, job: Job) -> None:
+        handler = self._handlers[job.kind]
+        extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
+        try:
+            outcome = await handler(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra=extra)
+            outcome = RetryAt(utcnow() + self._retry.delay(job.attempts), f"{type(exc).__name__}")
+        for attempt in range(5):
+            try:
+                async with self._sessions.begin() as session:
+                    kept = await repository.finish(
+                        session, job.id, worker=self.name, outcome=outcome, now=utcnow()
+                    )
+                if not kept:
+                    log.warning("job lease was lost before it finished", extra=extra)
+                return
+            except Exception:
+                log.exception("recording a job outcome failed", extra=extra)
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        period = max(self._lease.total_seconds() / 3, 0.05)
+        while not stop.is_set():
+            await asyncio.sleep(period)
+            with contextlib.suppress(Exception):
+                async with self._sessions.begin() as session:
+                    await repository.extend_leases(
+                        session,
+                        list(self._running),
+                        worker=self.name,
+                        until=utcnow() + self._lease,
+                    )
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        self._wakeup.clear()
+        waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        tasks = list(self._running.values())
+        _done, pending = await asyncio.wait(tasks, timeout=self._grace)
+        unfinished = [job_id for job_id, task in self._running.items() if task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            with contextlib.suppress(Exception):
+                async with self._sessions.begin() as session:
+                    await repository.release(session, unfinished, worker=self.name)
+            log.info("released unfinished jobs", extra={"job_ids": unfinished})

@@ -1,0 +1,146 @@
+"""tasks jobs and callback inbox
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-25 07:52:40.597775
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "tasks",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("caller", sa.String(length=64), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("model", sa.String(length=32), nullable=False),
+        sa.Column("prompt", sa.Text(), nullable=False),
+        sa.Column("size", sa.String(length=16), nullable=False),
+        sa.Column("quality", sa.String(length=16), nullable=False),
+        sa.Column("image_urls", sa.JSON(), nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.Column("metadata", sa.JSON(), nullable=False),
+        sa.Column("notify_url", sa.Text(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("progress", sa.Integer(), nullable=False),
+        sa.Column("error_code", sa.String(length=64), nullable=True),
+        sa.Column("error_message", sa.Text(), nullable=True),
+        sa.Column("provider_task_id", sa.String(length=128), nullable=True),
+        sa.Column("callback_nonce", sa.String(length=32), nullable=False),
+        sa.Column("submit_state", sa.String(length=16), nullable=False),
+        sa.Column("submit_attempts", sa.Integer(), nullable=False),
+        sa.Column("submit_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_news_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("provider_completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("result_urls", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status IN ('queued', 'pending', 'processing', 'archiving', 'succeeded', 'failed', 'cancelled')",
+            name=op.f("ck_tasks_status"),
+        ),
+        sa.CheckConstraint("progress BETWEEN 0 AND 100", name=op.f("ck_tasks_progress")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
+        sa.UniqueConstraint(
+            "caller", "idempotency_key", name=op.f("uq_tasks_caller_idempotency_key")
+        ),
+        sa.UniqueConstraint("provider_task_id", name=op.f("uq_tasks_provider_task_id")),
+    )
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_tasks_caller_created", ["caller", "created_at", "id"], unique=False
+        )
+        batch_op.create_index("ix_tasks_status_news", ["status", "last_news_at"], unique=False)
+
+    op.create_table(
+        "callback_deliveries",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("task_id", sa.String(length=36), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("reported_status", sa.String(length=64), nullable=True),
+        sa.Column("deliveries", sa.Integer(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["task_id"],
+            ["tasks.id"],
+            name=op.f("fk_callback_deliveries_task_id_tasks"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_deliveries")),
+        sa.UniqueConstraint(
+            "task_id", "digest", name=op.f("uq_callback_deliveries_task_id_digest")
+        ),
+    )
+    op.create_table(
+        "jobs",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("task_id", sa.String(length=36), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name=op.f("fk_jobs_task_id_tasks"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_due", ["state", "run_at"], unique=False)
+        batch_op.create_index(
+            "uq_jobs_open_kind_task",
+            ["kind", "task_id"],
+            unique=True,
+            sqlite_where=sa.text("state = 'queued'"),
+            postgresql_where=sa.text("state = 'queued'"),
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_jobs_open_kind_task",
+            sqlite_where=sa.text("state = 'queued'"),
+            postgresql_where=sa.text("state = 'queued'"),
+        )
+        batch_op.drop_index("ix_jobs_due")
+
+    op.drop_table("jobs")
+    op.drop_table("callback_deliveries")
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_index("ix_tasks_status_news")
+        batch_op.drop_index("ix_tasks_caller_created")
+
+    op.drop_table("tasks")

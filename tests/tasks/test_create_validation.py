@@ -1,0 +1,142 @@
+"""Every invalid create is a 422 naming the field, and nothing is saved or sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from app.core.config import Settings
+from app.tasks.models import Task
+from app.workers.models import Job
+from tests.conftest import auth, settings_values
+from tests.support.gateway import Gateway, running_gateway
+
+URL = "/v1/images/generations"
+
+
+@pytest.fixture
+async def gateway(database_url: str) -> AsyncIterator[Gateway]:
+    async with running_gateway(Settings(**settings_values(database_url))) as gateway:
+        yield gateway
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("missing prompt", {}, "prompt"),
+    ("empty prompt", {"prompt": ""}, "prompt"),
+    ("blank prompt", {"prompt": "   \n\t"}, "prompt"),
+    ("prompt not a string", {"prompt": 42}, "prompt"),
+    ("prompt with NUL", {"prompt": "a\x00b"}, "prompt"),
+    ("prompt too long", {"prompt": "x" * 32_001}, "prompt"),
+    ("unknown model", {"prompt": "p", "model": "dall-e-3"}, "model"),
+    ("unknown size", {"prompt": "p", "size": "512x512"}, "size"),
+    ("unknown quality", {"prompt": "p", "quality": "ultra"}, "quality"),
+    ("n is 2", {"prompt": "p", "n": 2}, "n"),
+    ("n is 0", {"prompt": "p", "n": 0}, "n"),
+    ("17 image urls", {"prompt": "p", "image_urls": ["https://e.com/a.png"] * 17}, "image_urls"),
+    ("ftp image url", {"prompt": "p", "image_urls": ["ftp://e.com/a.png"]}, "image_urls"),
+    ("relative image url", {"prompt": "p", "image_urls": ["/a.png"]}, "image_urls"),
+    ("image url not a string", {"prompt": "p", "image_urls": [1]}, "image_urls"),
+    ("image urls not a list", {"prompt": "p", "image_urls": "https://e.com/a.png"}, "image_urls"),
+    (
+        "image url too long",
+        {"prompt": "p", "image_urls": ["https://e.com/" + "a" * 2048]},
+        "image_urls",
+    ),
+    ("metadata over 4 KiB", {"prompt": "p", "metadata": {"k": "v" * 4100}}, "metadata"),
+    ("metadata not an object", {"prompt": "p", "metadata": [1, 2]}, "metadata"),
+    ("notify_url not a URL", {"prompt": "p", "notify_url": "not a url"}, "notify_url"),
+    ("notify_url javascript", {"prompt": "p", "notify_url": "javascript:alert(1)"}, "notify_url"),
+    ("unknown field", {"prompt": "p", "qualty": "high"}, "qualty"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field"), INVALID, ids=[c[0] for c in INVALID])
+async def test_invalid_body_is_refused_naming_the_field(
+    gateway: Gateway, case: str, body: dict[str, Any], field: str
+) -> None:
+    response = await gateway.client.post(URL, json=body, headers=auth())
+
+    assert response.status_code == 422, case
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert field in error["message"]
+    assert await gateway.count(Task) == 0
+    assert await gateway.count(Job) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"[]", "application/json"),
+        (b'"prompt"', "application/json"),
+        (b"prompt=x", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_body_that_is_not_a_json_object_is_refused(
+    gateway: Gateway, content: bytes, content_type: str
+) -> None:
+    response = await gateway.client.post(
+        URL, content=content, headers=auth() | {"Content-Type": content_type}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+    assert await gateway.count(Task) == 0
+
+
+@pytest.mark.parametrize(
+    "key", ["", "k" * 256, "bad\nkey", "tab\tkey"], ids=["empty", "256 chars", "newline", "tab"]
+)
+async def test_bad_idempotency_key_is_refused(gateway: Gateway, key: str) -> None:
+    response = await gateway.client.post(
+        URL, json={"prompt": "p"}, headers=auth() | {"Idempotency-Key": key}
+    )
+
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.json()["error"]["message"]
+    assert await gateway.count(Task) == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/hook",
+        "https://10.0.0.8/hook",
+        "https://[::1]/hook",
+        "https://169.254.169.254/latest",
+        "https://localhost/hook",
+        "http://example.com/hook",
+    ],
+)
+async def test_private_or_plain_http_notify_url_is_refused_when_not_allowed(
+    sqlite_database_url: str, url: str
+) -> None:
+    settings = Settings(**settings_values(sqlite_database_url, allow_private_networks=False,
+                                          public_base_url="https://gateway.example.com"))
+    async with running_gateway(settings) as gateway:
+        response = await gateway.client.post(
+            URL, json={"prompt": "p", "notify_url": url}, headers=auth()
+        )
+
+        assert response.status_code == 422
+        assert "notify_url" in response.json()["error"]["message"]
+        assert await gateway.count(Task) == 0
+
+
+async def test_limits_that_are_exactly_allowed_are_accepted(gateway: Gateway) -> None:
+    body = {
+        "prompt": "x" * 32_000,
+        "image_urls": [f"https://e.com/{i}.png" for i in range(16)],
+        "metadata": {"k": "v" * 4000},
+        "size": "2:3",
+        "quality": "low",
+        "n": 1,
+    }
+
+    response = await gateway.client.post(URL, json=body, headers=auth())
+
+    assert response.status_code == 202, response.text
+    assert await gateway.count(Task) == 1
