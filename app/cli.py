@@ -78,22 +78,14 @@ def cmd_worker(_args: argparse.Namespace) -> None:
 async def _run_worker(settings: Settings) -> None:
     from app.core.db import create_engine, create_sessionmaker
     from app.core.http import create_http_client
-    from app.main import provider_origin
-    from app.provider.evolink import EvolinkClient
-    from app.tasks.context import TaskContext
+    from app.main import build_context
     from app.workers.setup import build_worker
 
     if settings.public_base_url is None:
         _fail("IMAGEGEN_PUBLIC_BASE_URL: required by the worker to build callback URLs")
     engine = create_engine(settings.database_url)
     http = create_http_client()
-    base_url, api_key = provider_origin(settings)
-    context = TaskContext(
-        sessions=create_sessionmaker(engine),
-        settings=settings,
-        provider=EvolinkClient(http, base_url, api_key),
-        callback_base_url=settings.public_base_url or "",
-    )
+    context = build_context(settings, create_sessionmaker(engine), http)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -7,7 +7,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.callbacks.router import router as callbacks_router
 from app.core.auth import KeyRing
@@ -38,6 +40,25 @@ def provider_origin(settings: Settings) -> tuple[str, str]:
     return settings.provider_base_url, settings.provider_api_key.get_secret_value()
 
 
+def build_context(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], http: httpx.AsyncClient
+) -> TaskContext:
+    """What the job handlers and routers share in one process."""
+    base_url, api_key = provider_origin(settings)
+    provider = EvolinkClient(
+        http,
+        base_url,
+        api_key,
+        create_read_timeout=settings.provider_create_timeout_seconds,
+    )
+    return TaskContext(
+        sessions=sessions,
+        settings=settings,
+        provider=provider,
+        callback_base_url=settings.public_base_url or "",
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway: caller API, provider callbacks, health; workers unless disabled."""
     if settings.public_base_url is None:
@@ -54,13 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine = create_engine(settings.database_url)
         sessions = create_sessionmaker(engine)
         http = create_http_client()
-        base_url, api_key = provider_origin(settings)
-        context = TaskContext(
-            sessions=sessions,
-            settings=settings,
-            provider=EvolinkClient(http, base_url, api_key),
-            callback_base_url=settings.public_base_url or "",
-        )
+        context = build_context(settings, sessions, http)
         app.state.sessions = sessions
         app.state.context = context
         stop = asyncio.Event()

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     poll_max_wait_seconds: timedelta = timedelta(hours=2)
     submit_max_wait_seconds: timedelta = timedelta(hours=1)
     submit_uncertain_wait_seconds: timedelta = timedelta(minutes=15)
+    provider_create_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     job_lease_seconds: timedelta = timedelta(seconds=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

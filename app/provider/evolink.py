@@ -28,8 +28,21 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 class EvolinkClient:
     """Calls the upstream through the process's shared `httpx.AsyncClient`."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        *,
+        create_read_timeout: float = 30.0,
+    ) -> None:
         self._http = http
+        self._create_timeout = CREATE_TIMEOUT.__class__(
+            connect=CREATE_TIMEOUT.connect,
+            read=create_read_timeout,
+            write=CREATE_TIMEOUT.write,
+            pool=CREATE_TIMEOUT.pool,
+        )
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
 
@@ -38,7 +51,7 @@ class EvolinkClient:
         url = f"{self._base_url}/v1/images/generations"
         try:
             response = await self._http.post(
-                url, json=request.to_json(), headers=self._headers, timeout=CREATE_TIMEOUT
+                url, json=request.to_json(), headers=self._headers, timeout=self._create_timeout
             )
         except _NOT_SENT as exc:
             raise ProviderUnavailable(f"cannot reach the provider: {_describe(exc)}") from exc

@@ -60,8 +60,13 @@ async def test_get_returns_the_same_task(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": f"Basic {ALPHA_KEY}"},
-     {"Authorization": "Bearer "}, {"Authorization": ALPHA_KEY}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"Authorization": f"Basic {ALPHA_KEY}"},
+        {"Authorization": "Bearer "},
+        {"Authorization": ALPHA_KEY},
+    ],
     ids=["missing", "wrong", "basic scheme", "empty bearer", "no scheme"],
 )
 async def test_every_route_needs_a_valid_key(gateway: Gateway, headers: dict[str, str]) -> None:

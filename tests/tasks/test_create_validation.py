@@ -114,8 +114,13 @@ async def test_bad_idempotency_key_is_refused(gateway: Gateway, key: str) -> Non
 async def test_private_or_plain_http_notify_url_is_refused_when_not_allowed(
     sqlite_database_url: str, url: str
 ) -> None:
-    settings = Settings(**settings_values(sqlite_database_url, allow_private_networks=False,
-                                          public_base_url="https://gateway.example.com"))
+    settings = Settings(
+        **settings_values(
+            sqlite_database_url,
+            allow_private_networks=False,
+            public_base_url="https://gateway.example.com",
+        )
+    )
     async with running_gateway(settings) as gateway:
         response = await gateway.client.post(
             URL, json={"prompt": "p", "notify_url": url}, headers=auth()

@@ -1,0 +1,155 @@
+"""Submission upstream: accepted once, rejected clearly, retried after outages, never doubled."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
+from app.tasks.models import SubmitState
+from app.workers.models import JobKind
+from tests.support.stack import eventually, running_stack
+
+
+def status_is(*statuses: str) -> Any:
+    return lambda task: task["status"] in statuses
+
+
+async def test_task_is_submitted_once_and_follows_the_provider(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        created = await stack.create({"prompt": "a red fox", "size": "2:3", "quality": "low"})
+
+        task = await stack.wait_for(created["id"], status_is("archiving"))
+
+        [upstream] = await stack.sim_tasks()
+        assert task["provider_task_id"] == upstream["id"]
+        assert task["progress"] == 100
+        assert upstream["request"] == {
+            "model": "gpt-image-1.5",
+            "prompt": "a red fox",
+            "size": "2:3",
+            "quality": "low",
+            "n": 1,
+            "callback_url": upstream["callback_url"],
+        }
+        assert upstream["callback_url"].startswith(f"{stack.gateway_url}/callbacks/evolink/")
+        assert created["id"] in upstream["callback_url"]
+
+
+async def test_image_urls_are_sent_when_given(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        urls = ["https://images.example.com/a.png", "https://images.example.com/b.webp"]
+        created = await stack.create({"prompt": "blend these", "image_urls": urls})
+
+        await stack.wait_for(created["id"], lambda task: task["provider_task_id"] is not None)
+
+        [upstream] = await stack.sim_tasks()
+        assert upstream["request"]["image_urls"] == urls
+
+
+async def test_a_prompt_over_the_provider_token_limit_fails_clearly(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        created = await stack.create({"prompt": "word " * 5000})
+
+        task = await stack.wait_for(created["id"], status_is("failed"))
+
+        assert task["error"]["code"] == "submission_rejected"
+        assert "HTTP 400" in task["error"]["message"]
+        assert "token" in task["error"]["message"].lower()
+        assert task["completed_at"] is not None
+        assert await stack.sim_tasks() == []
+
+
+async def test_a_wrong_provider_key_fails_the_task_and_alerts_the_operator(
+    sqlite_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_stack(sqlite_database_url, provider_api_key="sk-evo-wrong") as stack:
+        created = await stack.create()
+
+        task = await stack.wait_for(created["id"], status_is("failed"))
+
+    assert task["error"]["code"] == "submission_rejected"
+    assert "HTTP 401" in task["error"]["message"]
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and "operator" in r.message]
+    assert alerts
+    assert "sk-evo-wrong" not in caplog.text
+
+
+async def test_an_upstream_outage_is_retried_and_ends_in_exactly_one_task(
+    database_url: str,
+) -> None:
+    config = SimulatorConfig(duration_seconds=0.5, faults=SimulatorFaults(down=True))
+    async with running_stack(database_url, config) as stack:
+        created = await stack.create()
+
+        async def submit_job_attempts() -> int:
+            jobs = await stack.gateway.jobs(created["id"])
+            return max(job.attempts for job in jobs if job.kind == JobKind.SUBMIT)
+
+        await eventually(submit_job_attempts, lambda attempts: attempts >= 2)
+        row = await stack.gateway.task_row(created["id"])
+        assert (row.status, row.submit_state) == ("queued", SubmitState.RETRY)
+        await stack.set_faults(down=False)
+
+        task = await stack.wait_for(created["id"], status_is("pending", "processing", "archiving"))
+
+        assert len(await stack.sim_tasks()) == 1
+        assert task["provider_task_id"] == (await stack.sim_tasks())[0]["id"]
+
+
+async def test_rate_limited_creates_are_retried(sqlite_database_url: str) -> None:
+    config = SimulatorConfig(duration_seconds=0.5, faults=SimulatorFaults(create_429_rate=1.0))
+    async with running_stack(sqlite_database_url, config) as stack:
+        created = await stack.create()
+        await eventually(lambda: stack.sim.get("/_sim/stats"), lambda r: "429" in r.text)
+        await stack.set_faults(create_429_rate=0.0)
+
+        await stack.wait_for(created["id"], status_is("pending", "processing", "archiving"))
+
+        assert len(await stack.sim_tasks()) == 1
+
+
+async def test_a_lost_create_answer_is_not_resubmitted_and_the_callback_adopts_the_task(
+    database_url: str,
+) -> None:
+    config = SimulatorConfig(
+        duration_seconds=1.0,
+        faults=SimulatorFaults(create_hang_rate=1.0, create_hang_seconds=4.0),
+    )
+    async with running_stack(database_url, config, provider_create_timeout_seconds=0.3) as stack:
+        created = await stack.create()
+
+        task = await stack.wait_for(created["id"], status_is("archiving"))
+
+        [upstream] = await stack.sim_tasks()
+        assert task["provider_task_id"] == upstream["id"]
+        row = await stack.gateway.task_row(created["id"])
+        assert row.submit_attempts == 1
+
+
+async def test_a_lost_create_answer_without_callback_fails_after_the_wait(
+    database_url: str,
+) -> None:
+    config = SimulatorConfig(
+        duration_seconds=0.3,
+        faults=SimulatorFaults(
+            create_hang_rate=1.0, create_hang_seconds=2.0, callback_drop_rate=1.0
+        ),
+    )
+    async with running_stack(
+        database_url,
+        config,
+        provider_create_timeout_seconds=0.3,
+        submit_uncertain_wait_seconds=2,
+    ) as stack:
+        created = await stack.create()
+
+        task = await stack.wait_for(created["id"], status_is("failed"))
+
+        assert task["error"]["code"] == "provider_timeout"
+        assert "not submitted again" in task["error"]["message"]
+        assert len(await stack.sim_tasks()) == 1
+        row = await stack.gateway.task_row(created["id"])
+        assert row.submit_attempts == 1

@@ -1,0 +1,261 @@
+"""Claiming with leases, take-over of expired leases, outcomes, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.clock import utcnow
+from app.core.db import create_engine, create_sessionmaker
+from app.workers import repository
+from app.workers.models import Job, JobKind, JobState
+from app.workers.repository import Done, GiveUp, Outcome, RetryAt
+from app.workers.retry import RetryStrategy
+from app.workers.runner import Worker
+from tests.support.rows import make_task
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+async def all_jobs(sessions: async_sessionmaker[AsyncSession]) -> list[Job]:
+    async with sessions() as session:
+        return list((await session.scalars(select(Job).order_by(Job.id))).all())
+
+
+async def test_concurrent_claimers_never_share_a_job(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    for index in range(40):
+        await make_task(sessions, prompt=f"p{index}")
+    claimed: list[int] = []
+
+    async def claimer(name: str) -> None:
+        while True:
+            async with sessions.begin() as session:
+                jobs = await repository.claim(
+                    session,
+                    worker=name,
+                    kinds=[JobKind.SUBMIT],
+                    now=utcnow(),
+                    lease=timedelta(minutes=5),
+                    limit=3,
+                )
+            if not jobs:
+                return
+            claimed.extend(job.id for job in jobs)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(claimer(f"w{i}") for i in range(6)))
+
+    assert len(claimed) == 40
+    assert len(set(claimed)) == 40
+    assert all(job.attempts == 1 for job in await all_jobs(sessions))
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await make_task(sessions)
+    now = utcnow()
+    async with sessions.begin() as session:
+        [job] = await repository.claim(
+            session,
+            worker="a",
+            kinds=[JobKind.SUBMIT],
+            now=now,
+            lease=timedelta(seconds=5),
+            limit=1,
+        )
+    async with sessions.begin() as session:
+        during = await repository.claim(
+            session,
+            worker="b",
+            kinds=[JobKind.SUBMIT],
+            now=now + timedelta(seconds=4),
+            lease=timedelta(seconds=5),
+            limit=1,
+        )
+    async with sessions.begin() as session:
+        after = await repository.claim(
+            session,
+            worker="b",
+            kinds=[JobKind.SUBMIT],
+            now=now + timedelta(seconds=6),
+            lease=timedelta(seconds=5),
+            limit=1,
+        )
+
+    assert during == []
+    assert [taken.id for taken in after] == [job.id]
+    assert after[0].attempts == 2
+    async with sessions.begin() as session:
+        kept_by_a = await repository.finish(session, job.id, worker="a", outcome=Done(), now=now)
+        kept_by_b = await repository.finish(session, job.id, worker="b", outcome=Done(), now=now)
+    assert (kept_by_a, kept_by_b) == (False, True)
+    [finished] = await all_jobs(sessions)
+    assert finished.state == JobState.DONE
+    assert finished.lease_owner is None
+
+
+async def test_enqueue_twice_keeps_one_open_job_and_the_earlier_time(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    task = await make_task(sessions)
+    now = utcnow()
+    async with sessions.begin() as session:
+        await repository.enqueue(session, JobKind.POLL, task.id, now + timedelta(minutes=5))
+        await repository.enqueue(session, JobKind.POLL, task.id, now + timedelta(minutes=1))
+        await repository.enqueue(session, JobKind.POLL, task.id, now + timedelta(minutes=9))
+
+    polls = [job for job in await all_jobs(sessions) if job.kind == JobKind.POLL]
+    assert len(polls) == 1
+    assert polls[0].run_at == now + timedelta(minutes=1)
+
+
+async def test_a_finished_job_does_not_block_a_new_one_of_the_same_kind(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    task = await make_task(sessions)
+    async with sessions.begin() as session:
+        await session.execute(update(Job).values(state=JobState.DONE))
+        await repository.enqueue(session, JobKind.SUBMIT, task.id, utcnow())
+
+    states = sorted(job.state for job in await all_jobs(sessions))
+    assert states == [JobState.DONE, JobState.QUEUED]
+
+
+async def run_worker_until(worker: Worker, condition: asyncio.Event, timeout: float = 10.0) -> None:
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(condition.wait(), timeout)
+    finally:
+        stop.set()
+        await runner
+
+
+async def test_worker_records_retry_then_done_and_survives_handler_errors(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await make_task(sessions)
+    calls: list[int] = []
+    finished = asyncio.Event()
+
+    async def handler(job: Job) -> Outcome:
+        calls.append(job.attempts)
+        if job.attempts == 1:
+            raise RuntimeError("boom")
+        if job.attempts == 2:
+            return RetryAt(utcnow(), "not yet")
+        finished.set()
+        return Done()
+
+    worker = Worker(
+        sessions,
+        {JobKind.SUBMIT: handler},
+        idle_wait=0.05,
+        retry=RetryStrategy(base=timedelta(milliseconds=10)),
+    )
+    await run_worker_until(worker, finished)
+    await asyncio.sleep(0.1)
+
+    assert calls == [1, 2, 3]
+    [job] = await all_jobs(sessions)
+    assert job.state == JobState.DONE
+    assert job.last_error == "not yet"
+
+
+async def test_give_up_marks_the_job_dead(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await make_task(sessions)
+    finished = asyncio.Event()
+
+    async def handler(_job: Job) -> Outcome:
+        finished.set()
+        return GiveUp("never")
+
+    await run_worker_until(Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05), finished)
+
+    [job] = await all_jobs(sessions)
+    assert (job.state, job.last_error) == (JobState.DEAD, "never")
+
+
+async def test_stopping_releases_the_leases_of_unfinished_jobs(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await make_task(sessions)
+    started = asyncio.Event()
+
+    async def handler(_job: Job) -> Outcome:
+        started.set()
+        await asyncio.sleep(3600)
+        return Done()
+
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05, grace=0.1)
+    await run_worker_until(worker, started)
+
+    [job] = await all_jobs(sessions)
+    assert job.state == JobState.QUEUED
+    assert job.lease_owner is None
+    assert job.lease_expires_at is None
+
+
+async def test_heartbeat_keeps_the_lease_of_a_long_job(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await make_task(sessions)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(_job: Job) -> Outcome:
+        started.set()
+        await release.wait()
+        return Done()
+
+    lease = timedelta(milliseconds=300)
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05, lease=lease)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    await started.wait()
+    await asyncio.sleep(1.0)  # several lease lengths
+    async with sessions.begin() as session:
+        stolen = await repository.claim(
+            session, worker="thief", kinds=[JobKind.SUBMIT], now=utcnow(), lease=lease, limit=1
+        )
+    release.set()
+    await asyncio.sleep(0.2)
+    stop.set()
+    await runner
+
+    assert stolen == []
+    [job] = await all_jobs(sessions)
+    assert job.state == JobState.DONE
+
+
+def test_retry_delays_grow_are_capped_and_jittered() -> None:
+    strategy = RetryStrategy(base=timedelta(seconds=1), cap=timedelta(seconds=60), jitter=0.5)
+    rng = random.Random(7)
+
+    delays = [strategy.delay(attempt, rng).total_seconds() for attempt in range(1, 12)]
+
+    for attempt, delay in enumerate(delays, start=1):
+        full = min(2 ** (attempt - 1), 60)
+        assert full * 0.5 <= delay <= full
+    assert max(delays) <= 60
+    no_jitter = RetryStrategy(jitter=0.0)
+    assert [no_jitter.delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
