@@ -31,7 +31,7 @@ def problem(monkeypatch: pytest.MonkeyPatch, **env: str | None) -> str:
         if value is not None:
             monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
     return describe_error(caught.value)
 
 
@@ -108,7 +108,7 @@ def test_valid_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)
 
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
 
     assert settings.callers == {"svc-key-0123456789abcdef": "svc"}
     assert settings.poll_after_seconds.total_seconds() == 60
@@ -117,13 +117,25 @@ def test_valid_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.storage_url == "file://./var/images"
 
 
+def test_durations_are_read_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in VALID.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("IMAGEGEN_POLL_AFTER_SECONDS", "90")
+    monkeypatch.setenv("IMAGEGEN_JOB_LEASE_SECONDS", "2.5")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.poll_after_seconds.total_seconds() == 90
+    assert settings.job_lease_seconds.total_seconds() == 2.5
+
+
 def test_private_base_url_is_allowed_for_development(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("IMAGEGEN_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
     monkeypatch.setenv("IMAGEGEN_ALLOW_PRIVATE_NETWORKS", "true")
 
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
 
     assert settings.public_base_url == "http://127.0.0.1:8000"
 
@@ -132,7 +144,7 @@ def test_secrets_do_not_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatc
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)
 
-    text = repr(Settings(_env_file=None))  # type: ignore[call-arg]
+    text = repr(Settings(_env_file=None))
 
     assert "sk-evo-real-key" not in text
     assert "svc-key-0123456789abcdef" not in text

@@ -5,10 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.urls import UrlPolicyError, check_outbound_url
@@ -23,6 +30,19 @@ PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", 
 CALLBACK_PATH_LENGTH = len("/callbacks/evolink/") + 36 + 1 + 43
 SIMULATOR_API_KEY = "sk-evo-simulator"
 SIMULATOR_CALLBACK_SECRET = "simulator-mode-only-callback-secret-not-for-production"  # noqa: S105
+
+
+def _seconds(value: object) -> object:
+    """Durations are given in seconds ("60", "0.5"); ISO 8601 durations work too."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 def parse_key_pairs(raw: str | None) -> dict[str, str]:
@@ -61,16 +81,16 @@ class Settings(BaseSettings):
     notify_secret: SecretStr | None = None
     operator_keys: SecretStr | None = None
     allow_private_networks: bool = False
-    poll_after_seconds: timedelta = timedelta(seconds=60)
+    poll_after_seconds: Seconds = timedelta(seconds=60)
     run_workers: bool = True
 
     # Choices of this implementation (documented in README.md).
-    poll_max_wait_seconds: timedelta = timedelta(hours=2)
-    submit_max_wait_seconds: timedelta = timedelta(hours=1)
-    submit_uncertain_wait_seconds: timedelta = timedelta(minutes=15)
+    poll_max_wait_seconds: Seconds = timedelta(hours=2)
+    submit_max_wait_seconds: Seconds = timedelta(hours=1)
+    submit_uncertain_wait_seconds: Seconds = timedelta(minutes=15)
     provider_create_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
-    job_lease_seconds: timedelta = timedelta(seconds=30)
+    job_lease_seconds: Seconds = timedelta(seconds=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")

@@ -30,7 +30,7 @@ def postgres_server_url() -> tuple[str, object | None]:
         import pgserver
 
     data_dir = tempfile.mkdtemp(prefix="imagegen-pg-")
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     uri = make_url(server.get_uri())
     url = uri.set(drivername="postgresql+asyncpg")
     return url.render_as_string(hide_password=False), server
@@ -58,7 +58,7 @@ def _asyncpg_args(url: str) -> dict[str, object]:
 
 async def admin_execute(url: str, *statements: str) -> None:
     """Run statements outside a transaction (CREATE/DROP DATABASE)."""
-    connection = await asyncpg.connect(**_asyncpg_args(url))  # type: ignore[arg-type]
+    connection = await asyncpg.connect(**_asyncpg_args(url))
     try:
         for statement in statements:
             await connection.execute(statement)

@@ -51,7 +51,8 @@ class Stack:
         self, task_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
     ) -> dict[str, Any]:
         """The task once `predicate` holds for it."""
-        return await eventually(lambda: self.task(task_id), predicate, timeout)
+        task: dict[str, Any] = await eventually(lambda: self.task(task_id), predicate, timeout)
+        return task
 
     async def sim_tasks(self) -> list[dict[str, Any]]:
         tasks: list[dict[str, Any]] = (await self.sim.get("/_sim/tasks")).json()

@@ -103,7 +103,9 @@ async def test_rate_limited_creates_are_retried(sqlite_database_url: str) -> Non
     config = SimulatorConfig(duration_seconds=0.5, faults=SimulatorFaults(create_429_rate=1.0))
     async with running_stack(sqlite_database_url, config) as stack:
         created = await stack.create()
-        await eventually(lambda: stack.sim.get("/_sim/stats"), lambda r: "429" in r.text)
+        await eventually(
+            lambda: stack.sim.get("/_sim/stats"), lambda r: r.json()["creates_rejected_429"] >= 2
+        )
         await stack.set_faults(create_429_rate=0.0)
 
         await stack.wait_for(created["id"], status_is("pending", "processing", "archiving"))

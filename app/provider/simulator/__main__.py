@@ -1,0 +1,5 @@
+"""`python -m app.provider.simulator`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""Command line of the simulator: `python -m app.provider.simulator --port 8900 ...`."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from .app import Simulator
+from .config import IMAGE_FORMATS, SimulatorConfig, SimulatorFaults
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server, behaviour and fault options to `parser`."""
+    defaults = SimulatorConfig()
+    faults = SimulatorFaults()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--root-path", default="", help="path prefix behind a proxy")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        help=f"accepted Bearer key, repeatable (default {defaults.api_keys[0]})",
+    )
+    parser.add_argument("--duration", type=float, default=defaults.duration_seconds)
+    parser.add_argument("--allow-private-callbacks", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default=defaults.image_format)
+    parser.add_argument("--image-noise", action="store_true")
+    parser.add_argument("--callback-drop-rate", type=float, default=faults.callback_drop_rate)
+    parser.add_argument("--callback-duplicates", type=int, default=faults.callback_duplicates)
+    parser.add_argument("--stale-after-final", action="store_true")
+    parser.add_argument("--create-429-rate", type=float, default=faults.create_429_rate)
+    parser.add_argument("--create-500-rate", type=float, default=faults.create_500_rate)
+    parser.add_argument("--create-hang-rate", type=float, default=faults.create_hang_rate)
+    parser.add_argument("--create-hang-seconds", type=float, default=faults.create_hang_seconds)
+    parser.add_argument("--query-500-rate", type=float, default=faults.query_500_rate)
+    parser.add_argument("--fail-rate", type=float, default=faults.fail_rate)
+    parser.add_argument("--link-ttl", type=float, default=faults.link_ttl_seconds)
+    parser.add_argument("--down", action="store_true")
+
+
+def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
+    """The configuration the parsed options describe; ValueError on an out-of-range value."""
+    faults = SimulatorFaults(
+        callback_drop_rate=ns.callback_drop_rate,
+        callback_duplicates=ns.callback_duplicates,
+        stale_after_final=ns.stale_after_final,
+        create_429_rate=ns.create_429_rate,
+        create_500_rate=ns.create_500_rate,
+        create_hang_rate=ns.create_hang_rate,
+        create_hang_seconds=ns.create_hang_seconds,
+        query_500_rate=ns.query_500_rate,
+        fail_rate=ns.fail_rate,
+        link_ttl_seconds=ns.link_ttl,
+        down=ns.down,
+    )
+    return SimulatorConfig(
+        api_keys=tuple(ns.api_keys) if ns.api_keys else SimulatorConfig.api_keys,
+        duration_seconds=ns.duration,
+        allow_private_callbacks=ns.allow_private_callbacks,
+        image_format=ns.image_format,
+        image_noise=ns.image_noise,
+        seed=ns.seed,
+        faults=faults,
+    )
+
+
+def run(ns: argparse.Namespace) -> None:
+    """Serve a simulator built from `ns` until interrupted."""
+    simulator = Simulator(config_from_args(ns))
+    uvicorn.run(
+        simulator.app,
+        host=ns.host,
+        port=ns.port,
+        root_path=ns.root_path,
+        log_level=ns.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m app.provider.simulator`."""
+    parser = argparse.ArgumentParser(description="Fake EvoLink gpt-image-1.5 upstream")
+    add_arguments(parser)
+    ns = parser.parse_args(argv)
+    try:
+        config_from_args(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
+    run(ns)

@@ -1,0 +1,99 @@
+"""Settings and fault switches of the EvoLink simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+RATE_FIELDS = (
+    "callback_drop_rate",
+    "create_429_rate",
+    "create_500_rate",
+    "create_hang_rate",
+    "query_500_rate",
+    "fail_rate",
+)
+
+
+@dataclass
+class SimulatorFaults:
+    """Faults the simulator injects; every `*_rate` is a fraction in [0, 1]."""
+
+    callback_drop_rate: float = 0.0
+    callback_duplicates: int = 1
+    stale_after_final: bool = False
+    create_429_rate: float = 0.0
+    create_500_rate: float = 0.0
+    create_hang_rate: float = 0.0
+    create_hang_seconds: float = 120.0
+    query_500_rate: float = 0.0
+    fail_rate: float = 0.0
+    link_ttl_seconds: float = 86400.0
+    down: bool = False
+
+    def __post_init__(self) -> None:
+        for name in RATE_FIELDS:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value!r}")
+        if self.callback_duplicates < 1:
+            raise ValueError("callback_duplicates must be at least 1")
+        if not self.create_hang_seconds >= 0.0:
+            raise ValueError("create_hang_seconds must not be negative")
+        if not self.link_ttl_seconds >= 0.0:
+            raise ValueError("link_ttl_seconds must not be negative")
+
+    def to_json(self) -> dict[str, Any]:
+        """The faults as a JSON object."""
+        return dataclasses.asdict(self)
+
+    def updated(self, changes: Mapping[str, object]) -> SimulatorFaults:
+        """A copy with `changes` (JSON values) applied; ValueError names any bad field."""
+        values = dataclasses.asdict(self)
+        for name, value in changes.items():
+            if name not in values:
+                raise ValueError(f"unknown fault field: {name}")
+            values[name] = _coerce(name, value, type(values[name]))
+        return SimulatorFaults(**values)
+
+
+def _coerce(name: str, value: object, expected: type) -> object:
+    """Check one JSON value against the type of the field's default."""
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be a boolean")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number")
+    if expected is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be an integer")
+        return int(value)
+    return float(value)
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything a simulator instance needs; faults can change at runtime."""
+
+    api_keys: tuple[str, ...] = ("sk-evo-simulator",)
+    duration_seconds: float = 3.0
+    allow_private_callbacks: bool = False
+    image_format: str = "png"
+    image_noise: bool = False
+    seed: int | None = None
+    faults: SimulatorFaults = field(default_factory=SimulatorFaults)
+
+    def __post_init__(self) -> None:
+        self.api_keys = tuple(self.api_keys)
+        if not self.api_keys or not all(self.api_keys):
+            raise ValueError("api_keys must hold at least one non-empty key")
+        if not self.duration_seconds >= 0.0:
+            raise ValueError("duration_seconds must not be negative")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}")

@@ -1,0 +1,40 @@
+"""Counters the simulator exposes at `/_sim/stats`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SimulatorStats:
+    """What happened since the simulator was built."""
+
+    creates_accepted: int = 0
+    creates_rejected_429: int = 0
+    creates_rejected_500: int = 0
+    creates_rejected_503: int = 0
+    creates_invalid: int = 0
+    creates_hung: int = 0
+    unauthorized: int = 0
+    queries: int = 0
+    queries_rejected_500: int = 0
+    queries_rejected_503: int = 0
+    files_served: int = 0
+    files_expired: int = 0
+    callbacks_sent: int = 0
+    callbacks_ok: int = 0
+    callbacks_failed: int = 0
+    callbacks_delivered: int = 0
+    callbacks_given_up: int = 0
+    callbacks_dropped: int = 0
+    callbacks_stale: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """All counters, plus `creates_rejected_fault` (429 + 500 + 503 answers to creates)."""
+        counts: dict[str, Any] = dataclasses.asdict(self)
+        counts["creates_rejected_fault"] = (
+            self.creates_rejected_429 + self.creates_rejected_500 + self.creates_rejected_503
+        )
+        return counts
