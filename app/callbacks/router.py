@@ -18,7 +18,7 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.errors import error_response
 from app.provider.parsing import ProviderBodyError, parse_task
-from app.provider.types import ProviderTask
+from app.provider.types import ProviderTask, is_provider_task_id
 from app.tasks import repository as tasks
 from app.tasks import service
 from app.tasks.models import SubmitState, Task
@@ -114,6 +114,9 @@ async def _handle(
         )
         await inbox.set_outcome(session, delivery_id, DeliveryOutcome.APPLIED, news.raw_status)
         await session.commit()
+    wake = request.app.state.wake_workers
+    if wake is not None:
+        wake()
     log.info(
         "callback accepted",
         extra={"task_id": task.id, "provider_task_id": news.id, "provider_status": news.raw_status},
@@ -137,6 +140,8 @@ async def _belongs(session: Any, task: Task, news: ProviderTask, now: Any) -> bo
     if task.provider_task_id is not None:
         return task.provider_task_id == news.id
     if task.submit_state not in (SubmitState.UNCERTAIN, SubmitState.IN_FLIGHT):
+        return False
+    if not is_provider_task_id(news.id):
         return False
     adopted = await tasks.update_fields(
         session,

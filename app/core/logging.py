@@ -9,7 +9,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
 # Anything that looks like a credential is masked even if it slips into a message.
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"']+"),

@@ -10,13 +10,23 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-ROOT = Path(__file__).resolve().parents[2]
+# Beside the package in a checkout (editable install), or in the working directory of an
+# installed copy (the container image puts it in /srv/migrations).
+_CANDIDATES = (Path(__file__).resolve().parents[2] / "migrations", Path.cwd() / "migrations")
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are."""
+    for candidate in _CANDIDATES:
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("no migrations directory beside the package or in the working dir")
 
 
 def alembic_config(database_url: str) -> Config:
     """Alembic's config pointing at this repository's migrations and `database_url`."""
     config = Config()
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(rev)s_%%(slug)s")
     return config

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import httpx
 
 from app.provider.parsing import ProviderBodyError, parse_error_body, parse_task
 from app.provider.types import (
-    TASK_ID_PREFIX,
     CreateTaskRequest,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderTask,
     ProviderUnavailable,
+    is_provider_task_id,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class EvolinkClient:
 
     async def get_task(self, task_id: str) -> ProviderTask:
         """Query a task. Raises ProviderRejected or ProviderUnavailable."""
-        if not task_id.startswith(TASK_ID_PREFIX) or "/" in task_id:
+        if not is_provider_task_id(task_id):
             raise ProviderRejected(
                 f"not a provider task id: {task_id[:80]!r}", code="invalid_task_id"
             )
@@ -121,6 +122,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        return None
+    if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), 3600.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -12,6 +13,14 @@ QUALITIES = ("low", "medium", "high")
 MAX_IMAGE_URLS = 16
 MAX_CALLBACK_URL_LENGTH = 2048
 TASK_ID_PREFIX = "task-unified-"
+# Upstream task ids stay one URL path segment: refuse anything else before it reaches a URL.
+TASK_ID_PATTERN = re.compile(r"task-unified-[A-Za-z0-9_\-]{1,100}")
+
+
+def is_provider_task_id(value: str) -> bool:
+    """Whether `value` looks like an upstream task id and is safe in a URL path."""
+    return TASK_ID_PATTERN.fullmatch(value) is not None
+
 
 # Pixel size of each accepted size value.
 PIXELS: dict[str, tuple[int, int]] = {
