@@ -2,7 +2,8 @@
 
 from app.callbacks.models import CallbackDelivery
 from app.core.db import Base
+from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job
 
-__all__ = ["Base", "CallbackDelivery", "Job", "Task"]
+__all__ = ["Base", "CallbackDelivery", "Job", "Task", "TaskEvent"]

@@ -22,6 +22,7 @@ from app.provider.types import ProviderTask, is_provider_task_id
 from app.tasks import repository as tasks
 from app.tasks import service
 from app.tasks.models import SubmitState, Task
+from app.tasks.schemas import is_task_id
 from app.tasks.states import ProviderNews
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -64,7 +65,7 @@ async def receive_callback(task_id: str, token: str, request: Request) -> JSONRe
     settings: Settings = request.app.state.settings
     try:
         return await _handle(request, settings, task_id, token, body)
-    except SQLAlchemyError:
+    except (SQLAlchemyError, OSError, TimeoutError):
         log.exception(
             "cannot record a callback; asking the provider to retry", extra={"task_id": task_id}
         )
@@ -76,7 +77,7 @@ async def _handle(
 ) -> JSONResponse:
     now = utcnow()
     async with request.app.state.sessions() as session:
-        task = await tasks.get(session, task_id) if len(task_id) <= 36 else None
+        task = await tasks.get(session, task_id) if is_task_id(task_id) else None
         if task is None:
             return error_response(404, "not_found", "no such callback")
         if not token_matches(settings.callback_secret_bytes(), task.id, task.callback_nonce, token):
@@ -110,6 +111,7 @@ async def _handle(
             task,
             ProviderNews(news, confirmed=False),
             now=now,
+            source="callback",
             extra={"last_news_at": now},
         )
         await inbox.set_outcome(session, delivery_id, DeliveryOutcome.APPLIED, news.raw_status)

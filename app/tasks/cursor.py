@@ -7,6 +7,8 @@ import binascii
 import json
 from datetime import datetime
 
+from app.tasks.schemas import is_task_id
+
 
 class CursorError(ValueError):
     """A cursor this service did not make."""
@@ -26,6 +28,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise CursorError("cursor is not valid") from exc
-    if moment.tzinfo is None or not isinstance(task_id, str) or len(task_id) > 64:
+    if moment.tzinfo is None or not isinstance(task_id, str) or not is_task_id(task_id):
         raise CursorError("cursor is not valid")
     return moment, task_id

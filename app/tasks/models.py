@@ -64,6 +64,7 @@ class Task(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_news_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     provider_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    final_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result_urls: Mapped[list[str] | None] = mapped_column(JSON)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

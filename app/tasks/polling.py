@@ -8,8 +8,9 @@ from typing import Any
 
 from app.core.clock import utcnow
 from app.provider.types import ProviderRejected, ProviderStatus, ProviderTask, ProviderUnavailable
-from app.tasks import repository, service
+from app.tasks import events, repository, service
 from app.tasks.context import TaskContext
+from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers.models import Job
@@ -29,6 +30,7 @@ class Poller:
     def __init__(self, context: TaskContext) -> None:
         self._ctx = context
         self._errors = RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=2))
+        self._confirm = RetryStrategy(base=timedelta(seconds=1), cap=timedelta(minutes=1))
 
     async def __call__(self, job: Job) -> Outcome:
         async with self._ctx.sessions() as session:
@@ -49,9 +51,12 @@ class Poller:
                 utcnow() + self._errors.delay(job.attempts), "provider answered for another task"
             )
         status = await self._apply(task, news)
-        if status in _ACTIVE:
-            return RetryAt(utcnow() + self._interval(job.attempts), "")
-        return Done()
+        if status not in _ACTIVE:
+            return Done()
+        if task.final_claimed_at is not None:
+            # A callback said final but the query does not agree yet: confirm again soon.
+            return RetryAt(utcnow() + self._confirm.delay(job.attempts), "confirmation pending")
+        return RetryAt(utcnow() + self._interval(job.attempts), "")
 
     async def _apply(self, task: Task, news: ProviderTask) -> str:
         now = utcnow()
@@ -62,13 +67,43 @@ class Poller:
             fresh = await repository.get(session, task.id)
             if fresh is None:
                 return TaskStatus.FAILED.value
+            await events.record(
+                session,
+                task.id,
+                kind=EventKind.POLL,
+                source="poll",
+                at=now,
+                outcome=news.raw_status,
+                detail={"progress": news.progress},
+            )
             decision = await service.apply_event(
-                session, fresh, ProviderNews(news, confirmed=True), now=now, extra=extra
+                session,
+                fresh,
+                ProviderNews(news, confirmed=True),
+                now=now,
+                source="poll",
+                extra=extra,
             )
             if not decision.changed:
                 await repository.update_fields(session, task.id, {"last_news_at": now})
             await session.commit()
             return fresh.status
+
+    async def _note(
+        self, task: Task, outcome: str, message: str, detail: dict[str, Any] | None
+    ) -> None:
+        async with self._ctx.sessions() as session:
+            await events.record(
+                session,
+                task.id,
+                kind=EventKind.POLL,
+                source="poll",
+                at=utcnow(),
+                outcome=outcome,
+                message=message,
+                detail=detail,
+            )
+            await session.commit()
 
     def _interval(self, attempts: int) -> timedelta:
         base = self._ctx.settings.poll_after_seconds
@@ -91,6 +126,7 @@ class Poller:
                         "provider_timeout", f"the provider did not finish the task within {wait}"
                     ),
                     now=utcnow(),
+                    source="poll",
                 )
                 await session.commit()
         return Done()

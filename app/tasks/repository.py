@@ -83,6 +83,9 @@ async def update_if_state(
             Task.id == task_id,
             Task.status == expected.status.value,
             Task.progress == expected.progress,
+            Task.final_claimed_at.is_not(None)
+            if expected.final_claimed
+            else Task.final_claimed_at.is_(None),
         )
         .values(**values)
         .execution_options(synchronize_session=False)

@@ -21,6 +21,7 @@ from app.tasks.schemas import (
     Status,
     TaskOut,
     TaskPage,
+    is_task_id,
 )
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -95,7 +96,9 @@ async def create_generation(
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses={404: {"model": ApiError}})
 async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> TaskOut:
     """One of the caller's tasks."""
-    task = await repository.get_for_caller(session, caller, task_id)
+    task = (
+        await repository.get_for_caller(session, caller, task_id) if is_task_id(task_id) else None
+    )
     if task is None:
         raise ApiProblem(404, "not_found", "no such task")
     return service.present(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ MAX_PROMPT_CHARS = 32_000
 MAX_METADATA_BYTES = 4096
 MAX_URL_CHARS = 2048
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+TASK_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Size = Literal["1:1", "2:3", "3:2", "1024x1024", "1024x1536", "1536x1024"]
 Quality = Literal["low", "medium", "high"]
@@ -25,6 +27,8 @@ Status = Literal["queued", "pending", "processing", "archiving", "succeeded", "f
 def _check_http_url(value: str) -> str:
     if len(value) > MAX_URL_CHARS:
         raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError("must not contain control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
@@ -175,3 +179,8 @@ class ApiError(BaseModel):
     """Every error answer of the API."""
 
     error: ApiErrorBody
+
+
+def is_task_id(value: str) -> bool:
+    """Whether `value` is a task id this service could have made (a canonical UUID)."""
+    return TASK_ID_PATTERN.fullmatch(value) is not None

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.tokens import new_nonce
 from app.core.errors import ApiProblem
-from app.tasks import repository
+from app.tasks import events, repository
+from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.schemas import CreateTaskRequest, ErrorOut, TaskOut
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
@@ -75,7 +76,13 @@ async def create_task(
 
 def state_of(task: Task) -> TaskState:
     """The state-machine view of a row."""
-    return TaskState(TaskStatus(task.status), task.progress, task.error_code, task.error_message)
+    return TaskState(
+        TaskStatus(task.status),
+        task.progress,
+        task.error_code,
+        task.error_message,
+        final_claimed=task.final_claimed_at is not None,
+    )
 
 
 async def apply_event(
@@ -84,6 +91,7 @@ async def apply_event(
     event: Event,
     *,
     now: datetime,
+    source: str,
     extra: dict[str, Any] | None = None,
 ) -> Decision:
     """Run `event` through the state machine and write the result with a conditional update,
@@ -105,16 +113,11 @@ async def apply_event(
         }
         if new.status.is_terminal:
             values["completed_at"] = now
+        if new.final_claimed and not current.final_claimed:
+            values["final_claimed_at"] = now
         if await repository.update_if_state(session, task.id, expected=current, values=values):
-            log.info(
-                "task transition",
-                extra={
-                    "task_id": task.id,
-                    "from_status": current.status.value,
-                    "to_status": new.status.value,
-                    "progress": new.progress,
-                },
-            )
+            if (new.status, new.progress) != (current.status, current.progress):
+                await _record_transition(session, task.id, current, new, source=source, now=now)
             await _write_effects(session, task, decision, now)
             await repository.get(session, task.id)  # refreshes `task` in place
             return decision
@@ -123,6 +126,38 @@ async def apply_event(
             return Decision(None)
         task = refreshed
     raise RuntimeError(f"task {task.id} kept changing under a transition")
+
+
+async def _record_transition(
+    session: AsyncSession,
+    task_id: str,
+    current: TaskState,
+    new: TaskState,
+    *,
+    source: str,
+    now: datetime,
+) -> None:
+    log.info(
+        "task transition",
+        extra={
+            "task_id": task_id,
+            "from_status": current.status.value,
+            "to_status": new.status.value,
+            "progress": new.progress,
+            "source": source,
+        },
+    )
+    await events.record(
+        session,
+        task_id,
+        kind=EventKind.TRANSITION,
+        source=source,
+        at=now,
+        from_status=current.status.value,
+        to_status=new.status.value,
+        message=new.error_message if new.status.is_terminal else None,
+        detail={"progress": new.progress, "error_code": new.error_code},
+    )
 
 
 async def _write_effects(

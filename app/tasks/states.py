@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from app.provider.types import ProviderStatus, ProviderTask
@@ -45,6 +45,7 @@ class TaskState:
     progress: int = 0
     error_code: str | None = None
     error_message: str | None = None
+    final_claimed: bool = False  # a callback said the task is final; not confirmed yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,12 @@ def _provider_news(current: TaskState, news: ProviderNews) -> Decision:
     reported = news.task.status
     if reported is ProviderStatus.UNKNOWN or current.status is TaskStatus.ARCHIVING:
         return UNCHANGED
-    if reported.is_final and not news.confirmed:
-        return Decision(None, (Effect.CONFIRM,))
+    if not news.confirmed:
+        if reported.is_final:
+            claimed = None if current.final_claimed else replace(current, final_claimed=True)
+            return Decision(claimed, (Effect.CONFIRM,))
+        if current.final_claimed:
+            return UNCHANGED  # a stale callback after a final one
     if reported is ProviderStatus.COMPLETED:
         if not news.task.results:
             return _terminal(
@@ -126,7 +131,7 @@ def _provider_news(current: TaskState, news: ProviderNews) -> Decision:
     progress = max(current.progress, min(max(news.task.progress, 0), 100))
     if status is current.status and progress == current.progress:
         return UNCHANGED
-    return Decision(TaskState(status, progress))
+    return Decision(replace(current, status=status, progress=progress))
 
 
 def _terminal(

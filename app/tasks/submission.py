@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.callbacks.tokens import callback_url
 from app.core.clock import utcnow
 from app.provider.types import (
@@ -18,8 +20,9 @@ from app.provider.types import (
     ProviderTask,
     ProviderUnavailable,
 )
-from app.tasks import repository, service
+from app.tasks import events, repository, service
 from app.tasks.context import TaskContext
+from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers import repository as jobs
@@ -101,10 +104,9 @@ class Submitter:
             )
             status = f"HTTP {exc.status_code}" if exc.status_code else "refused"
             code = f" {exc.code}" if exc.code else ""
+            message = f"the provider refused the task ({status}{code}): {exc.message}"
             return await self._fail(
-                task,
-                "submission_rejected",
-                f"the provider refused the task ({status}{code}): {exc.message}",
+                task, "submission_rejected", message, attempt=("rejected", message)
             )
         except ProviderUnavailable as exc:
             delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
@@ -114,10 +116,17 @@ class Submitter:
                 "provider unavailable; submission will be retried",
                 extra=extra | {"http_status": exc.status_code, "retry_in": delay.total_seconds()},
             )
-            await self._set_submit_state(task, SubmitState.RETRY)
+            status = f"HTTP {exc.status_code}: " if exc.status_code else ""
+            await self._set_submit_state(
+                task, SubmitState.RETRY, attempt=("retry", f"{status}{exc.message}")
+            )
             return RetryAt(utcnow() + delay, exc.message)
         except ProviderOutcomeUnknown as exc:
             log.warning("submission outcome unknown; not resubmitting", extra=extra)
+            await self._set_submit_state(
+                task, SubmitState.UNCERTAIN, attempt=("uncertain", exc.message)
+            )
+            task.submit_state = SubmitState.UNCERTAIN
             return await self._outcome_unknown(task, utcnow(), reason=exc.message)
         return await self._accept(task, accepted)
 
@@ -144,8 +153,17 @@ class Submitter:
                 return Done()
             fresh = await repository.get(session, task.id)
             assert fresh is not None
+            await events.record(
+                session,
+                task.id,
+                kind=EventKind.SUBMIT,
+                source="submit",
+                at=now,
+                outcome="accepted",
+                detail={"provider_task_id": accepted.id},
+            )
             await service.apply_event(
-                session, fresh, ProviderNews(accepted, confirmed=True), now=now
+                session, fresh, ProviderNews(accepted, confirmed=True), now=now, source="submit"
             )
             await jobs.enqueue(
                 session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
@@ -173,22 +191,44 @@ class Submitter:
             await self._set_submit_state(task, SubmitState.UNCERTAIN)
         return RetryAt(give_up_at, reason or "submission outcome unknown; waiting for a callback")
 
-    async def _set_submit_state(self, task: Task, state: str) -> None:
+    async def _set_submit_state(
+        self, task: Task, state: str, *, attempt: tuple[str, str] | None = None
+    ) -> None:
         async with self._ctx.sessions() as session:
+            now = utcnow()
             await repository.update_fields(
                 session,
                 task.id,
-                {"submit_state": state, "updated_at": utcnow()},
+                {"submit_state": state, "updated_at": now},
                 status=TaskStatus.QUEUED.value,
             )
+            await self._record_attempt(session, task, now, attempt)
             await session.commit()
 
-    async def _fail(self, task: Task, code: str, message: str) -> Outcome:
+    async def _record_attempt(
+        self, session: AsyncSession, task: Task, now: datetime, attempt: tuple[str, str] | None
+    ) -> None:
+        if attempt is not None:
+            outcome, message = attempt
+            await events.record(
+                session,
+                task.id,
+                kind=EventKind.SUBMIT,
+                source="submit",
+                at=now,
+                outcome=outcome,
+                message=message,
+            )
+
+    async def _fail(
+        self, task: Task, code: str, message: str, *, attempt: tuple[str, str] | None = None
+    ) -> Outcome:
         async with self._ctx.sessions() as session:
             fresh = await repository.get(session, task.id)
+            await self._record_attempt(session, task, utcnow(), attempt)
             if fresh is not None:
                 await service.apply_event(
-                    session, fresh, ServiceFailure(code, message), now=utcnow()
+                    session, fresh, ServiceFailure(code, message), now=utcnow(), source="submit"
                 )
                 await session.commit()
         return Done()

@@ -91,10 +91,15 @@ async def test_callers_see_only_their_own_tasks(gateway: Gateway) -> None:
     assert [task["id"] for task in listed.json()["data"]] == [beta["id"]]
 
 
-async def test_unknown_task_is_404(gateway: Gateway) -> None:
-    response = await gateway.client.get("/v1/tasks/" + "0" * 36, headers=auth())
+@pytest.mark.parametrize(
+    "task_id",
+    ["00000000-0000-0000-0000-000000000000", "0" * 36, "%00", "x" * 300, "..%2F..%2Fetc"],
+)
+async def test_unknown_task_is_404(gateway: Gateway, task_id: str) -> None:
+    response = await gateway.client.get(f"/v1/tasks/{task_id}", headers=auth())
 
     assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
 
 
 async def test_list_pages_newest_first_and_is_stable_under_inserts(gateway: Gateway) -> None:
@@ -140,6 +145,8 @@ async def test_list_filters_by_status(gateway: Gateway) -> None:
         ("cursor=garbage!!", "cursor"),
         ("cursor=" + "A" * 600, "cursor"),
         ("cursor=WyJub3QtYS1kYXRlIiwieCJd", "cursor"),
+        # a well-formed cursor whose id carries a NUL: refused before it reaches the database
+        ("cursor=WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwiXHUwMDAwIl0", "cursor"),
     ],
 )
 async def test_bad_list_parameters_are_refused(gateway: Gateway, query: str, field: str) -> None:

@@ -48,6 +48,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("metadata not an object", {"prompt": "p", "metadata": [1, 2]}, "metadata"),
     ("notify_url not a URL", {"prompt": "p", "notify_url": "not a url"}, "notify_url"),
     ("notify_url javascript", {"prompt": "p", "notify_url": "javascript:alert(1)"}, "notify_url"),
+    ("notify_url with NUL", {"prompt": "p", "notify_url": "https://e.com/\x00"}, "notify_url"),
+    (
+        "image url with newline",
+        {"prompt": "p", "image_urls": ["https://e.com/a\n.png"]},
+        "image_urls",
+    ),
     ("unknown field", {"prompt": "p", "qualty": "high"}, "qualty"),
 ]
 
@@ -129,6 +135,20 @@ async def test_private_or_plain_http_notify_url_is_refused_when_not_allowed(
         assert response.status_code == 422
         assert "notify_url" in response.json()["error"]["message"]
         assert await gateway.count(Task) == 0
+
+
+async def test_unusual_but_valid_text_is_stored_exactly(gateway: Gateway) -> None:
+    body = {
+        "prompt": "ünïcödé 画像 🎨 \u2028 'quotes' \"double\" \\ back",
+        "metadata": {"nul": "\u0000", "nested": {"list": [1, None, True, 2.5]}, "": ""},
+    }
+
+    response = await gateway.client.post(URL, json=body, headers=auth())
+    task = (await gateway.client.get(response.headers["location"], headers=auth())).json()
+
+    assert response.status_code == 202
+    assert task["prompt"] == body["prompt"]
+    assert task["metadata"] == body["metadata"]
 
 
 async def test_limits_that_are_exactly_allowed_are_accepted(gateway: Gateway) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from app.provider.parsing import parse_status
 from app.provider.types import ProviderStatus, ProviderTask, ProviderTaskError
 from app.tasks.states import (
+    UNCHANGED,
     ArchiveDone,
     Decision,
     Effect,
@@ -153,9 +154,27 @@ def test_unconfirmed_final_news_only_asks_for_confirmation(
     )
 
     decision = decide(TaskState(status, 20), event)
+    again = decide(TaskState(status, 20, final_claimed=True), event)
 
-    assert decision.state is None
+    # Only the claim is noted: status and progress wait for the provider's query.
+    assert decision.state == TaskState(status, 20, final_claimed=True)
     assert decision.effects == (Effect.CONFIRM,)
+    assert again.state is None
+    assert again.effects == (Effect.CONFIRM,)
+
+
+@pytest.mark.parametrize("status", BEFORE_FINAL)
+@pytest.mark.parametrize("reported", [ProviderStatus.PENDING, ProviderStatus.PROCESSING])
+def test_callbacks_after_a_final_claim_are_stale_but_queries_still_count(
+    status: TaskStatus, reported: ProviderStatus
+) -> None:
+    claimed = TaskState(status, 20, final_claimed=True)
+
+    stale = decide(claimed, news(reported, confirmed=False, progress=60))
+    queried = decide(claimed, news(ProviderStatus.PROCESSING, confirmed=True, progress=60))
+
+    assert stale == UNCHANGED
+    assert queried.state == TaskState(TaskStatus.PROCESSING, 60, final_claimed=True)
 
 
 # --- confirmed final news -----------------------------------------------------------------
@@ -418,10 +437,12 @@ def test_decide_never_raises_and_always_returns_a_decision(sequence: list[Event]
 
 
 @given(st.lists(events, max_size=30))
-def test_confirm_never_comes_with_a_state_change(sequence: list[Event]) -> None:
-    for _, decision, _ in fold(sequence):
+def test_confirm_never_comes_with_a_status_change(sequence: list[Event]) -> None:
+    for before, decision, after in fold(sequence):
         if Effect.CONFIRM in decision.effects:
-            assert decision == Decision(None, (Effect.CONFIRM,))
+            assert decision.effects == (Effect.CONFIRM,)
+            assert (after.status, after.progress) == (before.status, before.progress)
+            assert after.final_claimed
 
 
 @given(states, events)

@@ -81,9 +81,10 @@ class SimTask:
 
     def phase(self, now: float) -> tuple[str, int]:
         """Status and progress at monotonic time `now`; progress never decreases before the end."""
-        elapsed = now - self.created_at
-        if elapsed >= self.duration:
+        # Compared with due_at itself: `due_at - created_at` can round below `duration`.
+        if now >= self.due_at:
             return (self.final_status, 0 if self.error_code else 100)
+        elapsed = now - self.created_at
         start = self.duration * PENDING_SHARE
         if elapsed < start:
             return ("pending", 0)

@@ -1,8 +1,8 @@
-"""tasks jobs and callback inbox
+"""initial schema
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 07:52:40.597775
+Create Date: 2026-11-25 08:05:47.237932
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_news_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("provider_completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("final_claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("result_urls", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -127,8 +128,37 @@ def upgrade() -> None:
             postgresql_where=sa.text("state = 'queued'"),
         )
 
+    op.create_table(
+        "task_events",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("task_id", sa.String(length=36), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("from_status", sa.String(length=16), nullable=True),
+        sa.Column("to_status", sa.String(length=16), nullable=True),
+        sa.Column("message", sa.Text(), nullable=True),
+        sa.Column("detail", sa.JSON(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name=op.f("fk_task_events_task_id_tasks"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_task_events")),
+    )
+    with op.batch_alter_table("task_events", schema=None) as batch_op:
+        batch_op.create_index("ix_task_events_task_at", ["task_id", "at"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("task_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_task_events_task_at")
+
+    op.drop_table("task_events")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_jobs_open_kind_task",

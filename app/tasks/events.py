@@ -1,0 +1,78 @@
+"""The task timeline: every transition and every attempt at upstream work, for operators."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, UTCDateTime
+
+
+class EventKind:
+    """What happened."""
+
+    TRANSITION = "transition"  # the status or progress changed
+    SUBMIT = "submit"  # a create call upstream and its outcome
+    POLL = "poll"  # a query upstream and its outcome
+
+
+class TaskEvent(Base):
+    """One line of a task's timeline."""
+
+    __tablename__ = "task_events"
+    __table_args__ = (Index("ix_task_events_task_at", "task_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+async def record(
+    session: AsyncSession,
+    task_id: str,
+    *,
+    kind: str,
+    source: str,
+    at: datetime,
+    outcome: str | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    message: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Add a timeline line in the caller's transaction."""
+    session.add(
+        TaskEvent(
+            task_id=task_id,
+            at=at,
+            kind=kind,
+            source=source,
+            outcome=outcome,
+            from_status=from_status,
+            to_status=to_status,
+            message=None if message is None else message[:2000],
+            detail=detail,
+        )
+    )
+    await session.flush()
+
+
+async def timeline(session: AsyncSession, task_id: str) -> list[TaskEvent]:
+    """A task's events, oldest first."""
+    result = await session.scalars(
+        select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.at, TaskEvent.id)
+    )
+    return list(result.all())
