@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         log_config=None,
-        proxy_headers=True,
+        proxy_headers=False,  # nothing here depends on the client's address
         timeout_graceful_shutdown=30,
     )
 

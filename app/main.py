@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import Receive, Scope, Send
 
-from app.callbacks.router import router as callbacks_router
+from app.callbacks import pg_store
+from app.callbacks.intake import callback_target, handle_callback
+from app.callbacks.service import CallbackService, CallbackStore
+from app.callbacks.store import OrmCallbackStore
 from app.core.auth import KeyRing
 from app.core.config import SIMULATOR_API_KEY, Settings
-from app.core.db import create_engine, create_sessionmaker
+from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.http import create_http_client
 from app.health import router as health_router
@@ -59,6 +64,17 @@ def build_context(
     )
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, with provider callbacks answered before the framework's stack."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = callback_target(scope)
+        if target is None:
+            await super().__call__(scope, receive, send)
+            return
+        await handle_callback(self.state.callbacks, *target, scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway: caller API, provider callbacks, health; workers unless disabled."""
     if settings.public_base_url is None:
@@ -86,6 +102,19 @@ def create_app(settings: Settings) -> FastAPI:
             worker = build_worker(context)
             app.state.wake_workers = worker.wake
             runner = asyncio.create_task(worker.run(stop), name="workers")
+        stores: list[CallbackStore] = []
+        intake_pool = None
+        if not settings.is_sqlite:
+            intake_pool = await pg_store.create_pool(asyncpg_dsn(settings.database_url))
+            stores.append(pg_store.PostgresCallbackStore(intake_pool))
+        stores.append(OrmCallbackStore(sessions))
+        app.state.callbacks = CallbackService(
+            settings.callback_secret_bytes(), stores, app.state.wake_workers
+        )
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # collector's full passes, which otherwise stall requests for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -94,10 +123,12 @@ def create_app(settings: Settings) -> FastAPI:
                 await runner
             if simulator is not None:
                 await simulator.stop()
+            if intake_pool is not None:
+                await intake_pool.close()
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="imagegen-gateway",
         version="0.1.0",
         description=(
@@ -111,7 +142,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.wake_workers = None
     install_error_handlers(app)
     app.include_router(tasks_router)
-    app.include_router(callbacks_router)
     app.include_router(health_router)
     if simulator is not None:
         app.mount(SIMULATOR_MOUNT, simulator.app)

@@ -13,8 +13,8 @@ from app.callbacks.models import CallbackDelivery
 
 async def record_if_new(
     session: AsyncSession, *, task_id: str, digest: str, body: bytes, now: datetime
-) -> int | None:
-    """Insert a delivery unless this body was seen for this task; its id when new.
+) -> bool:
+    """Insert a delivery unless this body was seen for this task; True when new.
 
     `ON CONFLICT DO NOTHING RETURNING` decides concurrent duplicates in the database: exactly
     one of them gets a row id, so exactly one applies the transition."""
@@ -32,9 +32,9 @@ async def record_if_new(
             last_received_at=now,
         )
         .on_conflict_do_nothing(index_elements=[CallbackDelivery.task_id, CallbackDelivery.digest])
-        .returning(CallbackDelivery.id)
+        .returning(CallbackDelivery.task_id)
     )
-    return await session.scalar(statement)
+    return await session.scalar(statement) is not None
 
 
 async def count_repeat(session: AsyncSession, *, task_id: str, digest: str, now: datetime) -> None:
@@ -48,12 +48,12 @@ async def count_repeat(session: AsyncSession, *, task_id: str, digest: str, now:
 
 
 async def set_outcome(
-    session: AsyncSession, delivery_id: int, outcome: str, reported_status: str | None
+    session: AsyncSession, task_id: str, digest: str, outcome: str, reported_status: str | None
 ) -> None:
     """What was done with a new delivery."""
     await session.execute(
         update(CallbackDelivery)
-        .where(CallbackDelivery.id == delivery_id)
+        .where(CallbackDelivery.task_id == task_id, CallbackDelivery.digest == digest)
         .values(outcome=outcome, reported_status=reported_status)
         .execution_options(synchronize_session=False)
     )

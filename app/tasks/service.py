@@ -160,13 +160,18 @@ async def _record_transition(
     )
 
 
+def job_for(effect: Effect, notify_url: str | None) -> str | None:
+    """The job kind an effect is carried out by, if any."""
+    if effect is Effect.NOTIFY:
+        return JobKind.NOTIFY if notify_url else None
+    return _EFFECT_JOBS.get(effect)
+
+
 async def _write_effects(
     session: AsyncSession, task: Task, decision: Decision, now: datetime
 ) -> None:
     for effect in decision.effects:
-        kind = _EFFECT_JOBS.get(effect)
-        if effect is Effect.NOTIFY and task.notify_url:
-            kind = JobKind.NOTIFY
+        kind = job_for(effect, task.notify_url)
         if kind is not None:
             await jobs.enqueue(session, kind, task.id, now)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 08:05:47.237932
+Create Date: 2026-11-25 08:28:38.887242
 """
 
 from __future__ import annotations
@@ -60,21 +60,15 @@ def upgrade() -> None:
             "caller", "idempotency_key", name=op.f("uq_tasks_caller_idempotency_key")
         ),
         sa.UniqueConstraint("provider_task_id", name=op.f("uq_tasks_provider_task_id")),
+        postgresql_with={"fillfactor": "80"},
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index(
             "ix_tasks_caller_created", ["caller", "created_at", "id"], unique=False
         )
-        batch_op.create_index("ix_tasks_status_news", ["status", "last_news_at"], unique=False)
 
     op.create_table(
         "callback_deliveries",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
         sa.Column("task_id", sa.String(length=36), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
@@ -89,10 +83,7 @@ def upgrade() -> None:
             name=op.f("fk_callback_deliveries_task_id_tasks"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_deliveries")),
-        sa.UniqueConstraint(
-            "task_id", "digest", name=op.f("uq_callback_deliveries_task_id_digest")
-        ),
+        sa.PrimaryKeyConstraint("task_id", "digest", name=op.f("pk_callback_deliveries")),
     )
     op.create_table(
         "jobs",
@@ -117,9 +108,16 @@ def upgrade() -> None:
             ["task_id"], ["tasks.id"], name=op.f("fk_jobs_task_id_tasks"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+        postgresql_with={"fillfactor": "80"},
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_due", ["state", "run_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_due",
+            ["run_at"],
+            unique=False,
+            sqlite_where=sa.text("state = 'queued'"),
+            postgresql_where=sa.text("state = 'queued'"),
+        )
         batch_op.create_index(
             "uq_jobs_open_kind_task",
             ["kind", "task_id"],
@@ -165,12 +163,15 @@ def downgrade() -> None:
             sqlite_where=sa.text("state = 'queued'"),
             postgresql_where=sa.text("state = 'queued'"),
         )
-        batch_op.drop_index("ix_jobs_due")
+        batch_op.drop_index(
+            "ix_jobs_due",
+            sqlite_where=sa.text("state = 'queued'"),
+            postgresql_where=sa.text("state = 'queued'"),
+        )
 
     op.drop_table("jobs")
     op.drop_table("callback_deliveries")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.drop_index("ix_tasks_status_news")
         batch_op.drop_index("ix_tasks_caller_created")
 
     op.drop_table("tasks")

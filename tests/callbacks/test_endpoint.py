@@ -31,7 +31,7 @@ async def gateway(database_url: str) -> AsyncIterator[Gateway]:
 async def deliveries(gateway: Gateway, task_id: str) -> list[CallbackDelivery]:
     async with gateway.sessions() as session:
         query = select(CallbackDelivery).where(CallbackDelivery.task_id == task_id)
-        return list((await session.scalars(query.order_by(CallbackDelivery.id))).all())
+        return list((await session.scalars(query.order_by(CallbackDelivery.received_at))).all())
 
 
 async def transitions(gateway: Gateway, task_id: str) -> list[tuple[str | None, str | None]]:

@@ -25,7 +25,7 @@ async def timeline(stack: Stack, task_id: str) -> list[TaskEvent]:
 async def inbox(stack: Stack, task_id: str) -> list[CallbackDelivery]:
     async with stack.gateway.sessions() as session:
         query = select(CallbackDelivery).where(CallbackDelivery.task_id == task_id)
-        return list((await session.scalars(query.order_by(CallbackDelivery.id))).all())
+        return list((await session.scalars(query.order_by(CallbackDelivery.received_at))).all())
 
 
 def transitions(events: list[TaskEvent]) -> list[tuple[str | None, str | None]]:

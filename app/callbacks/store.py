@@ -1,0 +1,112 @@
+"""The general callback store: SQLAlchemy ORM in one transaction, on any database.
+
+It handles every case, including the rare ones (malformed bodies, bodies about another upstream
+task, adopting the upstream id of a submission whose answer was lost)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.callbacks import repository as inbox
+from app.callbacks.models import DeliveryOutcome
+from app.callbacks.service import (
+    ACCEPTED,
+    DUPLICATE,
+    MALFORMED,
+    MISMATCH,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    Answer,
+    Authenticate,
+    Delivery,
+)
+from app.provider.types import ProviderTask, is_provider_task_id
+from app.tasks import repository as tasks
+from app.tasks import service
+from app.tasks.models import SubmitState, Task
+from app.tasks.states import ProviderNews
+from app.workers import repository as jobs
+from app.workers.models import JobKind
+
+log = logging.getLogger(__name__)
+
+
+class OrmCallbackStore:
+    """Inbox row, transition and follow-up job in one ORM transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def receive(self, delivery: Delivery, authentic: Authenticate) -> Answer:
+        now = delivery.received_at
+        async with self._sessions() as session:
+            task = await tasks.get(session, delivery.task_id)
+            if task is None:
+                return NOT_FOUND
+            if not authentic(task.id, task.callback_nonce, delivery.token):
+                return UNAUTHORIZED
+            key = (task.id, delivery.digest)
+            is_new = await inbox.record_if_new(
+                session, task_id=task.id, digest=delivery.digest, body=delivery.body, now=now
+            )
+            if not is_new:
+                await inbox.count_repeat(session, task_id=task.id, digest=delivery.digest, now=now)
+                await session.commit()
+                return DUPLICATE
+            news = delivery.news
+            if news is None:
+                await inbox.set_outcome(session, *key, DeliveryOutcome.MALFORMED, None)
+                await session.commit()
+                return MALFORMED
+            if not await _belongs(session, task, news, now):
+                outcome = DeliveryOutcome.MISMATCH
+                await inbox.set_outcome(session, *key, outcome, news.raw_status)
+                await session.commit()
+                return MISMATCH
+            await service.apply_event(
+                session,
+                task,
+                ProviderNews(news, confirmed=False),
+                now=now,
+                source="callback",
+                extra={"last_news_at": now},
+            )
+            outcome = DeliveryOutcome.APPLIED
+            await inbox.set_outcome(session, *key, outcome, news.raw_status)
+            await session.commit()
+        return ACCEPTED
+
+
+async def _belongs(session: AsyncSession, task: Task, news: ProviderTask, now: datetime) -> bool:
+    """Whether the body is about this task; adopts the upstream id of an uncertain submission.
+
+    The adopted id is only a hint: the poll job queued here confirms it upstream before
+    anything is archived."""
+    if task.provider_task_id is not None:
+        return task.provider_task_id == news.id
+    if task.submit_state not in (SubmitState.UNCERTAIN, SubmitState.IN_FLIGHT):
+        return False
+    if not is_provider_task_id(news.id):
+        return False
+    adopted = await tasks.update_fields(
+        session,
+        task.id,
+        {
+            "provider_task_id": news.id,
+            "submit_state": SubmitState.ACCEPTED,
+            "submitted_at": now,
+            "updated_at": now,
+        },
+        provider_task_id=None,
+    )
+    if adopted:
+        log.warning(
+            "adopted the upstream task of a submission whose answer was lost",
+            extra={"task_id": task.id, "provider_task_id": news.id},
+        )
+        await jobs.enqueue(session, JobKind.POLL, task.id, now)
+        await tasks.get(session, task.id)
+    return adopted
