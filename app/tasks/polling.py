@@ -40,16 +40,21 @@ class Poller:
         now = utcnow()
         if self._timed_out(task, now):
             return await self._give_up(task)
+        quiet_until = (task.last_news_at or now) + self._ctx.settings.poll_after_seconds
+        if task.final_claimed_at is None and now < quiet_until and job.attempts > 1:
+            # Fresh news came in meanwhile: poll only after IMAGEGEN_POLL_AFTER_SECONDS of quiet.
+            return RetryAt(quiet_until, "")
         extra = {"task_id": task.id, "provider_task_id": task.provider_task_id}
         try:
             news = await self._ctx.provider.get_task(task.provider_task_id)
         except (ProviderUnavailable, ProviderRejected) as exc:
             log.info("polling the provider failed", extra=extra | {"http_status": exc.status_code})
+            await self._note(task, "error", exc.message, {"http_status": exc.status_code})
             return RetryAt(utcnow() + self._errors.delay(job.attempts), exc.message)
         if news.id != task.provider_task_id:
-            return RetryAt(
-                utcnow() + self._errors.delay(job.attempts), "provider answered for another task"
-            )
+            message = "the provider answered about another task"
+            await self._note(task, "error", message, {"provider_task_id": news.id})
+            return RetryAt(utcnow() + self._errors.delay(job.attempts), message)
         status = await self._apply(task, news)
         if status not in _ACTIVE:
             return Done()

@@ -145,3 +145,27 @@ async def test_hostile_posts_over_http_change_nothing(database_url: str) -> None
         assert after == before
         assert [d.outcome for d in await inbox(stack, victim["id"])] == ["malformed"]
         assert [d.outcome for d in await inbox(stack, other["id"])] == ["mismatch"]
+
+
+async def test_a_failing_confirmation_is_retried_until_the_provider_answers(
+    database_url: str,
+) -> None:
+    faults = SimulatorFaults(query_500_rate=1.0)
+    config = SimulatorConfig(duration_seconds=0.3, faults=faults)
+    async with running_stack(database_url, config, poll_after_seconds=3600) as stack:
+        created = await stack.create()
+
+        async def poll_errors() -> list[TaskEvent]:
+            events = await timeline(stack, created["id"])
+            return [e for e in events if e.kind == EventKind.POLL and e.outcome == "error"]
+
+        errors = await eventually(poll_errors, lambda found: len(found) >= 2)
+        assert (await stack.task(created["id"]))["status"] == "pending"
+        await stack.set_faults(query_500_rate=0.0)
+
+        task = await stack.wait_for(created["id"], lambda t: t["status"] == "archiving")
+
+        assert errors[0].detail == {"http_status": 500}
+        row = await stack.gateway.task_row(created["id"])
+        assert row.result_urls == (await stack.sim_tasks())[0]["results"]
+        assert task["progress"] == 100
