@@ -76,27 +76,21 @@ def cmd_worker(_args: argparse.Namespace) -> None:
 
 
 async def _run_worker(settings: Settings) -> None:
-    from app.core.db import create_engine, create_sessionmaker
-    from app.core.http import create_http_client
-    from app.main import build_context
-    from app.workers.setup import build_worker
+    from app.runtime import Runtime
 
     if settings.public_base_url is None:
         _fail("IMAGEGEN_PUBLIC_BASE_URL: required by the worker to build callback URLs")
-    engine = create_engine(settings.database_url)
-    http = create_http_client()
-    context = build_context(settings, create_sessionmaker(engine), http)
+    runtime = Runtime.open(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    worker = build_worker(context)
+    worker = runtime.build_worker()
     log.info("worker started", extra={"worker": worker.name})
     try:
         await worker.run(stop)
     finally:
-        await http.aclose()
-        await engine.dispose()
+        await runtime.close()
         log.info("worker stopped", extra={"worker": worker.name})
 
 

@@ -8,60 +8,23 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Receive, Scope, Send
 
+from app.archive.router import router as images_router
 from app.callbacks import pg_store
 from app.callbacks.intake import callback_target, handle_callback
 from app.callbacks.service import CallbackService, CallbackStore
 from app.callbacks.store import OrmCallbackStore
 from app.core.auth import KeyRing
-from app.core.config import SIMULATOR_API_KEY, Settings
-from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
+from app.core.config import Settings
+from app.core.db import asyncpg_dsn
 from app.core.errors import install_error_handlers
-from app.core.http import create_http_client
 from app.health import router as health_router
-from app.provider.evolink import EvolinkClient
-from app.tasks.context import TaskContext
+from app.runtime import SIMULATOR_MOUNT, Runtime
 from app.tasks.router import router as tasks_router
-from app.workers.setup import build_worker
 
 log = logging.getLogger(__name__)
-
-SIMULATOR_MOUNT = "/_simulator"
-
-
-def provider_origin(settings: Settings) -> tuple[str, str]:
-    """(base URL, API key) of the upstream this process talks to."""
-    if settings.provider == "simulator":
-        assert settings.public_base_url is not None
-        key = settings.provider_api_key
-        return settings.public_base_url + SIMULATOR_MOUNT, (
-            key.get_secret_value() if key else SIMULATOR_API_KEY
-        )
-    assert settings.provider_api_key is not None
-    return settings.provider_base_url, settings.provider_api_key.get_secret_value()
-
-
-def build_context(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], http: httpx.AsyncClient
-) -> TaskContext:
-    """What the job handlers and routers share in one process."""
-    base_url, api_key = provider_origin(settings)
-    provider = EvolinkClient(
-        http,
-        base_url,
-        api_key,
-        create_read_timeout=settings.provider_create_timeout_seconds,
-    )
-    return TaskContext(
-        sessions=sessions,
-        settings=settings,
-        provider=provider,
-        callback_base_url=settings.public_base_url or "",
-    )
 
 
 class GatewayApp(FastAPI):
@@ -88,18 +51,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
-        sessions = create_sessionmaker(engine)
-        http = create_http_client()
-        context = build_context(settings, sessions, http)
-        app.state.sessions = sessions
-        app.state.context = context
+        runtime = Runtime.open(settings)
+        app.state.runtime = runtime
+        app.state.sessions = runtime.sessions
+        app.state.store = runtime.store
         stop = asyncio.Event()
         runner: asyncio.Task[None] | None = None
         if simulator is not None:
             await simulator.start()
         if settings.run_workers:
-            worker = build_worker(context)
+            worker = runtime.build_worker()
             app.state.wake_workers = worker.wake
             runner = asyncio.create_task(worker.run(stop), name="workers")
         stores: list[CallbackStore] = []
@@ -107,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not settings.is_sqlite:
             intake_pool = await pg_store.create_pool(asyncpg_dsn(settings.database_url))
             stores.append(pg_store.PostgresCallbackStore(intake_pool))
-        stores.append(OrmCallbackStore(sessions))
+        stores.append(OrmCallbackStore(runtime.sessions))
         app.state.callbacks = CallbackService(
             settings.callback_secret_bytes(), stores, app.state.wake_workers
         )
@@ -125,8 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await simulator.stop()
             if intake_pool is not None:
                 await intake_pool.close()
-            await http.aclose()
-            await engine.dispose()
+            await runtime.close()
 
     app = GatewayApp(
         title="imagegen-gateway",
@@ -142,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.wake_workers = None
     install_error_handlers(app)
     app.include_router(tasks_router)
+    app.include_router(images_router)
     app.include_router(health_router)
     if simulator is not None:
         app.mount(SIMULATOR_MOUNT, simulator.app)

@@ -1,9 +1,10 @@
 """Every ORM model, imported in one place for Alembic and the tests."""
 
+from app.archive.models import TaskImage
 from app.callbacks.models import CallbackDelivery
 from app.core.db import Base
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job
 
-__all__ = ["Base", "CallbackDelivery", "Job", "Task", "TaskEvent"]
+__all__ = ["Base", "CallbackDelivery", "Job", "Task", "TaskEvent", "TaskImage"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support import databases
+from tests.support.s3 import S3Server, running_s3
 
 ALPHA_KEY = "alpha-key-0123456789abcdef"
 BETA_KEY = "beta-key-0123456789abcdef"
@@ -90,3 +91,10 @@ def settings_values(
 def auth(key: str = ALPHA_KEY) -> dict[str, str]:
     """Authorization header of a caller."""
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the whole run."""
+    with running_s3() as server:
+        yield server

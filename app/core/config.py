@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     submit_max_wait_seconds: Seconds = timedelta(hours=1)
     submit_uncertain_wait_seconds: Seconds = timedelta(minutes=15)
     provider_create_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    archive_deadline_seconds: Seconds = timedelta(hours=20)
+    image_redirect_seconds: Seconds = timedelta(0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     job_lease_seconds: Seconds = timedelta(seconds=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from urllib.parse import urlsplit
 
 
@@ -10,44 +12,69 @@ class UrlPolicyError(ValueError):
     """A URL the service must not use."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+# IPv6 ranges that carry or reach IPv4 addresses, or are deprecated local scopes.
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_FORBIDDEN_V6 = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # NAT64 for local use (RFC 8215)
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated), ::, ::1
+)
+# Hosts that the system resolver reads as IPv4 although they are not dotted quads:
+# "127.1", "2130706433", "0x7f000001", "0177.0.0.1".
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-Fx.]+")
 
 
-def is_forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def is_forbidden_address(address: IPAddress) -> bool:
     """True for every address a request from this service must never reach without permission."""
     if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return is_forbidden_address(mapped)
-        if address.teredo is not None:
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64_WELL_KNOWN:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_forbidden_address(embedded)
+        if address.teredo is not None or any(address in net for net in _FORBIDDEN_V6):
             return True
     return not address.is_global or address.is_multicast
 
 
-def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP address a URL host names literally, or None for a DNS name."""
+def literal_address(host: str) -> IPAddress | None:
+    """The IP address a URL host names literally (in any spelling a resolver accepts)."""
+    bare = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(bare)
     except ValueError:
-        return None
+        pass
+    if _NUMERIC_HOST.fullmatch(bare) and not bare.endswith("."):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
 
 
 def check_outbound_url(url: str, *, allow_private: bool, what: str = "URL") -> str:
     """Refuse a URL that is not https (http only with private networks allowed) or names a
     private, loopback or otherwise internal host literally. DNS names are checked again at
     connect time by whoever connects."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise UrlPolicyError(f"{what} is not a valid URL") from exc
     schemes = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in schemes:
         raise UrlPolicyError(f"{what} must use {' or '.join(schemes)}")
-    host = parts.hostname
     if not host:
         raise UrlPolicyError(f"{what} has no host")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise UrlPolicyError(f"{what} must not carry credentials")
     if allow_private:
         return url
-    if host.lower().rstrip(".") in _LOCAL_NAMES or host.lower().endswith(".localhost"):
+    name = host.lower().rstrip(".")
+    if name in _LOCAL_NAMES or name.endswith(".localhost"):
         raise UrlPolicyError(f"{what} points to a local host")
     address = literal_address(host)
     if address is not None and is_forbidden_address(address):

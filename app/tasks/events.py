@@ -18,6 +18,7 @@ class EventKind:
     TRANSITION = "transition"  # the status or progress changed
     SUBMIT = "submit"  # a create call upstream and its outcome
     POLL = "poll"  # a query upstream and its outcome
+    ARCHIVE = "archive"  # a copy of a result image and its outcome
 
 
 class TaskEvent(Base):

@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.archive import repository as archived
 from app.core.auth import CallerDep
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
@@ -14,6 +16,7 @@ from app.core.errors import ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.tasks import repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
+from app.tasks.models import Task
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     ApiError,
@@ -30,6 +33,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS)
+
+
+async def _present(session: AsyncSession, task: Task) -> TaskOut:
+    images = await archived.for_tasks(session, [task.id])
+    return service.present(task, images[task.id])
 
 
 def _check_idempotency_key(value: str | None) -> str | None:
@@ -85,7 +93,7 @@ async def create_generation(
         wake = getattr(request.app.state, "wake_workers", None)
         if wake is not None:
             wake()
-    content = service.present(task).model_dump(mode="json")
+    content = (await _present(session, task)).model_dump(mode="json")
     return JSONResponse(
         content,
         status_code=202 if created else 200,
@@ -101,7 +109,7 @@ async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> Task
     )
     if task is None:
         raise ApiProblem(404, "not_found", "no such task")
-    return service.present(task)
+    return await _present(session, task)
 
 
 @router.get("/tasks", response_model=TaskPage)
@@ -127,4 +135,7 @@ async def list_tasks(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    return TaskPage(data=[service.present(task) for task in page], next_cursor=next_cursor)
+    images = await archived.for_tasks(session, [task.id for task in page])
+    return TaskPage(
+        data=[service.present(task, images[task.id]) for task in page], next_cursor=next_cursor
+    )

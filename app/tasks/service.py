@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.archive.models import TaskImage
 from app.callbacks.tokens import new_nonce
 from app.core.errors import ApiProblem
 from app.tasks import events, repository
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
-from app.tasks.schemas import CreateTaskRequest, ErrorOut, TaskOut
+from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, TaskOut
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -176,8 +178,8 @@ async def _write_effects(
             await jobs.enqueue(session, kind, task.id, now)
 
 
-def present(task: Task) -> TaskOut:
-    """The task object callers see."""
+def present(task: Task, images: Sequence[TaskImage] = ()) -> TaskOut:
+    """The task object callers see, with its archived images."""
     error = None
     if task.error_code is not None:
         error = ErrorOut(code=task.error_code, message=task.error_message or "")
@@ -193,7 +195,16 @@ def present(task: Task) -> TaskOut:
         metadata=dict(task.metadata_),
         notify_url=task.notify_url,
         provider_task_id=task.provider_task_id,
-        images=[],
+        images=[
+            ImageOut(
+                index=image.index,
+                url=f"/v1/tasks/{task.id}/images/{image.index}",
+                content_type=image.content_type,
+                bytes=image.bytes,
+                sha256=image.sha256,
+            )
+            for image in images
+        ],
         error=error,
         created_at=task.created_at,
         updated_at=task.updated_at,

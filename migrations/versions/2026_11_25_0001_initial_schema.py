@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 08:28:38.887242
+Create Date: 2026-11-25 08:42:25.439590
 """
 
 from __future__ import annotations
@@ -151,8 +151,27 @@ def upgrade() -> None:
     with op.batch_alter_table("task_events", schema=None) as batch_op:
         batch_op.create_index("ix_task_events_task_at", ["task_id", "at"], unique=False)
 
+    op.create_table(
+        "task_images",
+        sa.Column("task_id", sa.String(length=36), nullable=False),
+        sa.Column("index", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(length=512), nullable=False),
+        sa.Column("content_type", sa.String(length=64), nullable=False),
+        sa.Column("bytes", sa.Integer(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("width", sa.Integer(), nullable=True),
+        sa.Column("height", sa.Integer(), nullable=True),
+        sa.Column("source_url", sa.String(length=2048), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name=op.f("fk_task_images_task_id_tasks"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("task_id", "index", name=op.f("pk_task_images")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("task_images")
     with op.batch_alter_table("task_events", schema=None) as batch_op:
         batch_op.drop_index("ix_task_events_task_at")
 

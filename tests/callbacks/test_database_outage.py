@@ -54,7 +54,7 @@ async def test_the_simulators_retry_delivers_after_the_database_returns(
 
             await eventually(stack.sim_tasks, refused_once, timeout=15)
             proxy.restore()
-            task = await stack.wait_for(created["id"], lambda t: t["status"] == "archiving")
+            task = await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
 
             [upstream] = await stack.sim_tasks()
             statuses = [c["status"] for c in upstream["callbacks"]]

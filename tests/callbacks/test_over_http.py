@@ -38,7 +38,7 @@ async def test_four_concurrent_duplicates_make_one_transition(database_url: str)
     async with running_stack(database_url, config, poll_after_seconds=3600) as stack:
         created = await stack.create()
 
-        await stack.wait_for(created["id"], lambda t: t["status"] == "archiving")
+        await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
 
         [upstream] = await eventually(
             stack.sim_tasks, lambda tasks: len(tasks[0]["callbacks"]) == 4
@@ -47,7 +47,11 @@ async def test_four_concurrent_duplicates_make_one_transition(database_url: str)
         [delivery] = await inbox(stack, created["id"])
         assert delivery.deliveries == 4
         events = await timeline(stack, created["id"])
-        assert transitions(events) == [("queued", "pending"), ("pending", "archiving")]
+        assert transitions(events) == [
+            ("queued", "pending"),
+            ("pending", "archiving"),
+            ("archiving", "succeeded"),
+        ]
         jobs = await stack.gateway.jobs(created["id"])
         assert [j.kind for j in jobs].count(JobKind.ARCHIVE) == 1
 
@@ -57,7 +61,7 @@ async def test_a_stale_state_after_the_final_one_changes_nothing(database_url: s
     config = SimulatorConfig(duration_seconds=0.3, faults=faults)
     async with running_stack(database_url, config, poll_after_seconds=3600) as stack:
         created = await stack.create()
-        await stack.wait_for(created["id"], lambda t: t["status"] == "archiving")
+        await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
 
         async def both_recorded() -> list[CallbackDelivery]:
             return await inbox(stack, created["id"])
@@ -66,9 +70,13 @@ async def test_a_stale_state_after_the_final_one_changes_nothing(database_url: s
         task = await stack.task(created["id"])
 
         assert [d.reported_status for d in deliveries] == ["completed", "processing"]
-        assert (task["status"], task["progress"]) == ("archiving", 100)
+        assert (task["status"], task["progress"]) == ("succeeded", 100)
         events = await timeline(stack, created["id"])
-        assert transitions(events) == [("queued", "pending"), ("pending", "archiving")]
+        assert transitions(events) == [
+            ("queued", "pending"),
+            ("pending", "archiving"),
+            ("archiving", "succeeded"),
+        ]
 
 
 async def test_every_callback_dropped_still_completes_every_task_by_polling(
@@ -80,7 +88,7 @@ async def test_every_callback_dropped_still_completes_every_task_by_polling(
         created = [await stack.create({"prompt": f"p{i}"}) for i in range(5)]
 
         for task in created:
-            await stack.wait_for(task["id"], lambda t: t["status"] == "archiving", timeout=30)
+            await stack.wait_for(task["id"], lambda t: t["status"] == "succeeded", timeout=30)
 
         upstream = await stack.sim_tasks()
         assert len(upstream) == 5
@@ -163,7 +171,7 @@ async def test_a_failing_confirmation_is_retried_until_the_provider_answers(
         assert (await stack.task(created["id"]))["status"] == "pending"
         await stack.set_faults(query_500_rate=0.0)
 
-        task = await stack.wait_for(created["id"], lambda t: t["status"] == "archiving")
+        task = await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
 
         assert errors[0].detail == {"http_status": 500}
         row = await stack.gateway.task_row(created["id"])

@@ -40,6 +40,7 @@ def gateway_env(
     database_url: str, simulator_url: str, api_url: str, **overrides: Any
 ) -> dict[str, str]:
     """Environment of a gateway process (API or worker) wired to a simulator process."""
+    overrides = {key.removeprefix("IMAGEGEN_").lower(): value for key, value in overrides.items()}
     values = settings_values(
         database_url, provider_url=simulator_url, public_base_url=api_url, **overrides
     )

@@ -20,7 +20,8 @@ async def start_stack(
 ) -> tuple[str, str, dict[str, str]]:
     sim_port, api_port = free_port(), free_port()
     sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
-    env = gateway_env(database_url, sim_url, api_url, **overrides)
+    storage = f"file://{processes.directory / 'images'}"
+    env = gateway_env(database_url, sim_url, api_url, storage_url=storage, **overrides)
     simulator = processes.start("simulator", simulator_args(sim_port, *simulator_flags), {})
     api = processes.start(
         "api", ["serve", "--port", str(api_port)], env | {"IMAGEGEN_RUN_WORKERS": "false"}
@@ -58,7 +59,7 @@ async def test_worker_killed_during_an_outage_submits_once_after_restart(
 
         task = await eventually(
             lambda: get_json(client, f"{api_url}/v1/tasks/{created['id']}"),
-            lambda t: t["status"] == "archiving",
+            lambda t: t["status"] == "succeeded",
             timeout=30,
         )
         upstream = await get_json(client, f"{sim_url}/_sim/tasks")
@@ -96,7 +97,7 @@ async def test_worker_killed_mid_create_never_resubmits_and_the_callback_adopts_
 
         task = await eventually(
             lambda: get_json(client, f"{api_url}/v1/tasks/{created['id']}"),
-            lambda t: t["status"] == "archiving",
+            lambda t: t["status"] == "succeeded",
             timeout=30,
         )
         upstream = await get_json(client, tasks_url)

@@ -176,3 +176,40 @@ def test_fault_and_config_validation() -> None:
         SimulatorConfig(api_keys=())
     with pytest.raises(ValueError, match="duration"):
         SimulatorConfig(duration_seconds=-1)
+
+
+async def test_throttled_downloads_take_their_time_and_are_counted() -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    from app.provider.simulator.app import Simulator
+    from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
+
+    faults = SimulatorFaults(file_bytes_per_second=64 * 1024 * 20)
+    simulator = Simulator(SimulatorConfig(duration_seconds=0.05, image_noise=True, faults=faults))
+    await simulator.start()
+    try:
+        transport = httpx.ASGITransport(app=simulator.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            headers = {"Authorization": "Bearer sk-evo-simulator"}
+            created = await client.post(
+                "/v1/images/generations",
+                json={"model": "gpt-image-1.5", "prompt": "p", "size": "1:1"},
+                headers=headers,
+            )
+            task_id = created.json()["id"]
+            await asyncio.sleep(0.2)
+            done = (await client.get(f"/v1/tasks/{task_id}", headers=headers)).json()
+            started = time.perf_counter()
+            image = await client.get(done["results"][0].replace("http://sim", ""))
+            elapsed = time.perf_counter() - started
+            described = (await client.get(f"/_sim/tasks/{task_id}")).json()
+    finally:
+        await simulator.stop()
+
+    assert image.status_code == 200
+    assert len(image.content) == described["image_bytes"]
+    assert elapsed >= 0.8 * len(image.content) / faults.file_bytes_per_second
+    assert described["downloads"] == 1

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of PostgreSQL that a test can cut and restore: a real outage."""
+"""A TCP proxy that a test can cut and restore: a real outage of a database or a store."""
 
 from __future__ import annotations
 
@@ -10,27 +10,40 @@ from sqlalchemy.engine import make_url
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:port to a database server until `cut()`."""
+    """Forwards 127.0.0.1:port to a server (TCP or unix socket) until `cut()`."""
 
-    def __init__(self, target_url: str) -> None:
-        url = make_url(target_url)
-        socket_dir = url.query.get("host")
-        self._unix = f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None
-        self._host = url.host or "127.0.0.1"
-        self._port = url.port or 5432
-        self._target_url = url
+    def __init__(self, host: str, port: int, unix_path: str | None = None) -> None:
+        self._unix = unix_path
+        self._host = host
+        self._port = port
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.is_cut = False
         self.port = 0
+        self._database_url = ""
+
+    @classmethod
+    def for_database(cls, database_url: str) -> CuttableProxy:
+        """A proxy in front of the PostgreSQL server of a SQLAlchemy URL."""
+        url = make_url(database_url)
+        socket_dir = url.query.get("host")
+        unix = f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None
+        proxy = cls(url.host or "127.0.0.1", url.port or 5432, unix)
+        proxy._database_url = database_url
+        return proxy
 
     @property
     def url(self) -> str:
         """The database URL through this proxy."""
-        url = self._target_url.set(host="127.0.0.1", port=self.port)
+        url = make_url(self._database_url).set(host="127.0.0.1", port=self.port)
         url = url.difference_update_query(["host"])
         return url.render_as_string(hide_password=False)
+
+    @property
+    def origin(self) -> str:
+        """http://127.0.0.1:port of this proxy."""
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -87,8 +100,14 @@ class CuttableProxy:
 
 @contextlib.asynccontextmanager
 async def cuttable(database_url: str) -> AsyncIterator[CuttableProxy]:
-    """A started proxy, always stopped."""
-    proxy = CuttableProxy(database_url)
+    """A started proxy in front of a database, always stopped."""
+    async with started(CuttableProxy.for_database(database_url)) as proxy:
+        yield proxy
+
+
+@contextlib.asynccontextmanager
+async def started(proxy: CuttableProxy) -> AsyncIterator[CuttableProxy]:
+    """Start a proxy; always stop it."""
     await proxy.start()
     try:
         yield proxy

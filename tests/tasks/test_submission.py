@@ -12,6 +12,8 @@ from app.tasks.models import SubmitState
 from app.workers.models import JobKind
 from tests.support.stack import eventually, running_stack
 
+ACCEPTED = ("pending", "processing", "archiving", "succeeded")
+
 
 def status_is(*statuses: str) -> Any:
     return lambda task: task["status"] in statuses
@@ -21,7 +23,7 @@ async def test_task_is_submitted_once_and_follows_the_provider(database_url: str
     async with running_stack(database_url) as stack:
         created = await stack.create({"prompt": "a red fox", "size": "2:3", "quality": "low"})
 
-        task = await stack.wait_for(created["id"], status_is("archiving"))
+        task = await stack.wait_for(created["id"], status_is("succeeded"))
 
         [upstream] = await stack.sim_tasks()
         assert task["provider_task_id"] == upstream["id"]
@@ -89,11 +91,14 @@ async def test_an_upstream_outage_is_retried_and_ends_in_exactly_one_task(
             return max(job.attempts for job in jobs if job.kind == JobKind.SUBMIT)
 
         await eventually(submit_job_attempts, lambda attempts: attempts >= 2)
-        row = await stack.gateway.task_row(created["id"])
-        assert (row.status, row.submit_state) == ("queued", SubmitState.RETRY)
+        row = await eventually(
+            lambda: stack.gateway.task_row(created["id"]),
+            lambda row: row.submit_state == SubmitState.RETRY,
+        )
+        assert (row.status, row.provider_task_id) == ("queued", None)
         await stack.set_faults(down=False)
 
-        task = await stack.wait_for(created["id"], status_is("pending", "processing", "archiving"))
+        task = await stack.wait_for(created["id"], status_is(*ACCEPTED))
 
         assert len(await stack.sim_tasks()) == 1
         assert task["provider_task_id"] == (await stack.sim_tasks())[0]["id"]
@@ -108,7 +113,7 @@ async def test_rate_limited_creates_are_retried(sqlite_database_url: str) -> Non
         )
         await stack.set_faults(create_429_rate=0.0)
 
-        await stack.wait_for(created["id"], status_is("pending", "processing", "archiving"))
+        await stack.wait_for(created["id"], status_is(*ACCEPTED))
 
         assert len(await stack.sim_tasks()) == 1
 
@@ -123,7 +128,7 @@ async def test_a_lost_create_answer_is_not_resubmitted_and_the_callback_adopts_t
     async with running_stack(database_url, config, provider_create_timeout_seconds=0.3) as stack:
         created = await stack.create()
 
-        task = await stack.wait_for(created["id"], status_is("archiving"))
+        task = await stack.wait_for(created["id"], status_is("succeeded"))
 
         [upstream] = await stack.sim_tasks()
         assert task["provider_task_id"] == upstream["id"]

@@ -7,7 +7,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.provider.types import TASK_ID_PREFIX
 
@@ -17,6 +17,8 @@ from .tasks import create_body, query_body
 from .validation import parse_create
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from .engine import Engine
 
 
@@ -101,9 +103,25 @@ def api_router(engine: Engine) -> APIRouter:
             raise errors.not_found("The link has expired", "file_expired")
         data = await engine.image(task)
         engine.stats.files_served += 1
+        task.downloads += 1
+        rate = engine.faults.file_bytes_per_second
+        if rate > 0:
+            return StreamingResponse(
+                _throttled(data, rate),
+                media_type=CONTENT_TYPES[task.image_format],
+                headers={"Content-Length": str(len(data))},
+            )
         return Response(data, media_type=CONTENT_TYPES[task.image_format])
 
     return router
+
+
+async def _throttled(data: bytes, bytes_per_second: float) -> AsyncIterator[bytes]:
+    """`data` in 64 KiB chunks at about `bytes_per_second`."""
+    chunk = 64 * 1024
+    for start in range(0, len(data), chunk):
+        yield data[start : start + chunk]
+        await asyncio.sleep(chunk / bytes_per_second)
 
 
 async def _hang(engine: Engine, request: Request, seconds: float) -> None:

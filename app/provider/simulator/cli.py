@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-500-rate", type=float, default=faults.query_500_rate)
     parser.add_argument("--fail-rate", type=float, default=faults.fail_rate)
     parser.add_argument("--link-ttl", type=float, default=faults.link_ttl_seconds)
+    parser.add_argument("--file-bytes-per-second", type=float, default=faults.file_bytes_per_second)
     parser.add_argument("--down", action="store_true")
 
 
@@ -55,6 +56,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         query_500_rate=ns.query_500_rate,
         fail_rate=ns.fail_rate,
         link_ttl_seconds=ns.link_ttl,
+        file_bytes_per_second=ns.file_bytes_per_second,
         down=ns.down,
     )
     return SimulatorConfig(

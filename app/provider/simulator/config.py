@@ -34,6 +34,7 @@ class SimulatorFaults:
     query_500_rate: float = 0.0
     fail_rate: float = 0.0
     link_ttl_seconds: float = 86400.0
+    file_bytes_per_second: float = 0.0  # throttle result downloads (0: as fast as possible)
     down: bool = False
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class SimulatorFaults:
             raise ValueError("create_hang_seconds must not be negative")
         if not self.link_ttl_seconds >= 0.0:
             raise ValueError("link_ttl_seconds must not be negative")
+        if not self.file_bytes_per_second >= 0.0:
+            raise ValueError("file_bytes_per_second must not be negative")
 
     def to_json(self) -> dict[str, Any]:
         """The faults as a JSON object."""

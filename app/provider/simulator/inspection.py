@@ -37,6 +37,7 @@ def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
         "image_sha256": task.image_sha256,
         "image_bytes": task.image_bytes,
         "callback_dropped": task.callback_dropped,
+        "downloads": task.downloads,
         "callbacks": list(task.callback_log),
     }
 

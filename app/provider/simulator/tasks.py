@@ -52,6 +52,7 @@ class SimTask:
     image_bytes: int | None = None
     finalized: bool = False
     callback_dropped: bool = False
+    downloads: int = 0
     callback_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property

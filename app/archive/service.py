@@ -1,0 +1,189 @@
+"""The archive job: copy each confirmed result image to the object store, exactly once.
+
+The copy streams from the provider's link to the store (nothing is held in memory or inside a
+database transaction); the image row is written once per (task, index) and the task becomes
+`succeeded` when every image has one. Keys are deterministic, so a copy repeated after a crash
+replaces its own object instead of adding one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.archive import repository as images
+from app.archive.fetch import (
+    FetchError,
+    FetchPolicy,
+    ImageInfo,
+    LinkGone,
+    TransientFetchError,
+    open_image,
+)
+from app.archive.store import ObjectStore, StoreError
+from app.core.clock import utcnow
+from app.core.config import Settings
+from app.tasks import events, repository, service
+from app.tasks.events import EventKind
+from app.tasks.models import Task
+from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
+from app.workers.models import Job
+from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.retry import RetryStrategy
+
+log = logging.getLogger(__name__)
+
+COPY_TIMEOUT = timedelta(minutes=10)
+
+
+def image_key(task_id: str, index: int) -> str:
+    """Where image `index` of a task lives in the store (the same for every attempt)."""
+    return f"tasks/{task_id}/images/{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveContext:
+    """What the archive job needs."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    settings: Settings
+    store: ObjectStore
+    fetcher: httpx.AsyncClient
+    policy: FetchPolicy
+    retry: RetryStrategy = field(
+        default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
+    )
+
+
+class Archiver:
+    """Handler of `archive` jobs."""
+
+    def __init__(self, context: ArchiveContext) -> None:
+        self._ctx = context
+
+    async def __call__(self, job: Job) -> Outcome:
+        async with self._ctx.sessions() as session:
+            task = await repository.get(session, job.task_id)
+            if task is None or task.status != TaskStatus.ARCHIVING.value:
+                return Done()
+            done = {image.index for image in (await images.for_tasks(session, [task.id]))[task.id]}
+        urls = list(task.result_urls or [])
+        if not urls:
+            return await self._fail(task, "archive_failed", "the provider gave no result link")
+        deadline = self._deadline(task)
+        for index, url in enumerate(urls):
+            if index in done:
+                continue
+            try:
+                info = await self._copy(task, index, url)
+            except LinkGone as exc:
+                return await self._fail(
+                    task, "links_expired", f"image {index}: the provider's link is gone ({exc})"
+                )
+            except (FetchError, StoreError) as exc:
+                permanent = isinstance(exc, FetchError) and exc.permanent
+                await self._note(task, index, "error", str(exc))
+                if permanent:
+                    return await self._fail(task, "archive_failed", f"image {index}: {exc}")
+                if utcnow() >= deadline:
+                    return await self._fail(
+                        task,
+                        "archive_failed",
+                        f"image {index} could not be copied before {deadline.isoformat()} "
+                        f"(inside the provider's 24-hour link validity); last error: {exc}",
+                    )
+                retry_at = min(utcnow() + self._ctx.retry.delay(job.attempts), deadline)
+                return RetryAt(retry_at, f"image {index}: {exc}")
+            await self._record(task, index, url, info)
+        return await self._finish(task)
+
+    def _deadline(self, task: Task) -> datetime:
+        seen = [t for t in (task.final_claimed_at, task.provider_completed_at) if t is not None]
+        completed = min(seen) if seen else task.updated_at
+        return completed + self._ctx.settings.archive_deadline_seconds
+
+    async def _copy(self, task: Task, index: int, url: str) -> ImageInfo:
+        key = image_key(task.id, index)
+        try:
+            # One attempt may not hold a worker forever, however slowly the link drips.
+            async with asyncio.timeout(COPY_TIMEOUT.total_seconds()):
+                async with open_image(self._ctx.fetcher, url, self._ctx.policy) as download:
+                    await self._ctx.store.put_stream(
+                        key, download.chunks(), content_type=download.content_type
+                    )
+        except TimeoutError:
+            raise TransientFetchError(f"copy did not finish within {COPY_TIMEOUT}") from None
+        return download.info
+
+    async def _record(self, task: Task, index: int, url: str, info: ImageInfo) -> None:
+        now = utcnow()
+        async with self._ctx.sessions() as session:
+            written = await images.record_once(
+                session,
+                {
+                    "task_id": task.id,
+                    "index": index,
+                    "key": image_key(task.id, index),
+                    "content_type": info.content_type,
+                    "bytes": info.bytes,
+                    "sha256": info.sha256,
+                    "width": info.width,
+                    "height": info.height,
+                    "source_url": url[:2048],
+                    "created_at": now,
+                },
+            )
+            if written:
+                await events.record(
+                    session,
+                    task.id,
+                    kind=EventKind.ARCHIVE,
+                    source="archive",
+                    at=now,
+                    outcome="stored",
+                    detail={"index": index, "bytes": info.bytes, "sha256": info.sha256},
+                )
+            await session.commit()
+        log.info(
+            "image archived",
+            extra={"task_id": task.id, "index": index, "bytes": info.bytes, "written": written},
+        )
+
+    async def _finish(self, task: Task) -> Outcome:
+        async with self._ctx.sessions() as session:
+            fresh = await repository.get(session, task.id)
+            if fresh is not None:
+                await service.apply_event(
+                    session, fresh, ArchiveDone(), now=utcnow(), source="archive"
+                )
+                await session.commit()
+        return Done()
+
+    async def _fail(self, task: Task, code: str, message: str) -> Outcome:
+        log.warning("archive failed", extra={"task_id": task.id, "error_code": code})
+        async with self._ctx.sessions() as session:
+            fresh = await repository.get(session, task.id)
+            if fresh is not None:
+                await service.apply_event(
+                    session, fresh, ServiceFailure(code, message), now=utcnow(), source="archive"
+                )
+                await session.commit()
+        return Done()
+
+    async def _note(self, task: Task, index: int, outcome: str, message: str) -> None:
+        async with self._ctx.sessions() as session:
+            await events.record(
+                session,
+                task.id,
+                kind=EventKind.ARCHIVE,
+                source="archive",
+                at=utcnow(),
+                outcome=outcome,
+                message=message,
+                detail={"index": index},
+            )
+            await session.commit()

@@ -1,0 +1,104 @@
+"""Everything one process holds: database engine, HTTP clients, object store, job contexts.
+
+`serve` and `worker` build it the same way, so a worker replica and an API replica with
+workers run exactly the same handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.service import ArchiveContext, Archiver
+from app.archive.store import ObjectStore
+from app.core.config import SIMULATOR_API_KEY, Settings
+from app.core.db import create_engine, create_sessionmaker
+from app.core.http import create_http_client
+from app.provider.evolink import EvolinkClient
+from app.tasks.context import TaskContext
+from app.tasks.polling import Poller
+from app.tasks.submission import Submitter
+from app.workers.models import JobKind
+from app.workers.runner import Worker
+
+SIMULATOR_MOUNT = "/_simulator"
+
+
+def provider_origin(settings: Settings) -> tuple[str, str]:
+    """(base URL, API key) of the upstream this process talks to."""
+    if settings.provider == "simulator":
+        assert settings.public_base_url is not None
+        key = settings.provider_api_key
+        return settings.public_base_url + SIMULATOR_MOUNT, (
+            key.get_secret_value() if key else SIMULATOR_API_KEY
+        )
+    assert settings.provider_api_key is not None
+    return settings.provider_base_url, settings.provider_api_key.get_secret_value()
+
+
+@dataclass
+class Runtime:
+    """The shared resources of a process, opened once and closed once."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    fetcher: httpx.AsyncClient
+    store: ObjectStore
+    tasks: TaskContext
+    archive: ArchiveContext
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        """Create every resource (connections are made lazily, on first use)."""
+        engine = create_engine(settings.database_url)
+        sessions = create_sessionmaker(engine)
+        http = create_http_client()
+        policy = FetchPolicy(
+            allow_private=settings.allow_private_networks, max_bytes=settings.max_image_bytes
+        )
+        fetcher = create_fetch_client(policy)
+        store = ObjectStore.from_url(settings.storage_url)
+        base_url, api_key = provider_origin(settings)
+        provider = EvolinkClient(
+            http, base_url, api_key, create_read_timeout=settings.provider_create_timeout_seconds
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            http=http,
+            fetcher=fetcher,
+            store=store,
+            tasks=TaskContext(
+                sessions=sessions,
+                settings=settings,
+                provider=provider,
+                callback_base_url=settings.public_base_url or "",
+            ),
+            archive=ArchiveContext(
+                sessions=sessions, settings=settings, store=store, fetcher=fetcher, policy=policy
+            ),
+        )
+
+    def build_worker(self) -> Worker:
+        """A worker running every job kind."""
+        return Worker(
+            self.sessions,
+            {
+                JobKind.SUBMIT: Submitter(self.tasks),
+                JobKind.POLL: Poller(self.tasks),
+                JobKind.ARCHIVE: Archiver(self.archive),
+            },
+            concurrency=self.settings.worker_concurrency,
+            lease=self.settings.job_lease_seconds,
+        )
+
+    async def close(self) -> None:
+        """Close clients and connections."""
+        await self.fetcher.aclose()
+        await self.http.aclose()
+        await self.engine.dispose()
