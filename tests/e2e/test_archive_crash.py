@@ -106,3 +106,52 @@ async def test_a_copy_killed_midway_is_finished_by_another_worker_exactly_once(
     )
     assert await count(database_url, images) == 1
     assert await count(database_url, stored_events) == 1
+
+
+async def test_two_workers_record_exactly_one_success_per_image(
+    processes: Processes, database_url: str, tmp_path: Path
+) -> None:
+    sim_port, api_port = free_port(), free_port()
+    sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
+    simulator = processes.start(
+        "simulator", simulator_args(sim_port, "--duration", "0.5", "--callback-duplicates", "3"), {}
+    )
+    storage = tmp_path / "images"
+    env = gateway_env(
+        database_url, sim_url, api_url, storage_url=f"file://{storage}", poll_after_seconds=1
+    )
+    api = processes.start(
+        "api", ["serve", "--port", str(api_port)], env | {"IMAGEGEN_RUN_WORKERS": "false"}
+    )
+    await wait_until_up(f"{sim_url}/_sim/stats", simulator)
+    await wait_until_up(f"{api_url}/healthz", api)
+    for _ in range(2):
+        processes.start("worker", ["worker"], env)
+    async with httpx.AsyncClient() as client:
+        ids = [
+            (
+                await client.post(
+                    f"{api_url}/v1/images/generations", json={"prompt": f"p{i}"}, headers=auth()
+                )
+            ).json()["id"]
+            for i in range(12)
+        ]
+
+        async def statuses() -> list[str]:
+            answer = await client.get(f"{api_url}/v1/tasks?limit=100", headers=auth())
+            return [task["status"] for task in answer.json()["data"]]
+
+        await eventually(statuses, lambda found: found == ["succeeded"] * 12, timeout=60)
+        upstream = (await client.get(f"{sim_url}/_sim/tasks")).json()
+
+    assert len(upstream) == 12
+    assert len(ids) == 12
+    assert len([p for p in storage.rglob("*") if p.is_file() and p.name == "0"]) == 12
+    images = select(func.count()).select_from(TaskImage)
+    stored_events = (
+        select(func.count())
+        .select_from(TaskEvent)
+        .where(TaskEvent.kind == EventKind.ARCHIVE, TaskEvent.outcome == "stored")
+    )
+    assert await count(database_url, images) == 12
+    assert await count(database_url, stored_events) == 12
