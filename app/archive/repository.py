@@ -6,16 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.models import TaskImage
+from app.core.db import upsert_insert
 
 
 async def record_once(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert an image row unless one exists for (task, index); True when this call wrote it."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     statement = (
         insert(TaskImage)
         .values(**values)

@@ -154,36 +154,21 @@ class Archiver:
         )
 
     async def _finish(self, task: Task) -> Outcome:
-        async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            if fresh is not None:
-                await service.apply_event(
-                    session, fresh, ArchiveDone(), now=utcnow(), source="archive"
-                )
-                await session.commit()
+        await service.apply_alone(self._ctx.sessions, task.id, ArchiveDone(), source="archive")
         return Done()
 
     async def _fail(self, task: Task, code: str, message: str) -> Outcome:
         log.warning("archive failed", extra={"task_id": task.id, "error_code": code})
-        async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            if fresh is not None:
-                await service.apply_event(
-                    session, fresh, ServiceFailure(code, message), now=utcnow(), source="archive"
-                )
-                await session.commit()
+        failure = ServiceFailure(code, message)
+        await service.apply_alone(self._ctx.sessions, task.id, failure, source="archive")
         return Done()
 
     async def _note(self, task: Task, index: int, outcome: str, message: str) -> None:
-        async with self._ctx.sessions() as session:
-            await events.record(
-                session,
-                task.id,
-                kind=EventKind.ARCHIVE,
-                source="archive",
-                at=utcnow(),
-                outcome=outcome,
-                message=message,
-                detail={"index": index},
-            )
-            await session.commit()
+        await events.note(
+            self._ctx.sessions,
+            task.id,
+            kind=EventKind.ARCHIVE,
+            outcome=outcome,
+            message=message,
+            detail={"index": index},
+        )

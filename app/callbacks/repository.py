@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.models import CallbackDelivery
+from app.core.db import upsert_insert
 
 
 async def record_if_new(
@@ -18,8 +18,7 @@ async def record_if_new(
 
     `ON CONFLICT DO NOTHING RETURNING` decides concurrent duplicates in the database: exactly
     one of them gets a row id, so exactly one applies the transition."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     statement = (
         insert(CallbackDelivery)
         .values(

@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.clock import utcnow
 from app.core.db import Base, UTCDateTime
 
 
@@ -69,6 +70,15 @@ async def record(
         )
     )
     await session.flush()
+
+
+async def note(
+    sessions: async_sessionmaker[AsyncSession], task_id: str, *, kind: str, **line: Any
+) -> None:
+    """Add a timeline line in a transaction of its own (`line`: record()'s keywords)."""
+    async with sessions() as session:
+        await record(session, task_id, kind=kind, source=kind, at=utcnow(), **line)
+        await session.commit()
 
 
 async def timeline(session: AsyncSession, task_id: str) -> list[TaskEvent]:

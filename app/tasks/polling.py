@@ -97,18 +97,14 @@ class Poller:
     async def _note(
         self, task: Task, outcome: str, message: str, detail: dict[str, Any] | None
     ) -> None:
-        async with self._ctx.sessions() as session:
-            await events.record(
-                session,
-                task.id,
-                kind=EventKind.POLL,
-                source="poll",
-                at=utcnow(),
-                outcome=outcome,
-                message=message,
-                detail=detail,
-            )
-            await session.commit()
+        await events.note(
+            self._ctx.sessions,
+            task.id,
+            kind=EventKind.POLL,
+            outcome=outcome,
+            message=message,
+            detail=detail,
+        )
 
     def _interval(self, attempts: int) -> timedelta:
         base = self._ctx.settings.poll_after_seconds
@@ -121,17 +117,7 @@ class Poller:
 
     async def _give_up(self, task: Task) -> Outcome:
         wait = self._ctx.settings.poll_max_wait_seconds
-        async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            if fresh is not None:
-                await service.apply_event(
-                    session,
-                    fresh,
-                    ServiceFailure(
-                        "provider_timeout", f"the provider did not finish the task within {wait}"
-                    ),
-                    now=utcnow(),
-                    source="poll",
-                )
-                await session.commit()
+        message = f"the provider did not finish the task within {wait}"
+        failure = ServiceFailure("provider_timeout", message)
+        await service.apply_alone(self._ctx.sessions, task.id, failure, source="poll")
         return Done()

@@ -7,17 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db import upsert_insert
 from app.tasks.models import Task
 from app.tasks.states import TaskState
 
 
 async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert a task unless (caller, idempotency_key) exists; True when inserted."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     statement = (
         insert(Task)
         .values(**values)

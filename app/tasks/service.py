@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive.models import TaskImage
 from app.callbacks.tokens import new_nonce
+from app.core.clock import utcnow
 from app.core.errors import ApiProblem
 from app.tasks import events, repository
 from app.tasks.events import EventKind
@@ -128,6 +129,19 @@ async def apply_event(
             return Decision(None)
         task = refreshed
     raise RuntimeError(f"task {task.id} kept changing under a transition")
+
+
+async def apply_alone(
+    sessions: async_sessionmaker[AsyncSession], task_id: str, event: Event, *, source: str
+) -> Decision:
+    """Apply one event to a task in a transaction of its own."""
+    async with sessions() as session:
+        task = await repository.get(session, task_id)
+        if task is None:
+            return Decision(None)
+        decision = await apply_event(session, task, event, now=utcnow(), source=source)
+        await session.commit()
+        return decision
 
 
 async def _record_transition(

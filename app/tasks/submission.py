@@ -223,12 +223,11 @@ class Submitter:
     async def _fail(
         self, task: Task, code: str, message: str, *, attempt: tuple[str, str] | None = None
     ) -> Outcome:
-        async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            await self._record_attempt(session, task, utcnow(), attempt)
-            if fresh is not None:
-                await service.apply_event(
-                    session, fresh, ServiceFailure(code, message), now=utcnow(), source="submit"
-                )
-                await session.commit()
+        if attempt is not None:
+            outcome, detail = attempt
+            await events.note(
+                self._ctx.sessions, task.id, kind=EventKind.SUBMIT, outcome=outcome, message=detail
+            )
+        failure = ServiceFailure(code, message)
+        await service.apply_alone(self._ctx.sessions, task.id, failure, source="submit")
         return Done()

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db import upsert_insert
 from app.workers.models import Job, JobState
 
 
@@ -38,8 +38,7 @@ Outcome = Done | RetryAt | GiveUp
 
 async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: datetime) -> None:
     """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     statement = insert(Job).values(
         kind=kind,
         task_id=task_id,
