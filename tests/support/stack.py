@@ -30,12 +30,14 @@ class Stack:
     simulator_url: str
     sim: httpx.AsyncClient
 
-    async def create(self, body: dict[str, Any] | None = None, **headers: str) -> dict[str, Any]:
+    async def create(
+        self, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """POST a task as caller alpha; returns the task object."""
         response = await self.gateway.client.post(
             "/v1/images/generations",
             json=body or {"prompt": "a lighthouse"},
-            headers=auth() | headers,
+            headers=auth() | (headers or {}),
         )
         assert response.status_code in (200, 202), response.text
         task: dict[str, Any] = response.json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -160,3 +161,17 @@ async def test_a_lost_create_answer_without_callback_fails_after_the_wait(
         assert len(await stack.sim_tasks()) == 1
         row = await stack.gateway.task_row(created["id"])
         assert row.submit_attempts == 1
+
+
+async def test_concurrent_requests_with_one_key_make_one_upstream_task(
+    pg_database_url: str,
+) -> None:
+    async with running_stack(pg_database_url, SimulatorConfig(duration_seconds=0.3)) as stack:
+        headers = {"Idempotency-Key": "burst-upstream"}
+
+        created = await asyncio.gather(*(stack.create(headers=headers) for _ in range(20)))
+        task = await stack.wait_for(created[0]["id"], status_is("succeeded"))
+
+        assert {item["id"] for item in created} == {task["id"]}
+        upstream = await stack.sim_tasks()
+        assert [item["id"] for item in upstream] == [task["provider_task_id"]]
