@@ -300,7 +300,9 @@ class ImageDownload:
     def __init__(self, response: httpx.Response, policy: FetchPolicy) -> None:
         self._response = response
         self._policy = policy
-        self._raw = response.aiter_raw(policy.chunk_size)
+        # Network-sized reads, joined into chunk_size pieces by chunks(): httpx's own chunker
+        # copies every byte through a growing BytesIO.
+        self._raw = response.aiter_raw()
         self._hash = hashlib.sha256()
         self._count = 0
         self._head = b""
@@ -338,12 +340,36 @@ class ImageDownload:
         self._started = True
         image_format, sizes = self._known_format(), self._sizes
         assert sizes is not None
-        if self._head:
-            yield self._head
-            self._head = b""
-        while (chunk := await self._next_raw()) is not None:
-            sizes.feed(chunk)
-            yield chunk
+        # Whole network reads joined into pieces of at most chunk_size: one copy per byte.
+        limit = self._policy.chunk_size
+        pending: list[bytes] = []
+        pending_size = 0
+        chunk: bytes | None = self._head
+        self._head = b""
+        while chunk is not None:
+            if pending and pending_size + len(chunk) > limit:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+            start = 0
+            while len(chunk) - start > limit:  # a read larger than chunk_size
+                yield chunk[start : start + limit]
+                start += limit
+            if start:
+                chunk = chunk[start:]
+            if chunk:
+                pending.append(chunk)
+                pending_size += len(chunk)
+            try:
+                chunk = await self._next_raw()
+            except TooLarge:
+                if pending:  # what came within the cap still flows first, as it would have
+                    yield b"".join(pending)
+                raise
+            if chunk is not None:
+                sizes.feed(chunk)
+        if pending:
+            yield b"".join(pending)
+            pending.clear()
         width, height = sizes.size or (None, None)
         self._info = ImageInfo(
             content_type=image_format.content_type,

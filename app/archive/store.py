@@ -1,7 +1,8 @@
 """Durable object storage for archived images: one small API over local, cloud and memory stores.
 
-Uploads stream through obstore's multipart upload, which publishes the object only when it is
-complete; an interrupted upload is aborted, so `key` never shows a partial object."""
+An object that fits in its first part goes up in one atomic put once the stream has ended;
+a larger one streams through obstore's multipart upload, which publishes the object only when it
+is complete. An interrupted upload is aborted, so `key` never shows a partial object."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ _STORE_ERRORS: Final = (BaseError, OSError)
 _MIB: Final = 1024 * 1024
 _CLOUD_PART: Final = 5 * _MIB  # the smallest part S3 and GCS accept
 _LOCAL_PART: Final = 1 * _MIB
+# Objects up to one cloud part are buffered and stored with one put (one request, atomic)
+# instead of a multipart upload, on every store: memory stays bounded by one part either way.
+_SINGLE_PUT: Final = _CLOUD_PART
 _PARTS_IN_FLIGHT: Final = 1  # obstore's bound: at most two parts in flight, the next one filling
 _READ_CHUNK: Final = 256 * 1024
 _ABORT_GRACE: Final = 10.0  # seconds an interrupted upload may take to abort before we move on
@@ -70,6 +74,7 @@ class ObjectStore:
         self._label = label
         self._signer = backend if isinstance(backend, S3Store | GCSStore | AzureStore) else None
         self._part_size = _CLOUD_PART if self._signer is not None else _LOCAL_PART
+        self._single_put = _SINGLE_PUT
         self._has_attributes = not isinstance(backend, LocalStore)
 
     @classmethod
@@ -119,12 +124,20 @@ class ObjectStore:
         An exception from `chunks` (or a cancellation) aborts the upload, then propagates."""
         _check_key(key)
         source = aiter(chunks)
+        try:
+            head, size, ended = await _first_part(source, self._single_put)
+        except BaseException:
+            await _close(source)
+            raise
+        if ended:
+            return await self._put_whole(key, head, content_type, size)
         feed = _Feed()
         upload = asyncio.ensure_future(self._upload(key, feed, content_type))
         upload.add_done_callback(feed.close)
-        size = 0
         try:
             with contextlib.suppress(_UploadEnded):  # awaiting the upload raises its error
+                while head:
+                    await feed.send(head.pop(0))
                 async for chunk in source:
                     if chunk:
                         await feed.send(chunk if isinstance(chunk, bytes) else bytes(chunk))
@@ -132,12 +145,10 @@ class ObjectStore:
                 await feed.send(_Signal.END)
             result = await asyncio.shield(upload)
         except BaseException:
+            head.clear()
             feed.abandon()
             await _settle(upload)
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            await _close(source)
             raise
         if not feed.ended:
             raise StoreError(f"put {key!r} on {self._label}: the upload ended before the stream")
@@ -210,6 +221,27 @@ class ObjectStore:
         except _STORE_ERRORS as exc:
             raise self._error("list", prefix, exc) from exc
         return sorted(keys)
+
+    async def _put_whole(
+        self, key: str, parts: list[bytes], content_type: str, size: int
+    ) -> StoredObject:
+        """Store a stream that ended within its first part with one atomic put."""
+        attributes: Attributes | None = (
+            {"Content-Type": content_type} if self._has_attributes else None
+        )
+        # obstore gathers the chunks itself: no joined copy on the Python heap.
+        upload = asyncio.ensure_future(
+            obstore.put_async(self._backend, key, parts, attributes=attributes, use_multipart=False)
+        )
+        try:
+            result = await asyncio.shield(upload)
+        except _STORE_ERRORS as exc:
+            raise self._error("put", key, exc) from exc
+        except BaseException:
+            await _settle(upload)
+            raise
+        recorded = content_type if self._has_attributes else None
+        return StoredObject(key=key, size=size, etag=result["e_tag"], content_type=recorded)
 
     async def _upload(self, key: str, feed: _Feed, content_type: str) -> PutResult:
         attributes: Attributes | None = (
@@ -293,6 +325,26 @@ class _Feed:
     def _drain(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
+
+
+async def _first_part(source: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], int, bool]:
+    """Read `source` until `limit` bytes arrived or it ended: the chunks, their size, ended."""
+    head: list[bytes] = []
+    size = 0
+    async for chunk in source:
+        if chunk:
+            head.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+            size += len(chunk)
+            if size >= limit:
+                return head, size, False
+    return head, size, True
+
+
+async def _close(source: AsyncIterator[bytes]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 async def _settle(upload: asyncio.Future[Any]) -> None:

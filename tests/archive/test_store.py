@@ -455,7 +455,8 @@ async def test_streaming_memory_stays_flat(durable_target: Target) -> None:
     assert head.size == 64 * MIB
     # obstore holds chunks without copying them until their part is written: one or two
     # parts (1 MiB on disk, 5 MiB, the S3 minimum, in the cloud) whatever the object's size.
-    limit = 4 * MIB if target.kind == "file" else 16 * MIB
+    # Bounded by the buffered first part (5 MiB) plus what is in flight, not by the 64 MiB object.
+    limit = 8 * MIB if target.kind == "file" else 16 * MIB
     assert peak < limit, f"tracemalloc peak {peak / MIB:.1f} MiB"
 
 
