@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from functools import cache
+
+from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.archive.store import ObjectStore, StoreError
+from app.core.migrate import alembic_config
+
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["operations"])
+
+
+@cache
+def head_revisions(database_url: str) -> frozenset[str]:
+    """The newest migration(s) this build ships."""
+    return frozenset(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
 
 
 @router.get("/healthz")
@@ -15,12 +30,29 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The failing part is named."}})
 async def readyz(request: Request) -> JSONResponse:
-    """The database answers."""
+    """Ready: the database answers with the schema at head, and the store accepts writes."""
+    database_url: str = request.app.state.settings.database_url
     try:
         async with request.app.state.sessions() as session:
-            await session.execute(text("SELECT 1"))
+            current = await session.scalars(text("SELECT version_num FROM alembic_version"))
+            revisions = frozenset(current.all())
     except Exception:
-        return JSONResponse({"status": "unavailable", "failing": "database"}, status_code=503)
+        log.warning("not ready: database unreachable", exc_info=True)
+        return _unready("database", "unreachable")
+    if revisions != head_revisions(database_url):
+        return _unready("database", "schema is not at head; run `imagegen-gateway migrate`")
+    store: ObjectStore = request.app.state.store
+    try:
+        await store.check_writable()
+    except StoreError as exc:
+        log.warning("not ready: store not writable", extra={"error": str(exc)})
+        return _unready("store", "not writable")
     return JSONResponse({"status": "ready"})
+
+
+def _unready(part: str, reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "unavailable", "failing": part, "reason": reason}, status_code=503
+    )
