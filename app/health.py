@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from functools import cache
 
-from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -21,6 +20,8 @@ router = APIRouter(tags=["operations"])
 @cache
 def head_revisions(database_url: str) -> frozenset[str]:
     """The newest migration(s) this build ships."""
+    from alembic.script import ScriptDirectory  # imported on first use: it is slow and chatty
+
     return frozenset(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
 
 
