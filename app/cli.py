@@ -1,4 +1,4 @@
-"""The console script `imagegen-gateway`: serve, worker, migrate, simulate-provider."""
+"""The console script `imagegen-gateway`: serve, worker, migrate, generate, simulate-provider."""
 
 from __future__ import annotations
 
@@ -94,6 +94,13 @@ async def _run_worker(settings: Settings) -> None:
         log.info("worker stopped", extra={"worker": worker.name})
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Submit a generation to a running service, show its progress, save the image."""
+    from app.client import command as generate_command
+
+    raise SystemExit(generate_command.run(args))
+
+
 def cmd_simulate_provider(args: argparse.Namespace) -> None:
     """Run the fake upstream as its own process."""
     from app.provider.simulator import cli as simulator_cli
@@ -116,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the background workers alone")
     worker.set_defaults(func=cmd_worker)
+
+    from app.client import command as generate_command
+
+    generate = commands.add_parser(
+        "generate", help="submit a generation to a running service and save the image"
+    )
+    generate_command.add_arguments(generate)
+    generate.set_defaults(func=cmd_generate)
 
     from app.provider.simulator import cli as simulator_cli
 

@@ -1,0 +1,1 @@
+"""`imagegen-gateway generate`: a command-line client of a running gateway."""
