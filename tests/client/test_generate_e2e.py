@@ -1,0 +1,222 @@
+"""`imagegen-gateway generate` as a real process against a real `serve` on the simulator."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.servers import ROOT, Process, free_port
+
+pytestmark = pytest.mark.e2e
+
+KEY = "demo-key-0123456789"
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+PROGRESS = re.compile(r"^(\w+) +\[[#-]+\] +(\d+)%")
+PHASES = ("queued", "pending", "processing", "archiving", "saving")
+
+
+@dataclass
+class Service:
+    url: str
+    images: Path
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.url}/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {KEY}"}
+        )
+        response.raise_for_status()
+        task: dict[str, Any] = response.json()
+        return task
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`migrate`, then `serve` with the built-in simulator, SQLite and a file store."""
+    directory = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    env = {
+        "IMAGEGEN_PROVIDER": "simulator",
+        "IMAGEGEN_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/gateway.db",
+        "IMAGEGEN_STORAGE_URL": f"file://{directory}/images",
+        "IMAGEGEN_API_KEYS": f"demo:{KEY}",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    process = Process(["serve", "--port", str(port)], env, directory / "serve.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(f"{url}/healthz", process)
+        yield Service(url, directory / "images")
+    finally:
+        process.stop(timeout=10)
+
+
+def _wait_until_up(url: str, process: Process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"serve exited early:\n{process.output()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up:\n{process.output()}")
+
+
+def client_env(service: Service, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_GATEWAY_")}
+    return env | {"IMAGEGEN_GATEWAY_URL": service.url, "IMAGEGEN_GATEWAY_API_KEY": KEY} | extra
+
+
+def generate(service: Service, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the client to its end; stdout and stderr are pipes, not a terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "generate", *argv],
+        env=client_env(service, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def task_id_in(text: str) -> str:
+    found = TASK_ID.search(text)
+    assert found is not None, text
+    return found.group(0)
+
+
+def test_an_image_is_generated_saved_and_matches_the_service_sha256(
+    service: Service, tmp_path: Path
+) -> None:
+    out = tmp_path / "heron.png"
+
+    result = generate(service, "a heron over a lake", "--size", "3:2", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    task = service.task(task_id_in(result.stdout))
+    [image] = task["images"]
+    content = out.read_bytes()
+    assert task["status"] == "succeeded"
+    assert hashlib.sha256(content).hexdigest() == image["sha256"]
+    assert len(content) == image["bytes"]
+    assert content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert result.stdout == (
+        f"saved {out}: {image['bytes']} bytes (image/png), sha256 {image['sha256']}, "
+        f"task {task['id']}\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["heron.png"]  # no partial file left
+
+    # Without a terminal: one line per change, each a state the task went through, in order.
+    assert "\r" not in result.stderr
+    lines = [PROGRESS.match(line) for line in result.stderr.splitlines()]
+    shown = [(m.group(1), int(m.group(2))) for m in lines if m is not None]
+    assert shown[0] == ("queued", 0)
+    assert shown[-1] == ("saving", 100)
+    assert all(phase in PHASES for phase, _ in shown)
+    assert all(a != b for a, b in itertools.pairwise(shown))
+    order = [PHASES.index(phase) for phase, _ in shown]
+    assert order == sorted(order)
+    assert f"task {task['id']} submitted" in result.stderr
+
+
+def test_the_same_idempotency_key_follows_the_same_task(service: Service, tmp_path: Path) -> None:
+    argv = ["an owl", "--idempotency-key", f"e2e-{tmp_path.name}"]
+
+    first = generate(service, *argv, "--out", str(tmp_path / "1.png"))
+    second = generate(service, *argv, "--out", str(tmp_path / "2.png"))
+
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert task_id_in(first.stdout) == task_id_in(second.stdout)
+    assert "already submitted with this Idempotency-Key" in second.stderr
+    assert (tmp_path / "1.png").read_bytes() == (tmp_path / "2.png").read_bytes()
+
+
+def test_a_prompt_the_provider_refuses_exits_1_with_the_task_id(
+    service: Service, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.png"
+
+    result = generate(service, "word " * 2100, "--out", str(out))  # over 2000 tokens
+
+    assert result.returncode == 1, result.stderr
+    task_id = task_id_in(result.stderr)
+    assert f"task {task_id} failed: submission_rejected: " in result.stderr
+    assert "prompt is too long" in result.stderr
+    assert f"GET {service.url}/v1/tasks/{task_id}" in result.stderr
+    assert service.task(task_id)["status"] == "failed"
+    assert not out.exists()
+
+
+def test_a_wrong_api_key_exits_2_with_the_service_message(service: Service, tmp_path: Path) -> None:
+    result = generate(
+        service, "p", "--out", str(tmp_path / "x.png"), IMAGEGEN_GATEWAY_API_KEY="wrong-key-0123"
+    )
+
+    assert result.returncode == 2
+    assert (
+        "the service refused the API key (HTTP 401 unauthorized: missing or invalid API key)"
+        in (result.stderr)
+    )
+
+
+def test_a_missing_api_key_exits_2(service: Service, tmp_path: Path) -> None:
+    result = generate(service, "p", "--out", str(tmp_path / "x.png"), IMAGEGEN_GATEWAY_API_KEY="")
+
+    assert result.returncode == 2
+    assert "no API key: pass --api-key or set IMAGEGEN_GATEWAY_API_KEY" in result.stderr
+
+
+def test_an_unreachable_service_exits_3(service: Service, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+
+    result = generate(service, "p", "--out", str(tmp_path / "x.png"), "--url", url)
+
+    assert result.returncode == 3
+    assert f"cannot reach the service at {url}" in result.stderr
+
+
+def test_ctrl_c_exits_130_naming_the_task(service: Service, tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "generate", "a slow fox", "-o", str(tmp_path / "x.png")],
+        env=client_env(service),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # the simulator takes 3 s: the task is still running
+            seen.append(line)
+            if " submitted" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        code = process.wait(timeout=30)
+
+    task_id = task_id_in("".join(seen))
+    assert code == 130
+    assert f"interrupted: task {task_id} goes on in the service" in rest
+    assert service.task(task_id)["id"] == task_id
