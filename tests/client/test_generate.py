@@ -296,3 +296,19 @@ def test_a_failed_download_is_retried_then_reported(tmp_path: Path) -> None:
     assert len([r for r in fake.requests if r.url.path.endswith("/images/0")]) == 3
     assert not out.exists()
     assert leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_the_download_leaves_no_partial_file(tmp_path: Path) -> None:
+    class InterruptedImage(FakeGateway):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/images/0"):
+                raise KeyboardInterrupt
+            return super().__call__(request)
+
+    out = tmp_path / "x.png"
+
+    result = run_client(InterruptedImage([succeeded()]), out)
+
+    assert result.code == 130
+    assert f"interrupted: task {TASK_ID}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
