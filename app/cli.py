@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from app.core.config import Settings, describe_error
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, register_secrets
 
 log = logging.getLogger("app.cli")
 
@@ -25,7 +27,33 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    register_secrets(*secret_values(settings))
     return settings
+
+
+# Credentials of the object stores, read by obstore from the environment.
+_STORE_SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_CLIENT_SECRET",
+)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret this process knows, to be masked in its logs."""
+    values = [
+        secret.get_secret_value()
+        for secret in (settings.provider_api_key, settings.callback_secret, settings.notify_secret)
+        if secret is not None
+    ]
+    values += list(settings.callers) + list(settings.operators)
+    password = urlsplit(settings.database_url).password
+    if password:
+        values.append(password)
+    values += [os.environ[name] for name in _STORE_SECRET_VARIABLES if os.environ.get(name)]
+    return values
 
 
 def _fail(message: str) -> None:
@@ -65,7 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         log_config=None,
         proxy_headers=False,  # nothing here depends on the client's address
-        timeout_graceful_shutdown=30,
+        access_log=False,  # request paths carry callback tokens; /metrics has the traffic
+        # On SIGTERM: stop accepting, let requests in flight finish for this long; then the
+        # in-process workers get the same grace to finish their jobs (see README).
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds.total_seconds())),
     )
 
 
@@ -86,7 +117,14 @@ async def _run_worker(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     worker = runtime.build_worker()
-    log.info("worker started", extra={"worker": worker.name})
+    if settings.worker_metrics_port is not None:
+        from app.core.metrics import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0")  # noqa: S104
+    log.info(
+        "worker started",
+        extra={"worker": worker.name, "metrics_port": settings.worker_metrics_port},
+    )
     try:
         await worker.run(stop)
     finally:

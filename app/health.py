@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from functools import cache
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.archive.store import ObjectStore, StoreError
 from app.core.migrate import alembic_config
@@ -15,6 +18,8 @@ from app.core.migrate import alembic_config
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"])
+
+CHECK_SECONDS = 5.0  # a hung database or store answers "not ready" well within a probe's timeout
 
 
 @cache
@@ -35,19 +40,25 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready: the database answers with the schema at head, and the store accepts writes."""
     database_url: str = request.app.state.settings.database_url
+    revisions: frozenset[str] | None = None
     try:
-        async with request.app.state.sessions() as session:
-            current = await session.scalars(text("SELECT version_num FROM alembic_version"))
-            revisions = frozenset(current.all())
+        async with asyncio.timeout(CHECK_SECONDS), request.app.state.sessions() as session:
+            await session.execute(text("SELECT 1"))
+            with contextlib.suppress(DBAPIError):  # no version table: never migrated
+                current = await session.scalars(text("SELECT version_num FROM alembic_version"))
+                revisions = frozenset(current.all())
     except Exception:
         log.warning("not ready: database unreachable", exc_info=True)
         return _unready("database", "unreachable")
+    if revisions is None:
+        return _unready("database", "no schema; run `imagegen-gateway migrate`")
     if revisions != head_revisions(database_url):
         return _unready("database", "schema is not at head; run `imagegen-gateway migrate`")
     store: ObjectStore = request.app.state.store
     try:
-        await store.check_writable()
-    except StoreError as exc:
+        async with asyncio.timeout(CHECK_SECONDS):
+            await store.check_writable()
+    except (StoreError, TimeoutError) as exc:
         log.warning("not ready: store not writable", extra={"error": str(exc)})
         return _unready("store", "not writable")
     return JSONResponse({"status": "ready"})

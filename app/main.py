@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -16,11 +17,13 @@ from app.callbacks import pg_store
 from app.callbacks.intake import callback_target, handle_callback
 from app.callbacks.service import CallbackService, CallbackStore
 from app.callbacks.store import OrmCallbackStore
+from app.core import metrics
 from app.core.auth import KeyRing
 from app.core.config import Settings
 from app.core.db import asyncpg_dsn
 from app.core.errors import install_error_handlers
 from app.health import router as health_router
+from app.metrics import router as metrics_router
 from app.runtime import SIMULATOR_MOUNT, Runtime
 from app.tasks.router import router as tasks_router
 
@@ -31,11 +34,33 @@ class GatewayApp(FastAPI):
     """FastAPI, with provider callbacks answered before the framework's stack."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = callback_target(scope)
-        if target is None:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        await handle_callback(self.state.callbacks, *target, scope, receive, send)
+        target = callback_target(scope)
+        if target is not None:
+            started = time.perf_counter()
+            status = await handle_callback(self.state.callbacks, *target, scope, receive, send)
+            metrics.observe_callback(status, time.perf_counter() - started)
+            return
+        recorder = metrics.StatusRecorder(send)
+        try:
+            await super().__call__(scope, receive, recorder)
+        finally:
+            metrics.observe_request(
+                scope["method"], route_template(scope), recorder.status_code, recorder.elapsed()
+            )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (few label values), `unmatched` when none."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return "unmatched"
+    if scope["path"].startswith(SIMULATOR_MOUNT + "/") and not path.startswith(SIMULATOR_MOUNT):
+        return SIMULATOR_MOUNT + path  # a route of the mounted simulator (demo mode)
+    return path
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -104,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tasks_router)
     app.include_router(images_router)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     if simulator is not None:
         app.mount(SIMULATOR_MOUNT, simulator.app)
     return app

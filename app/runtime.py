@@ -95,6 +95,7 @@ class Runtime:
             },
             concurrency=self.settings.worker_concurrency,
             lease=self.settings.job_lease_seconds,
+            grace=self.settings.shutdown_grace_seconds.total_seconds(),
         )
 
     async def close(self) -> None:

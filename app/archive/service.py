@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ from app.archive.fetch import (
     open_image,
 )
 from app.archive.store import ObjectStore, StoreError
+from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.tasks import events, repository, service
@@ -108,6 +110,7 @@ class Archiver:
 
     async def _copy(self, task: Task, index: int, url: str) -> ImageInfo:
         key = image_key(task.id, index)
+        started = time.perf_counter()
         try:
             # One attempt may not hold a worker forever, however slowly the link drips.
             async with asyncio.timeout(COPY_TIMEOUT.total_seconds()):
@@ -116,7 +119,13 @@ class Archiver:
                         key, download.chunks(), content_type=download.content_type
                     )
         except TimeoutError:
+            metrics.ARCHIVE_SECONDS.labels("error").observe(time.perf_counter() - started)
             raise TransientFetchError(f"copy did not finish within {COPY_TIMEOUT}") from None
+        except Exception:
+            metrics.ARCHIVE_SECONDS.labels("error").observe(time.perf_counter() - started)
+            raise
+        metrics.ARCHIVE_SECONDS.labels("stored").observe(time.perf_counter() - started)
+        metrics.ARCHIVE_BYTES.inc(download.info.bytes)
         return download.info
 
     async def _record(self, task: Task, index: int, url: str, info: ImageInfo) -> None:
@@ -150,7 +159,7 @@ class Archiver:
             await session.commit()
         log.info(
             "image archived",
-            extra={"task_id": task.id, "index": index, "bytes": info.bytes, "written": written},
+            extra=_ids(task) | {"index": index, "bytes": info.bytes, "written": written},
         )
 
     async def _finish(self, task: Task) -> Outcome:
@@ -158,7 +167,7 @@ class Archiver:
         return Done()
 
     async def _fail(self, task: Task, code: str, message: str) -> Outcome:
-        log.warning("archive failed", extra={"task_id": task.id, "error_code": code})
+        log.warning("archive failed", extra=_ids(task) | {"error_code": code})
         failure = ServiceFailure(code, message)
         await service.apply_alone(self._ctx.sessions, task.id, failure, source="archive")
         return Done()
@@ -172,3 +181,11 @@ class Archiver:
             message=message,
             detail={"index": index},
         )
+
+def _ids(task: Task) -> dict[str, object]:
+    """What names a task in a log line."""
+    return {
+        "task_id": task.id,
+        "caller": task.caller,
+        "provider_task_id": task.provider_task_id,
+    }

@@ -14,8 +14,9 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
-from app.callbacks.service import Answer, CallbackService
+from app.callbacks.service import ACCEPTED, DUPLICATE, Answer, CallbackService
 from app.callbacks.tokens import CALLBACK_PREFIX
+from app.core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ def callback_target(scope: Scope) -> tuple[str, str] | None:
 
 async def handle_callback(
     service: CallbackService, task_id: str, token: str, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Read, record and answer one provider callback."""
+) -> int:
+    """Read, record and answer one provider callback; returns the HTTP status sent."""
     try:
         body = await read_capped(scope, receive, MAX_BODY_BYTES)
         # Answer well inside the provider's 10 s timeout, even when the database hangs.
@@ -72,7 +73,20 @@ async def handle_callback(
             "cannot record a callback; asking the provider to retry", extra={"task_id": task_id}
         )
         answer = UNAVAILABLE
+    _count(answer)
     await respond(send, answer)
+    return answer.status_code
+
+
+def _count(answer: Answer) -> None:
+    if answer is ACCEPTED:
+        metrics.CALLBACK_ACCEPTED.inc()
+    elif answer is DUPLICATE:
+        metrics.CALLBACK_DUPLICATE.inc()
+    elif answer is UNAVAILABLE:
+        metrics.CALLBACK_UNAVAILABLE.inc()
+    else:
+        metrics.CALLBACK_REJECTED.inc()
 
 
 async def read_capped(scope: Scope, receive: Receive, limit: int) -> bytes:

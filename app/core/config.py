@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     image_redirect_seconds: Seconds = timedelta(0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     job_lease_seconds: Seconds = timedelta(seconds=30)
+    shutdown_grace_seconds: Seconds = timedelta(seconds=20)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")

@@ -19,11 +19,27 @@ _SECRET_PATTERNS = (
     re.compile(r"sk-evo-[A-Za-z0-9_\-]+"),
     re.compile(r"whsec_[A-Za-z0-9+/=]+"),
     re.compile(r"(/callbacks/evolink/[^/\s\"']+/)[^/\s\"'?]+"),
+    re.compile(r"(://[^/:@\s\"']+:)[^/@\s\"']+(?=@)"),  # the password of a URL
 )
+# The configured secrets themselves, whatever their shape (see register_secrets).
+_known_secrets: list[str] = []
+
+
+def register_secrets(*values: str | None) -> None:
+    """Mask these exact values (API keys, provider key, secrets) wherever they appear."""
+    for value in values:
+        if not value or len(value) < 8:
+            continue
+        for form in (value, json.dumps(value, ensure_ascii=False)[1:-1]):  # as it shows in JSON
+            if form not in _known_secrets:
+                _known_secrets.append(form)
+    _known_secrets.sort(key=len, reverse=True)  # a secret containing another goes first
 
 
 def scrub(text: str) -> str:
     """Mask credentials and callback tokens in free text."""
+    for secret in _known_secrets:
+        text = text.replace(secret, "***")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
     return text

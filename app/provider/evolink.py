@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from app.core import metrics
 from app.provider.parsing import ProviderBodyError, parse_error_body, parse_task
 from app.provider.types import (
     CreateTaskRequest,
+    ProviderCallError,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderTask,
@@ -49,6 +54,15 @@ class EvolinkClient:
 
     async def create_task(self, request: CreateTaskRequest) -> ProviderTask:
         """Submit a task. Raises ProviderRejected, ProviderUnavailable or ProviderOutcomeUnknown."""
+        with _measured("create"):
+            return await self._create_task(request)
+
+    async def get_task(self, task_id: str) -> ProviderTask:
+        """Query a task. Raises ProviderRejected or ProviderUnavailable."""
+        with _measured("query"):
+            return await self._get_task(task_id)
+
+    async def _create_task(self, request: CreateTaskRequest) -> ProviderTask:
         url = f"{self._base_url}/v1/images/generations"
         try:
             response = await self._http.post(
@@ -74,8 +88,7 @@ class EvolinkClient:
                 status_code=response.status_code,
             ) from exc
 
-    async def get_task(self, task_id: str) -> ProviderTask:
-        """Query a task. Raises ProviderRejected or ProviderUnavailable."""
+    async def _get_task(self, task_id: str) -> ProviderTask:
         if not is_provider_task_id(task_id):
             raise ProviderRejected(
                 f"not a provider task id: {task_id[:80]!r}", code="invalid_task_id"
@@ -90,6 +103,29 @@ class EvolinkClient:
             return parse_task(body)
         except ProviderBodyError as exc:
             raise ProviderUnavailable(f"unreadable task from the provider: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _measured(operation: str) -> Iterator[None]:
+    """Count one call by outcome and HTTP code (`none` when no answer came) and time it."""
+    started = time.perf_counter()
+    outcome, code = "error", None
+    try:
+        yield
+        outcome, code = "ok", 200
+    except ProviderCallError as exc:
+        outcome, code = _OUTCOMES.get(type(exc), "error"), exc.status_code
+        raise
+    finally:
+        metrics.UPSTREAM_SECONDS.labels(operation).observe(time.perf_counter() - started)
+        metrics.UPSTREAM_REQUESTS.labels(operation, outcome, str(code or "none")).inc()
+
+
+_OUTCOMES: dict[type[ProviderCallError], str] = {
+    ProviderRejected: "rejected",
+    ProviderUnavailable: "unavailable",
+    ProviderOutcomeUnknown: "unknown",
+}
 
 
 def _checked_body(response: httpx.Response) -> Any:

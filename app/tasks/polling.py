@@ -44,7 +44,11 @@ class Poller:
         if task.final_claimed_at is None and now < quiet_until and job.attempts > 1:
             # Fresh news came in meanwhile: poll only after IMAGEGEN_POLL_AFTER_SECONDS of quiet.
             return RetryAt(quiet_until, "")
-        extra = {"task_id": task.id, "provider_task_id": task.provider_task_id}
+        extra = {
+            "task_id": task.id,
+            "caller": task.caller,
+            "provider_task_id": task.provider_task_id,
+        }
         try:
             news = await self._ctx.provider.get_task(task.provider_task_id)
         except (ProviderUnavailable, ProviderRejected) as exc:

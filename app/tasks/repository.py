@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import upsert_insert
@@ -102,3 +102,9 @@ async def update_fields(
         update(Task).where(*clauses).values(**values).execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    """How many tasks are in each status (one GROUP BY over the table)."""
+    rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
+    return {status: int(count) for status, count in rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -26,6 +27,8 @@ from app.tasks.schemas import (
     TaskPage,
     is_task_id,
 )
+
+log = logging.getLogger(__name__)
 
 ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ApiError, "description": "Missing or invalid API key."},
@@ -89,6 +92,10 @@ async def create_generation(
         session, caller=caller, request=body, idempotency_key=key, now=utcnow()
     )
     await session.commit()
+    log.info(
+        "task created" if created else "task request replayed",
+        extra={"task_id": task.id, "caller": caller, "idempotency_key_given": key is not None},
+    )
     if created:
         wake = getattr(request.app.state, "wake_workers", None)
         if wake is not None:

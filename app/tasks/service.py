@@ -120,7 +120,7 @@ async def apply_event(
             values["final_claimed_at"] = now
         if await repository.update_if_state(session, task.id, expected=current, values=values):
             if (new.status, new.progress) != (current.status, current.progress):
-                await _record_transition(session, task.id, current, new, source=source, now=now)
+                await _record_transition(session, task, current, new, source=source, now=now)
             await _write_effects(session, task, decision, now)
             await repository.get(session, task.id)  # refreshes `task` in place
             return decision
@@ -146,7 +146,7 @@ async def apply_alone(
 
 async def _record_transition(
     session: AsyncSession,
-    task_id: str,
+    task: Task,
     current: TaskState,
     new: TaskState,
     *,
@@ -156,7 +156,9 @@ async def _record_transition(
     log.info(
         "task transition",
         extra={
-            "task_id": task_id,
+            "task_id": task.id,
+            "caller": task.caller,
+            "provider_task_id": task.provider_task_id,
             "from_status": current.status.value,
             "to_status": new.status.value,
             "progress": new.progress,
@@ -165,7 +167,7 @@ async def _record_transition(
     )
     await events.record(
         session,
-        task_id,
+        task.id,
         kind=EventKind.TRANSITION,
         source=source,
         at=now,

@@ -148,7 +148,11 @@ class Submitter:
             if not recorded:
                 log.error(
                     "task already had a provider task id; second upstream task ignored",
-                    extra={"task_id": task.id, "provider_task_id": accepted.id},
+                    extra={
+                        "task_id": task.id,
+                        "caller": task.caller,
+                        "provider_task_id": accepted.id,
+                    },
                 )
                 return Done()
             fresh = await repository.get(session, task.id)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, or_, select, text, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import upsert_insert
@@ -135,13 +135,19 @@ async def extend_leases(
 
 
 async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str) -> None:
-    """Give back the leases of unfinished jobs so another worker can take them at once."""
+    """Give back the leases of unfinished jobs so another worker can take them at once.
+
+    The interrupted run does not count as an attempt (nor, on the next claim, as a take-over)."""
     if not job_ids:
         return
     await session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.lease_owner == worker, Job.state == JobState.QUEUED)
-        .values(lease_owner=None, lease_expires_at=None)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+        )
         .execution_options(synchronize_session=False)
     )
 
@@ -154,3 +160,30 @@ async def next_due(session: AsyncSession, kinds: Sequence[str]) -> datetime | No
         .order_by(Job.run_at)
         .limit(1)
     )
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Due jobs of one kind: waiting for a worker, held by one, and the oldest waiting."""
+
+    waiting: int
+    running: int
+    oldest_due: datetime | None
+
+
+async def queue_stats(session: AsyncSession, now: datetime) -> dict[str, QueueStats]:
+    """Per kind, the due queued jobs (one statement over the partial index of open jobs)."""
+    free = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+    rows = await session.execute(
+        select(
+            Job.kind,
+            func.sum(case((free, 1), else_=0)),
+            func.sum(case((free, 0), else_=1)),
+            func.min(case((free, Job.run_at), else_=None)),
+        )
+        .where(Job.state == JobState.QUEUED, Job.run_at <= now)
+        .group_by(Job.kind)
+    )
+    return {
+        kind: QueueStats(int(waiting or 0), int(running or 0), oldest)
+        for kind, waiting, running, oldest in rows
+    }

@@ -14,10 +14,11 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.clock import utcnow
 from app.workers import repository
 from app.workers.models import Job
-from app.workers.repository import Outcome, RetryAt
+from app.workers.repository import Done, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Worker:
         self._retry = retry or RetryStrategy()
         self._wakeup = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._kinds: dict[int, str] = {}
 
     def wake(self) -> None:
         """Look for due jobs now instead of at the next idle tick."""
@@ -61,7 +63,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set, then drain within the grace period."""
-        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        heartbeat = asyncio.create_task(self._heartbeat())
         failures = 0
         try:
             while not stop.is_set():
@@ -78,8 +80,10 @@ class Worker:
                     continue
                 await self._sleep(stop, self._idle_wait)
         finally:
-            heartbeat.cancel()
-            await self._drain()
+            try:
+                await self._drain()  # leases stay renewed while the running jobs finish
+            finally:
+                heartbeat.cancel()
 
     async def _claim(self) -> int:
         free = self._concurrency - len(self._running)
@@ -96,14 +100,17 @@ class Worker:
             )
         for job in jobs:
             if job.attempts > 1 and job.last_error is None:
+                metrics.LEASE_TAKEOVERS.labels(job.kind).inc()
                 log.info("job taken over", extra={"job_id": job.id, "task_id": job.task_id})
             task = asyncio.create_task(self._run_one(job), name=f"job-{job.id}")
             self._running[job.id] = task
+            self._kinds[job.id] = job.kind
             task.add_done_callback(functools.partial(self._finished, job.id))
         return len(jobs)
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._kinds.pop(job_id, None)
         self._wakeup.set()
 
     async def _run_one(self, job: Job) -> None:
@@ -124,14 +131,15 @@ class Worker:
                     )
                 if not kept:
                     log.warning("job lease was lost before it finished", extra=extra)
+                metrics.JOBS_FINISHED.labels(job.kind, _outcome_name(outcome)).inc()
                 return
             except Exception:
                 log.exception("recording a job outcome failed", extra=extra)
                 await asyncio.sleep(0.5 * 2**attempt)
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    async def _heartbeat(self) -> None:
         period = max(self._lease.total_seconds() / 3, 0.05)
-        while not stop.is_set():
+        while True:
             await asyncio.sleep(period)
             with contextlib.suppress(Exception):
                 async with self._sessions.begin() as session:
@@ -152,16 +160,36 @@ class Worker:
                 waiter.cancel()
 
     async def _drain(self) -> None:
+        """Let running jobs finish within the grace period; cancel the rest and release them."""
         if not self._running:
             return
-        tasks = list(self._running.values())
-        _done, pending = await asyncio.wait(tasks, timeout=self._grace)
-        unfinished = [job_id for job_id, task in self._running.items() if task in pending]
+        running, kinds = dict(self._running), dict(self._kinds)
+        log.info(
+            "finishing running jobs before stopping",
+            extra={"worker": self.name, "jobs": len(running), "grace_seconds": self._grace},
+        )
+        _done, pending = await asyncio.wait(running.values(), timeout=self._grace)
+        unfinished = [job_id for job_id, task in running.items() if task in pending]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if unfinished:
-            with contextlib.suppress(Exception):
-                async with self._sessions.begin() as session:
-                    await repository.release(session, unfinished, worker=self.name)
-            log.info("released unfinished jobs", extra={"job_ids": unfinished})
+        if not unfinished:
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await repository.release(session, unfinished, worker=self.name)
+        except Exception:
+            log.exception(
+                "could not release unfinished jobs; their leases will expire",
+                extra={"worker": self.name, "job_ids": unfinished},
+            )
+            return
+        for job_id in unfinished:
+            metrics.JOBS_FINISHED.labels(kinds[job_id], "released").inc()
+        log.info("released unfinished jobs", extra={"worker": self.name, "job_ids": unfinished})
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    if isinstance(outcome, Done):
+        return "done"
+    return "retry" if isinstance(outcome, RetryAt) else "dead"

@@ -1,0 +1,80 @@
+"""GET /metrics: this process's metrics, plus gauges read from the shared database at scrape time.
+
+No API key: the endpoint is for the cluster's scraper and shows counts, never task content."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core import metrics
+from app.core.clock import utcnow
+from app.tasks import repository as tasks
+from app.tasks.states import TaskStatus
+from app.workers import repository as jobs
+from app.workers.models import JobKind
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operations"])
+
+SCRAPE_QUERY_SECONDS = 5.0
+JOB_KINDS = (JobKind.SUBMIT, JobKind.POLL, JobKind.ARCHIVE, JobKind.NOTIFY)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE_PLAIN_0_0_4: {}}}},
+)
+async def get_metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    families = await database_families(request.app.state.sessions)
+    return Response(metrics.exposition(families), media_type=metrics.CONTENT_TYPE_PLAIN_0_0_4)
+
+
+async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[Metric]:
+    """Tasks by status and the job queue, as the database has them now (same on every replica)."""
+    up = GaugeMetricFamily(
+        "imagegen_database_scrape_success",
+        "Whether the database gauges below could be read at this scrape (1) or not (0).",
+    )
+    try:
+        async with asyncio.timeout(SCRAPE_QUERY_SECONDS), sessions() as session:
+            now = utcnow()
+            statuses = await tasks.count_by_status(session)
+            queue = await jobs.queue_stats(session, now)
+    except Exception:
+        log.warning("metrics: cannot read the database gauges", exc_info=True)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    by_status = GaugeMetricFamily(
+        "imagegen_tasks", "Tasks in the database by status.", labels=["status"]
+    )
+    for status in TaskStatus:
+        by_status.add_metric([status.value], statuses.get(status.value, 0))
+    waiting = GaugeMetricFamily(
+        "imagegen_jobs_due",
+        "Jobs due now and waiting for a worker (no live lease), by kind.",
+        labels=["kind"],
+    )
+    running = GaugeMetricFamily(
+        "imagegen_jobs_running", "Jobs held by a worker's live lease, by kind.", labels=["kind"]
+    )
+    oldest = GaugeMetricFamily(
+        "imagegen_jobs_oldest_due_age_seconds",
+        "How long the oldest waiting due job has been due, by kind (0 when none waits).",
+        labels=["kind"],
+    )
+    for kind in sorted(set(JOB_KINDS) | set(queue)):
+        stats = queue.get(kind, jobs.QueueStats(0, 0, None))
+        waiting.add_metric([kind], stats.waiting)
+        running.add_metric([kind], stats.running)
+        age = (now - stats.oldest_due).total_seconds() if stats.oldest_due else 0.0
+        oldest.add_metric([kind], max(age, 0.0))
+    return [up, by_status, waiting, running, oldest]
