@@ -3,11 +3,16 @@ store and to an S3 server (moto, its own process), side by side with a plain str
 the same files (httpx stream -> file); then the RSS of a worker process copying a 50 MiB image.
 
     .venv/bin/python -m bench.archive_copy [--images 60] [--concurrency 4] [--rounds 5]
+                                           [--noise 0.667]
 
+Images are 1024x1024 PNGs whose top `--noise` fraction of rows is incompressible noise:
+0.667 makes them 2 MiB, 1.0 makes them 3 MiB.
 The gateway rows run the production copy path (`Archiver._copy`: open_image -> put_stream).
 The `ref:` rows stream the same files into obstore directly, without the gateway's code, to show
-what the store itself costs. Sizes are MiB (2**20 bytes); every stored object's sha256 is checked
-against the simulator's."""
+what the store itself costs; the `ceiling:` row stores bytes already in memory, which is as fast
+as the S3 server takes objects at all. The CPU columns split where each image's CPU time goes:
+this (copying) process, the simulator serving it, the S3 server storing it. Sizes are MiB
+(2**20 bytes); every stored object's sha256 is checked against the simulator's."""
 
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ MIB = 1024 * 1024
 API_KEY = "sk-evo-simulator"
 BUCKET = "bench-archive"
 TARGET_RATIO = 0.70
+SIZE = "1024x1024"
 TARGET_GROWTH_MIB = 20.0
 POLICY = FetchPolicy(allow_private=True)
 SIMULATOR_CACHE = 192 * MIB  # of its 256 MiB image cache: distinct images beyond it re-render
@@ -60,6 +66,20 @@ AWS = {
 
 
 # --- processes -----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server process of the benchmark: its base URL and process id."""
+
+    url: str
+    pid: int
 
 
 @contextmanager
@@ -94,29 +114,30 @@ def tail(log: Path) -> str:
 
 
 @asynccontextmanager
-async def simulator(log: Path) -> AsyncIterator[str]:
-    """The provider simulator in its own process, with incompressible images; its base URL."""
+async def simulator(log: Path, noise: float) -> AsyncIterator[Server]:
+    """The provider simulator in its own process, with `noise` incompressible images."""
     port = free_port()
     args = [sys.executable, "-m", "app.cli", "simulate-provider", "--port", str(port)]
-    args += ["--allow-private-callbacks", "--image-noise", "--duration", "0.1"]
-    with child([*args, "--log-level", "warning"], log):
+    args += ["--allow-private-callbacks", "--image-noise", str(noise), "--duration", "0.1"]
+    with child([*args, "--log-level", "warning"], log) as process:
         base = f"http://127.0.0.1:{port}"
         await wait_up(f"{base}/_sim/stats", log)
-        yield base
+        yield Server(base, process.pid)
 
 
 @asynccontextmanager
-async def moto_s3(log: Path) -> AsyncIterator[str]:
+async def moto_s3(log: Path) -> AsyncIterator[Server]:
     """A moto S3 server in its own process (S3 is not inside a worker: it must not share this
-    process's CPU time and GIL); sets the variables obstore reads; yields the endpoint."""
+    process's CPU time and GIL); sets the variables obstore reads."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     saved = dict(os.environ)
-    with child([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log):
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with child(args, log) as process:
         await wait_up(f"{endpoint}/moto-api/", log)
         os.environ.update({"AWS_ENDPOINT_URL": endpoint, **AWS})
         try:
-            yield endpoint
+            yield Server(endpoint, process.pid)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -205,6 +226,17 @@ def plain_file_copy(client: httpx.AsyncClient, root: Path) -> CopyFn:
     return run
 
 
+def stored_bytes_put(backend: S3Store, bodies: dict[str, bytes]) -> CopyFn:
+    """The ceiling: one put of bytes already in memory, no download at all."""
+
+    async def run(copy: Copy) -> int:
+        body = bodies[copy.source.url]
+        await obstore.put_async(backend, copy.key, [body], use_multipart=False)
+        return len(body)
+
+    return run
+
+
 def gateway_copy(fetcher: httpx.AsyncClient, store: ObjectStore) -> CopyFn:
     """The production copy path of `Archiver._copy`: open_image -> store.put_stream."""
 
@@ -254,9 +286,10 @@ class CopyPath:
     copy: CopyFn
     stored: Callable[[Copy], str]  # the sha256 of what a copy stored
     clear: Callable[[], None]
-    runs: list[tuple[float, int, float]] = field(default_factory=list)  # seconds, bytes, CPU s
+    # seconds, bytes, CPU seconds of this process, of the simulator, of the S3 server
+    runs: list[tuple[float, int, float, float, float]] = field(default_factory=list)
 
-    def median(self) -> tuple[float, int, float]:
+    def median(self) -> tuple[float, int, float, float, float]:
         return sorted(self.runs)[len(self.runs) // 2]
 
 
@@ -281,9 +314,12 @@ def in_bucket(name: str, copy: CopyFn, s3: Any, prefix: str) -> CopyPath:
     return CopyPath(name, copy, stored, clear)
 
 
-async def timed(path: CopyPath, copies: list[Copy], concurrency: int) -> None:
-    """Make all `copies`, `concurrency` at a time; record seconds, bytes and this process's CPU
-    time (every thread: obstore uploads on its own runtime threads); then check and clear."""
+async def timed(
+    path: CopyPath, copies: list[Copy], concurrency: int, servers: tuple[Server, Server]
+) -> None:
+    """Make all `copies`, `concurrency` at a time; record seconds, bytes and the CPU time of this
+    process (every thread: obstore uploads on its own runtime threads) and of the simulator and
+    S3 server processes; then check and clear."""
     pending = iter(copies)
     total = 0
 
@@ -293,25 +329,27 @@ async def timed(path: CopyPath, copies: list[Copy], concurrency: int) -> None:
             size = await path.copy(item)  # not `total += await ...`: that loses updates
             total += size
 
+    before = [cpu_seconds(server.pid) for server in servers]
     cpu, started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    simulator_cpu, s3_cpu = (cpu_seconds(s.pid) - b for s, b in zip(servers, before, strict=True))
     check(copies, [await asyncio.to_thread(path.stored, item) for item in copies], path.name)
     await asyncio.to_thread(path.clear)
-    path.runs.append((seconds, total, cpu))
+    path.runs.append((seconds, total, cpu, simulator_cpu, s3_cpu))
 
 
 async def throughput(
-    base: str, tmp: Path, endpoint: str, images: int, concurrency: int, rounds: int, size: str
+    sim: Server, tmp: Path, s3_server: Server, images: int, concurrency: int, rounds: int
 ) -> list[CopyPath]:
-    width, height = PIXELS[size]
+    width, height = PIXELS[SIZE]
     distinct = max(1, min(images, SIMULATOR_CACHE // (width * height * 3)))
-    sources = await prepare_images(base, distinct, size)
+    sources = await prepare_images(sim.url, distinct, SIZE)
     copies = [
         Copy(source, image_key(f"bench-{i:04d}-{source.task_id}", 0))
         for i, source in ((i, sources[i % len(sources)]) for i in range(images))
     ]
-    s3 = s3_client(endpoint)
+    s3 = s3_client(s3_server.url)
     s3.create_bucket(Bucket=BUCKET)
     dirs = {name: tmp / name for name in ("baseline", "gateway", "plain")}
     for directory in dirs.values():
@@ -348,11 +386,17 @@ async def throughput(
             in_bucket(
                 "ref: httpx -> obstore put, S3", plain_obstore_copy(client, plain_s3), s3, "plain"
             ),
+            in_bucket(
+                "ceiling: bytes in memory -> S3 put",
+                stored_bytes_put(plain_s3, await downloaded(client, sources)),
+                s3,
+                "plain",
+            ),
         ]
         for round_index in range(rounds):
             shift = round_index % len(paths)  # each path takes its turn at going first
             for path in paths[shift:] + paths[:shift]:
-                await timed(path, copies, concurrency)
+                await timed(path, copies, concurrency, (sim, s3_server))
             print(f"round {round_index + 1}/{rounds} done", file=sys.stderr)
     finally:
         await client.aclose()
@@ -360,37 +404,51 @@ async def throughput(
     return paths
 
 
+async def downloaded(client: httpx.AsyncClient, sources: list[SourceImage]) -> dict[str, bytes]:
+    """Each source image's bytes, by URL."""
+    bodies = {}
+    for source in sources:
+        response = await client.get(source.url)
+        bodies[source.url] = response.raise_for_status().content
+    return bodies
+
+
 def print_table(paths: list[CopyPath], images: int, concurrency: int, rounds: int) -> None:
-    base_seconds, base_bytes, _ = paths[0].median()
+    base_seconds, base_bytes, *_ = paths[0].median()
     print(
         f"\narchive copy throughput: {images} noise PNG images of {base_bytes / images / MIB:.2f} "
         f"MiB from the simulator process, concurrency {concurrency}, median of {rounds} rounds"
     )
-    per_round = [", ".join(f"{images / s:.0f}" for s, _, _ in path.runs) for path in paths]
+    per_round = [", ".join(f"{images / run[0]:.0f}" for run in path.runs) for path in paths]
     width = max(18, *map(len, per_round))
     print(
         f"| {'path':38} | images | mean MiB | seconds | images/s | MiB/s | vs baseline "
-        f"| copier CPU ms/image | {'images/s per round':{width}} |"
+        f"| CPU ms/image: copier + simulator + S3 server | {'images/s per round':{width}} |"
     )
     print(
         f"|{'-' * 40}|{'-' * 8}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 7}|{'-' * 13}"
-        f"|{'-' * 21}|{'-' * (width + 2)}|"
+        f"|{'-' * 46}|{'-' * (width + 2)}|"
     )
     for path, rounds_text in zip(paths, per_round, strict=True):
-        seconds, total, cpu = path.median()
+        seconds, total, cpu, simulator_cpu, s3_cpu = path.median()
+        split = f"{cpu / images * 1000:.1f} + {simulator_cpu / images * 1000:.1f} + " + (
+            f"{s3_cpu / images * 1000:.1f}" if "S3" in path.name else "-"
+        )
         print(
             f"| {path.name:38} | {images:6} | {total / images / MIB:8.2f} | {seconds:7.2f} "
             f"| {images / seconds:8.1f} | {total / seconds / MIB:5.0f} "
-            f"| {base_seconds / seconds:11.0%} | {cpu / images * 1000:19.1f} "
+            f"| {base_seconds / seconds:11.0%} | {split:44} "
             f"| {rounds_text:{width}} |"
         )
     for path in paths[1:3]:
         ratio = base_seconds / path.median()[0]
         verdict = "holds" if ratio >= TARGET_RATIO else "MISSED"
         print(f"{path.name} / baseline: {ratio:.0%} (target >= {TARGET_RATIO:.0%}: {verdict})")
+    ceiling = paths[-1].median()[0] / paths[2].median()[0]
+    print(f"{paths[2].name} / {paths[-1].name}: {ceiling:.0%}")
     print(
-        "copier CPU: this process, all threads, during the timed copies (the simulator and "
-        "moto run in their own processes); every stored object's sha256 matched the simulator's"
+        "CPU: this process (all threads), the simulator process and the S3 server process, "
+        "during the timed copies; every stored object's sha256 matched the simulator's"
     )
 
 
@@ -512,14 +570,14 @@ def print_memory(rows: list[Memory]) -> None:
         )
 
 
-async def main(images: int, concurrency: int, rounds: int, size: str) -> None:
+async def main(images: int, concurrency: int, rounds: int, noise: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-archive-") as name:
         tmp = Path(name)
-        async with moto_s3(tmp / "moto.log") as endpoint:
-            async with simulator(tmp / "simulator.log") as base:
-                paths = await throughput(base, tmp, endpoint, images, concurrency, rounds, size)
+        async with moto_s3(tmp / "moto.log") as s3_server:
+            async with simulator(tmp / "simulator.log", noise) as sim:
+                paths = await throughput(sim, tmp, s3_server, images, concurrency, rounds)
             print_table(paths, images, concurrency, rounds)
-            print_memory(await worker_memory(tmp, endpoint))
+            print_memory(await worker_memory(tmp, s3_server.url))
 
 
 if __name__ == "__main__":
@@ -527,6 +585,8 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=60, help="copies per path and round")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", default="1024x1024", choices=sorted(PIXELS))
+    parser.add_argument(
+        "--noise", type=float, default=0.667, help="noise fraction of each image (2 MiB: 0.667)"
+    )
     options = parser.parse_args()
-    asyncio.run(main(options.images, options.concurrency, options.rounds, options.size))
+    asyncio.run(main(options.images, options.concurrency, options.rounds, options.noise))

@@ -29,6 +29,10 @@ _HEADERS = {
     "User-Agent": "imagegen-gateway/0.1",
 }
 _LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=10, keepalive_expiry=30.0)
+# httpcore asks for 64 KiB a read; the event loop hands over up to 256 KiB at once, which anyio
+# then slices (copying the rest each time). Asking for more takes each piece whole: a third less
+# CPU per downloaded byte.
+_MIN_READ = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -165,11 +169,13 @@ class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address), port, local_address=local_address, socket_options=options
                 )
             except httpcore.ConnectError as exc:
                 failure = exc
+            else:
+                return LargeReads(stream)
         assert failure is not None
         raise failure
 
@@ -185,6 +191,38 @@ class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def sleep(self, seconds: float) -> None:
         """Delegate to the wrapped backend."""
         await self._inner.sleep(seconds)
+
+
+class LargeReads(httpcore.AsyncNetworkStream):
+    """A network stream whose reads take whatever the socket has, up to `_MIN_READ` at least."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        """Read at most max(max_bytes, _MIN_READ) bytes."""
+        return await self._inner.read(max(max_bytes, _MIN_READ), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Delegate to the wrapped stream."""
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        """Delegate to the wrapped stream."""
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore.AsyncNetworkStream:
+        """Upgrade the wrapped stream; reads stay large."""
+        return LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        """Delegate to the wrapped stream."""
+        return self._inner.get_extra_info(info)
 
 
 _CLIENT_POLICIES: weakref.WeakKeyDictionary[httpx.AsyncClient, FetchPolicy] = (
@@ -207,8 +245,10 @@ def create_fetch_client(
     resolver: Resolver | None = None,
     network_backend: httpcore.AsyncNetworkBackend | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> httpx.AsyncClient:
-    """A client whose every connection goes only to checked addresses. One per process."""
+    """A client whose every connection goes only to checked addresses. One per process and
+    use (image downloads; notifications, with their own `headers`)."""
     backend = CheckedNetworkBackend(
         allow_private=policy.allow_private,
         resolver=resolver or resolve_host,
@@ -229,7 +269,7 @@ def create_fetch_client(
         timeout=_timeout(policy),
         follow_redirects=False,
         trust_env=False,
-        headers=_HEADERS,
+        headers=_HEADERS if headers is None else headers,
         cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # keep no cookies
     )
     _CLIENT_POLICIES[client] = policy

@@ -52,7 +52,7 @@ def test_every_option() -> None:
         duration_seconds=0.5,
         allow_private_callbacks=True,
         image_format="webp",
-        image_noise=True,
+        image_noise=1.0,
         seed=7,
         faults=SimulatorFaults(
             callback_drop_rate=0.3,
@@ -75,6 +75,13 @@ def test_out_of_range_values_are_refused() -> None:
         cli.config_from_args(parse("--callback-drop-rate=3"))
     with pytest.raises(SystemExit):
         cli.main(["--fail-rate=-1"])
+    with pytest.raises(ValueError, match="image_noise"):
+        cli.config_from_args(parse("--image-noise=1.5"))
+
+
+def test_image_noise_takes_a_fraction() -> None:
+    assert cli.config_from_args(parse()).image_noise == 0.0
+    assert cli.config_from_args(parse("--image-noise", "0.667")).image_noise == 0.667
 
 
 def test_run_serves_the_simulator_app(monkeypatch: pytest.MonkeyPatch) -> None:

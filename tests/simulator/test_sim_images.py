@@ -66,6 +66,14 @@ async def test_noise_images_are_large() -> None:
         assert Image.open(io.BytesIO(response.content)).size == (1024, 1024)
 
 
+def test_noise_fraction_sets_the_file_size() -> None:
+    two_thirds = render_image("task-unified-1-aaaaaaaa", 1024, 1024, "png", 0.667)
+    whole = render_image("task-unified-1-aaaaaaaa", 1024, 1024, "png", 1.0)
+    assert 2.0 * 1024 * 1024 < len(two_thirds) < 2.1 * 1024 * 1024
+    assert 3.0 * 1024 * 1024 < len(whole) < 3.1 * 1024 * 1024
+    assert Image.open(io.BytesIO(two_thirds)).size == (1024, 1024)
+
+
 def test_render_is_deterministic_per_seed() -> None:
     first = render_image("task-unified-1-aaaaaaaa", 1024, 1536, "png", False)
     assert render_image("task-unified-1-aaaaaaaa", 1024, 1536, "png", False) == first

@@ -88,7 +88,7 @@ class SimulatorConfig:
     duration_seconds: float = 3.0
     allow_private_callbacks: bool = False
     image_format: str = "png"
-    image_noise: bool = False
+    image_noise: float = 0.0  # fraction of each image's rows that are incompressible noise
     seed: int | None = None
     faults: SimulatorFaults = field(default_factory=SimulatorFaults)
 
@@ -98,5 +98,8 @@ class SimulatorConfig:
             raise ValueError("api_keys must hold at least one non-empty key")
         if not self.duration_seconds >= 0.0:
             raise ValueError("duration_seconds must not be negative")
+        if not 0.0 <= self.image_noise <= 1.0:
+            raise ValueError("image_noise must be between 0 and 1")
+        self.image_noise = float(self.image_noise)
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}")

@@ -46,7 +46,7 @@ class SimTask:
     base_url: str
     file_token: str
     image_format: str
-    image_noise: bool
+    image_noise: float
     error_code: str | None = None
     image_sha256: str | None = None
     image_bytes: int | None = None
