@@ -16,6 +16,7 @@ from app.archive.store import ObjectStore
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
+from app.notify.sender import Notifier, NotifyContext, create_notify_client
 from app.provider.evolink import EvolinkClient
 from app.tasks.context import TaskContext
 from app.tasks.polling import Poller
@@ -50,6 +51,7 @@ class Runtime:
     store: ObjectStore
     tasks: TaskContext
     archive: ArchiveContext
+    notify: NotifyContext
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
@@ -82,6 +84,9 @@ class Runtime:
             archive=ArchiveContext(
                 sessions=sessions, settings=settings, store=store, fetcher=fetcher, policy=policy
             ),
+            notify=NotifyContext(
+                sessions=sessions, settings=settings, client=create_notify_client(settings)
+            ),
         )
 
     def build_worker(self) -> Worker:
@@ -92,6 +97,7 @@ class Runtime:
                 JobKind.SUBMIT: Submitter(self.tasks),
                 JobKind.POLL: Poller(self.tasks),
                 JobKind.ARCHIVE: Archiver(self.archive),
+                JobKind.NOTIFY: Notifier(self.notify),
             },
             concurrency=self.settings.worker_concurrency,
             lease=self.settings.job_lease_seconds,
@@ -101,5 +107,6 @@ class Runtime:
     async def close(self) -> None:
         """Close clients and connections."""
         await self.fetcher.aclose()
+        await self.notify.client.aclose()
         await self.http.aclose()
         await self.engine.dispose()

@@ -15,6 +15,7 @@ ALPHA_KEY = "alpha-key-0123456789abcdef"
 BETA_KEY = "beta-key-0123456789abcdef"
 CALLBACK_SECRET = "test-callback-secret-0123456789abcdefghij"
 SIMULATOR_KEY = "sk-evo-simulator"
+NOTIFY_SECRET = "whsec_aW1hZ2VnZW4tdGVzdHMtbm90aWZ5LXNlY3JldC0zMmI="
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +80,7 @@ def settings_values(
         "public_base_url": public_base_url,
         "callback_secret": CALLBACK_SECRET,
         "api_keys": f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
+        "notify_secret": NOTIFY_SECRET,
         "allow_private_networks": True,
         "run_workers": False,
         "poll_after_seconds": 1,

@@ -40,6 +40,7 @@ from app.workers.retry import RetryStrategy
 log = logging.getLogger(__name__)
 
 COPY_TIMEOUT = timedelta(minutes=10)
+LINK_LIFETIME = timedelta(hours=24)  # how long the provider's result links stay valid
 
 
 def image_key(task_id: str, index: int) -> str:
@@ -59,6 +60,12 @@ class ArchiveContext:
     retry: RetryStrategy = field(
         default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
     )
+
+
+def upstream_completed_at(task: Task) -> datetime:
+    """When the provider finished the task, as early as the service heard of it."""
+    seen = [t for t in (task.final_claimed_at, task.provider_completed_at) if t is not None]
+    return min(seen) if seen else task.updated_at
 
 
 class Archiver:
@@ -104,9 +111,7 @@ class Archiver:
         return await self._finish(task)
 
     def _deadline(self, task: Task) -> datetime:
-        seen = [t for t in (task.final_claimed_at, task.provider_completed_at) if t is not None]
-        completed = min(seen) if seen else task.updated_at
-        return completed + self._ctx.settings.archive_deadline_seconds
+        return upstream_completed_at(task) + self._ctx.settings.archive_deadline_seconds
 
     async def _copy(self, task: Task, index: int, url: str) -> ImageInfo:
         key = image_key(task.id, index)

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.provider.types import MAX_CALLBACK_URL_LENGTH
@@ -43,6 +43,21 @@ def _seconds(value: object) -> object:
 
 
 Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+def _schedule(value: object) -> object:
+    """A retry schedule: comma-separated seconds ("5,30,120"), or a sequence of them."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):
+            raise ValueError("expected comma-separated seconds, e.g. 5,30,120")
+        return [_seconds(part) for part in parts]
+    return value
+
+
+Schedule = Annotated[tuple[Seconds, ...], NoDecode, BeforeValidator(_schedule)]
+# After a failed notification attempt, wait the next of these; when they run out, give up.
+NOTIFY_RETRY_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800"
 
 
 def parse_key_pairs(raw: str | None) -> dict[str, str]:
@@ -94,6 +109,8 @@ class Settings(BaseSettings):
     image_redirect_seconds: Seconds = timedelta(0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     job_lease_seconds: Seconds = timedelta(seconds=30)
+    notify_retry_schedule: Schedule = Field(default=NOTIFY_RETRY_SCHEDULE, validate_default=True)
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     shutdown_grace_seconds: Seconds = timedelta(seconds=20)
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -125,6 +142,13 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("notify_retry_schedule")
+    @classmethod
+    def _positive_delays(cls, value: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+        if any(delay <= timedelta(0) for delay in value):
+            raise ValueError("every delay must be more than 0 seconds")
+        return value
 
     @field_validator("api_keys", "operator_keys")
     @classmethod

@@ -20,6 +20,8 @@ class EventKind:
     SUBMIT = "submit"  # a create call upstream and its outcome
     POLL = "poll"  # a query upstream and its outcome
     ARCHIVE = "archive"  # a copy of a result image and its outcome
+    NOTIFY = "notify"  # a notification to the caller and its outcome
+    REDRIVE = "redrive"  # a caller asked to run a failed step again
 
 
 class TaskEvent(Base):

@@ -68,6 +68,7 @@ class Task(Base):
     provider_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     final_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result_urls: Mapped[list[str] | None] = mapped_column(JSON)
+    redriven_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the latest retry
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -117,6 +117,8 @@ class Poller:
 
     def _timed_out(self, task: Task, now: datetime) -> bool:
         since = task.submitted_at or task.created_at
+        if task.redriven_at is not None:  # a retry grants the provider another full wait
+            since = max(since, task.redriven_at)
         return now - since > self._ctx.settings.poll_max_wait_seconds
 
     async def _give_up(self, task: Task) -> Outcome:

@@ -15,14 +15,18 @@ from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
-from app.tasks import repository, service
+from app.notify import repository as notifications
+from app.tasks import events, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
+from app.tasks.redrive import NotRetryable, redrive
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     ApiError,
     CreateTaskRequest,
     Status,
+    TaskEventOut,
+    TaskEventPage,
     TaskOut,
     TaskPage,
     is_task_id,
@@ -40,7 +44,17 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS)
 
 async def _present(session: AsyncSession, task: Task) -> TaskOut:
     images = await archived.for_tasks(session, [task.id])
-    return service.present(task, images[task.id])
+    notes = await notifications.for_tasks(session, [task.id])
+    return service.present(task, images[task.id], notes[task.id])
+
+
+async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
+    task = (
+        await repository.get_for_caller(session, caller, task_id) if is_task_id(task_id) else None
+    )
+    if task is None:
+        raise ApiProblem(404, "not_found", "no such task")
+    return task
 
 
 def _check_idempotency_key(value: str | None) -> str | None:
@@ -88,6 +102,13 @@ async def create_generation(
             )
         except UrlPolicyError as exc:
             raise ApiProblem(422, "validation_error", f"notify_url: {exc}") from None
+        if settings.notify_secret is None:
+            raise ApiProblem(
+                422,
+                "validation_error",
+                "notify_url: this service sends no notifications (IMAGEGEN_NOTIFY_SECRET is "
+                "not set); poll GET /v1/tasks/{id} instead",
+            )
     task, created = await service.create_task(
         session, caller=caller, request=body, idempotency_key=key, now=utcnow()
     )
@@ -111,12 +132,7 @@ async def create_generation(
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses={404: {"model": ApiError}})
 async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> TaskOut:
     """One of the caller's tasks."""
-    task = (
-        await repository.get_for_caller(session, caller, task_id) if is_task_id(task_id) else None
-    )
-    if task is None:
-        raise ApiProblem(404, "not_found", "no such task")
-    return await _present(session, task)
+    return await _present(session, await _own_task(session, caller, task_id))
 
 
 @router.get("/tasks", response_model=TaskPage)
@@ -142,7 +158,57 @@ async def list_tasks(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    images = await archived.for_tasks(session, [task.id for task in page])
+    ids = [task.id for task in page]
+    images = await archived.for_tasks(session, ids)
+    notes = await notifications.for_tasks(session, ids)
     return TaskPage(
-        data=[service.present(task, images[task.id]) for task in page], next_cursor=next_cursor
+        data=[service.present(task, images[task.id], notes[task.id]) for task in page],
+        next_cursor=next_cursor,
+    )
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    status_code=202,
+    response_model=TaskOut,
+    responses={
+        202: {
+            "description": (
+                "The step was started again; the `Retried-Step` header names it (`archive`, "
+                "`poll` or `notification`)."
+            )
+        },
+        404: {"model": ApiError},
+        409: {"model": ApiError, "description": "Nothing is retryable; the message says why."},
+    },
+)
+async def retry_task(
+    task_id: str, request: Request, caller: CallerDep, session: SessionDep
+) -> JSONResponse:
+    """Run again the step that failed for a transient reason: the archive copy (while the
+    provider's links are valid), polling after `provider_timeout`, or a given-up notification."""
+    task = await _own_task(session, caller, task_id)
+    try:
+        step = await redrive(session, task, now=utcnow())
+    except NotRetryable as exc:
+        await session.rollback()
+        raise ApiProblem(409, "not_retryable", str(exc)) from None
+    await session.commit()
+    wake = getattr(request.app.state, "wake_workers", None)
+    if wake is not None:
+        wake()
+    content = (await _present(session, task)).model_dump(mode="json")
+    return JSONResponse(content, status_code=202, headers={"Retried-Step": step})
+
+
+@router.get(
+    "/tasks/{task_id}/events", response_model=TaskEventPage, responses={404: {"model": ApiError}}
+)
+async def task_events(task_id: str, caller: CallerDep, session: SessionDep) -> TaskEventPage:
+    """The task's timeline, oldest first: every transition, every attempt at upstream work,
+    archive copy and notification with its outcome and error, and every retry."""
+    task = await _own_task(session, caller, task_id)
+    lines = await events.timeline(session, task.id)
+    return TaskEventPage(
+        data=[TaskEventOut.model_validate(line, from_attributes=True) for line in lines]
     )

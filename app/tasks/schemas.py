@@ -138,6 +138,25 @@ class ErrorOut(BaseModel):
     message: str
 
 
+class NotificationOut(BaseModel):
+    """The task's notification to its `notify_url` (of the current status, else the latest)."""
+
+    webhook_id: str = Field(description="The `webhook-id` header, the same on every retry.")
+    type: Literal["task.succeeded", "task.failed", "task.cancelled"]
+    status: Literal["pending", "delivered", "failed", "superseded"] = Field(
+        description=(
+            "`pending`: being sent or retried; `delivered`: answered 2xx, never sent again; "
+            "`failed`: given up after the retry schedule (`POST /v1/tasks/{id}/retry` starts "
+            "over); `superseded`: a retry moved the task on before it was delivered."
+        )
+    )
+    attempts: int = Field(ge=0, description="Attempts in the current series.")
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
 class TaskOut(BaseModel):
     """A task as callers see it."""
 
@@ -157,6 +176,9 @@ class TaskOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None
+    notification: NotificationOut | None = Field(
+        default=None, description="Null without a `notify_url` or before the task is terminal."
+    )
 
 
 class TaskPage(BaseModel):
@@ -184,3 +206,24 @@ class ApiError(BaseModel):
 def is_task_id(value: str) -> bool:
     """Whether `value` is a task id this service could have made (a canonical UUID)."""
     return TASK_ID_PATTERN.fullmatch(value) is not None
+
+
+class TaskEventOut(BaseModel):
+    """One line of a task's timeline: a transition, or an attempt at some work and its outcome."""
+
+    at: datetime
+    kind: Literal["transition", "submit", "poll", "archive", "notify", "redrive"]
+    source: str = Field(description="What wrote the line: callback, poll, archive, notify, ...")
+    outcome: str | None = Field(
+        default=None, description="e.g. `error`, `delivered`, `given_up`, `stored`."
+    )
+    from_status: str | None = None
+    to_status: str | None = None
+    message: str | None = Field(default=None, description="Why an attempt failed, when it did.")
+    detail: dict[str, Any] | None = None
+
+
+class TaskEventPage(BaseModel):
+    """A task's timeline, oldest first."""
+
+    data: list[TaskEventOut]

@@ -14,17 +14,23 @@ from app.archive.models import TaskImage
 from app.callbacks.tokens import new_nonce
 from app.core.clock import utcnow
 from app.core.errors import ApiProblem
+from app.notify import repository as notifications
+from app.notify.models import Notification, event_type
 from app.tasks import events, repository
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
-from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, TaskOut
+from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, NotificationOut, TaskOut
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
 from app.workers.models import JobKind
 
 log = logging.getLogger(__name__)
 
-_EFFECT_JOBS = {Effect.CONFIRM: JobKind.POLL, Effect.ARCHIVE: JobKind.ARCHIVE}
+_EFFECT_JOBS = {
+    Effect.CONFIRM: JobKind.POLL,
+    Effect.ARCHIVE: JobKind.ARCHIVE,
+    Effect.POLL: JobKind.POLL,
+}
 
 
 async def create_task(
@@ -116,13 +122,15 @@ async def apply_event(
         }
         if new.status.is_terminal:
             values["completed_at"] = now
+        elif current.status.is_terminal:  # a redrive
+            values["completed_at"] = None
         if new.final_claimed and not current.final_claimed:
             values["final_claimed_at"] = now
         if await repository.update_if_state(session, task.id, expected=current, values=values):
             if (new.status, new.progress) != (current.status, current.progress):
                 await _record_transition(session, task, current, new, source=source, now=now)
-            await _write_effects(session, task, decision, now)
             await repository.get(session, task.id)  # refreshes `task` in place
+            await _write_effects(session, task, decision, now)
             return decision
         refreshed = await repository.get(session, task.id)
         if refreshed is None:
@@ -190,12 +198,18 @@ async def _write_effects(
 ) -> None:
     for effect in decision.effects:
         kind = job_for(effect, task.notify_url)
-        if kind is not None:
-            await jobs.enqueue(session, kind, task.id, now)
+        if kind is None:
+            continue
+        if effect is Effect.NOTIFY and decision.state is not None:
+            # The outbox row, in the transaction of the transition: type and webhook id.
+            await notifications.open_for(session, task.id, event_type(decision.state.status), now)
+        await jobs.enqueue(session, kind, task.id, now)
 
 
-def present(task: Task, images: Sequence[TaskImage] = ()) -> TaskOut:
-    """The task object callers see, with its archived images."""
+def present(
+    task: Task, images: Sequence[TaskImage] = (), notes: Sequence[Notification] = ()
+) -> TaskOut:
+    """The task object callers see, with its archived images and its latest notification."""
     error = None
     if task.error_code is not None:
         error = ErrorOut(code=task.error_code, message=task.error_message or "")
@@ -225,4 +239,25 @@ def present(task: Task, images: Sequence[TaskImage] = ()) -> TaskOut:
         created_at=task.created_at,
         updated_at=task.updated_at,
         completed_at=task.completed_at,
+        notification=_notification(task, notes),
+    )
+
+
+def _notification(task: Task, notes: Sequence[Notification]) -> NotificationOut | None:
+    """The notification of the current status if there is one, else the latest."""
+    if not notes:
+        return None
+    current = event_type(task.status)
+    note = next((n for n in notes if n.type == current), None)
+    if note is None:
+        note = max(notes, key=lambda n: (n.updated_at, n.created_at))
+    return NotificationOut(
+        webhook_id=note.id,
+        type=note.type,
+        status=note.state,
+        attempts=note.attempts,
+        last_status_code=note.last_status_code,
+        last_error=note.last_error,
+        next_attempt_at=note.next_attempt_at,
+        delivered_at=note.delivered_at,
     )

@@ -35,6 +35,7 @@ class Effect(StrEnum):
     CONFIRM = "confirm"  # ask the provider before trusting a final state from a callback
     ARCHIVE = "archive"  # copy the confirmed result images
     NOTIFY = "notify"  # tell the caller the task is terminal
+    POLL = "poll"  # ask the provider again (a redriven poll)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,27 @@ class ArchiveDone:
     """Every result image is in durable storage."""
 
 
-Event = ProviderNews | ServiceFailure | ArchiveDone
+class RedriveStep(StrEnum):
+    """A step of a failed task that a redrive can run again."""
+
+    ARCHIVE = "archive"  # copy the images again (`archive_failed`, links still valid)
+    POLL = "poll"  # ask the provider again (`provider_timeout` of an accepted task)
+
+
+# The error code each step leaves on a task it failed for a possibly transient reason.
+REDRIVABLE = {RedriveStep.ARCHIVE: "archive_failed", RedriveStep.POLL: "provider_timeout"}
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """An explicit request to run a failed step again: the one way out of a terminal state.
+    The caller has checked what the state cannot show (result links, their validity, the
+    provider's task id)."""
+
+    step: RedriveStep
+
+
+Event = ProviderNews | ServiceFailure | ArchiveDone | Redrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +109,10 @@ UNCHANGED = Decision(state=None)
 
 
 def decide(current: TaskState, event: Event) -> Decision:
-    """The next state of a task given one event; terminal states absorb everything."""
+    """The next state of a task given one event; terminal states absorb everything but an
+    applicable redrive."""
+    if isinstance(event, Redrive):
+        return _redrive(current, event.step)
     if current.status.is_terminal:
         return UNCHANGED
     if isinstance(event, ServiceFailure):
@@ -98,6 +122,24 @@ def decide(current: TaskState, event: Event) -> Decision:
             return UNCHANGED
         return Decision(TaskState(TaskStatus.SUCCEEDED, 100), (Effect.NOTIFY,))
     return _provider_news(current, event)
+
+
+def _redrive(current: TaskState, step: RedriveStep) -> Decision:
+    if current.status is not TaskStatus.FAILED or current.error_code != REDRIVABLE[step]:
+        return UNCHANGED
+    if step is RedriveStep.ARCHIVE:
+        return Decision(TaskState(TaskStatus.ARCHIVING, 100), (Effect.ARCHIVE,))
+    # The failed state does not keep whether the provider had started: progress tells.
+    status = TaskStatus.PROCESSING if current.progress > 0 else TaskStatus.PENDING
+    back = TaskState(status, current.progress, final_claimed=current.final_claimed)
+    return Decision(back, (Effect.POLL,))
+
+
+def redrive_step(current: TaskState) -> RedriveStep | None:
+    """The step whose redrive could repair a failed task, if any."""
+    if current.status is not TaskStatus.FAILED:
+        return None
+    return next((step for step, code in REDRIVABLE.items() if code == current.error_code), None)
 
 
 def _provider_news(current: TaskState, news: ProviderNews) -> Decision:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import literal, null
 
 from app.core.db import upsert_insert
 from app.workers.models import Job, JobState
@@ -55,7 +56,9 @@ async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: dateti
             "run_at": case(
                 (statement.excluded.run_at < Job.run_at, statement.excluded.run_at),
                 else_=Job.run_at,
-            )
+            ),
+            # A worker is running it: what it read may predate this request, so run it again.
+            "rerun": or_(Job.lease_owner.is_not(None), Job.rerun),
         },
     )
     await session.execute(statement)
@@ -91,6 +94,7 @@ async def claim(
             lease_owner=worker,
             lease_expires_at=now + lease,
             attempts=Job.attempts + 1,
+            rerun=False,
             updated_at=now,
         )
         .returning(Job)
@@ -103,14 +107,33 @@ async def claim(
 async def finish(
     session: AsyncSession, job_id: int, *, worker: str, outcome: Outcome, now: datetime
 ) -> bool:
-    """Record the outcome, if this worker still holds the lease."""
-    values: dict[str, object] = {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+    """Record the outcome, if this worker still holds the lease. A job enqueued again while it
+    ran (`rerun`) stays queued and is due at once."""
+    values: dict[str, object] = {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "rerun": False,
+    }
     if isinstance(outcome, Done):
-        values |= {"state": JobState.DONE, "finished_at": now}
+        values |= {
+            "state": case((Job.rerun, JobState.QUEUED), else_=JobState.DONE),
+            "finished_at": case((Job.rerun, null()), else_=literal(now, Job.finished_at.type)),
+        }
     elif isinstance(outcome, RetryAt):
-        values |= {"run_at": outcome.when, "last_error": outcome.error[:2000]}
+        values |= {
+            "run_at": case(
+                (Job.rerun, literal(now, Job.run_at.type)),
+                else_=literal(outcome.when, Job.run_at.type),
+            ),
+            "last_error": outcome.error[:2000],
+        }
     else:
-        values |= {"state": JobState.DEAD, "finished_at": now, "last_error": outcome.error[:2000]}
+        values |= {
+            "state": case((Job.rerun, JobState.QUEUED), else_=JobState.DEAD),
+            "finished_at": case((Job.rerun, null()), else_=literal(now, Job.finished_at.type)),
+            "last_error": outcome.error[:2000],
+        }
     result = await session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker, Job.state == JobState.QUEUED)

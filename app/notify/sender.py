@@ -1,0 +1,226 @@
+"""The notify job: POST each due notification of a task to its notify_url, signed per the
+Standard Webhooks specification, through the SSRF-safe client; record every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from app.archive import repository as archived
+from app.archive.fetch import FetchPolicy, RefusedUrl, create_fetch_client
+from app.core.clock import utcnow
+from app.core.config import Settings
+from app.core.urls import UrlPolicyError, check_outbound_url
+from app.notify import repository as notifications
+from app.notify.models import Notification, NotificationState, event_type
+from app.tasks import events, repository, service
+from app.tasks.events import EventKind
+from app.workers.models import Job
+from app.workers.repository import Done, Outcome, RetryAt
+
+log = logging.getLogger(__name__)
+
+HEADERS = {"Content-Type": "application/json", "User-Agent": "imagegen-gateway/0.1"}
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyContext:
+    """What the notify job needs."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    settings: Settings
+    client: httpx.AsyncClient  # made by create_notify_client()
+
+
+def create_notify_client(settings: Settings) -> httpx.AsyncClient:
+    """The SSRF-safe client (every resolved address checked at connect time), no redirects."""
+    timeout = settings.notify_timeout_seconds
+    policy = FetchPolicy(
+        allow_private=settings.allow_private_networks,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+    return create_fetch_client(policy, headers=HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one POST went."""
+
+    status_code: int | None = None
+    error: str | None = None
+    permanent: bool = False  # retrying cannot help (a refused URL or address)
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Notifier:
+    """Handler of `notify` jobs: sends every due notification of the job's task."""
+
+    def __init__(self, context: NotifyContext) -> None:
+        self._ctx = context
+        secret = context.settings.notify_secret
+        self._webhook = Webhook(secret.get_secret_value()) if secret is not None else None
+        self._schedule = context.settings.notify_retry_schedule
+
+    async def __call__(self, job: Job) -> Outcome:
+        now = utcnow()
+        for row in await self._rows(job.task_id):
+            due = row.next_attempt_at is not None and row.next_attempt_at <= now
+            if row.state == NotificationState.PENDING and due:
+                await self._attempt(row)
+        pending = [
+            row
+            for row in await self._rows(job.task_id)
+            if row.state == NotificationState.PENDING and row.next_attempt_at is not None
+        ]
+        if not pending:
+            return Done()
+        first = min(pending, key=lambda row: row.next_attempt_at or now)
+        assert first.next_attempt_at is not None
+        return RetryAt(first.next_attempt_at, first.last_error or "")
+
+    async def _rows(self, task_id: str) -> list[Notification]:
+        async with self._ctx.sessions() as session:
+            return (await notifications.for_tasks(session, [task_id]))[task_id]
+
+    async def _attempt(self, row: Notification) -> None:
+        async with self._ctx.sessions() as session:
+            task = await repository.get(session, row.task_id)
+            if task is None or task.notify_url is None:
+                return
+            if event_type(task.status) != row.type:
+                await self._supersede(session, row, task.status)
+                return
+            images = await archived.for_tasks(session, [task.id])
+            notes = await notifications.for_tasks(session, [task.id])
+            data = service.present(task, images[task.id], notes[task.id]).model_dump(mode="json")
+        timestamp = data["completed_at"] or data["updated_at"]  # when the task became terminal
+        message = {"type": row.type, "timestamp": timestamp, "data": data}
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        attempt = await self._send(task.notify_url, row.id, body)
+        await self._record(row, attempt)
+
+    async def _send(self, url: str, webhook_id: str, body: str) -> Attempt:
+        if self._webhook is None:
+            return Attempt(error="IMAGEGEN_NOTIFY_SECRET is not set on this worker")
+        settings = self._ctx.settings
+        try:
+            allowed = settings.allow_private_networks
+            check_outbound_url(url, allow_private=allowed, what="notify_url")
+            target = httpx.URL(url)
+        except (UrlPolicyError, httpx.InvalidURL) as exc:
+            return Attempt(error=str(exc), permanent=True)
+        now = utcnow()
+        headers = {
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._webhook.sign(webhook_id, now, body),
+        }
+        request = self._ctx.client.build_request("POST", target, content=body, headers=headers)
+        try:
+            # The per-phase timeouts bound each read; this bounds a receiver that drips.
+            async with asyncio.timeout(settings.notify_timeout_seconds * 3):
+                response = await self._ctx.client.send(request, follow_redirects=False, stream=True)
+                await response.aclose()  # the answer's body is of no interest
+        except RefusedUrl as exc:
+            return Attempt(error=f"refused: {exc}", permanent=True)
+        except (TimeoutError, httpx.TimeoutException):
+            return Attempt(error=f"{target.host} did not answer within the timeout")
+        except httpx.TransportError as exc:
+            return Attempt(error=f"cannot reach {target.host}: {exc or type(exc).__name__}")
+        if 200 <= response.status_code < 300:
+            return Attempt(status_code=response.status_code)
+        note = " (redirects are not followed)" if 300 <= response.status_code < 400 else ""
+        return Attempt(response.status_code, f"answered {response.status_code}{note}")
+
+    async def _record(self, row: Notification, attempt: Attempt) -> None:
+        now = utcnow()
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_status_code": attempt.status_code,
+            "last_error": None if attempt.error is None else attempt.error[:2000],
+            "updated_at": now,
+        }
+        if attempt.delivered:
+            values |= {
+                "state": NotificationState.DELIVERED,
+                "delivered_at": now,
+                "next_attempt_at": None,
+            }
+            outcome = "delivered"
+        elif attempt.permanent or attempts > len(self._schedule):
+            values |= {"state": NotificationState.FAILED, "next_attempt_at": None}
+            outcome = "given_up"
+        else:
+            values["next_attempt_at"] = now + self._schedule[attempts - 1]
+            outcome = "error"
+        async with self._ctx.sessions() as session:
+            kept = await notifications.record_attempt(session, row, values)
+            await events.record(
+                session,
+                row.task_id,
+                kind=EventKind.NOTIFY,
+                source="notify",
+                at=now,
+                outcome=outcome,
+                message=attempt.error,
+                detail=_detail(row, attempts, attempt.status_code, values.get("next_attempt_at")),
+            )
+            await session.commit()
+        extra = {
+            "task_id": row.task_id,
+            "webhook_id": row.id,
+            "attempt": attempts,
+            "outcome": outcome,
+            "http_status": attempt.status_code,
+            "recorded": kept,
+        }
+        if outcome == "given_up":
+            log.warning("notification given up", extra=extra | {"error": attempt.error})
+        else:
+            log.info("notification attempt", extra=extra)
+
+    async def _supersede(self, session: AsyncSession, row: Notification, status: str) -> None:
+        now = utcnow()
+        values = {
+            "state": NotificationState.SUPERSEDED,
+            "next_attempt_at": None,
+            "updated_at": now,
+        }
+        if await notifications.record_attempt(session, row, values):
+            await events.record(
+                session,
+                row.task_id,
+                kind=EventKind.NOTIFY,
+                source="notify",
+                at=now,
+                outcome="superseded",
+                message=f"not sent: the task is {status} now",
+                detail=_detail(row, row.attempts, None, None),
+            )
+        await session.commit()
+
+
+def _detail(
+    row: Notification, attempt: int, status_code: int | None, next_at: datetime | None
+) -> dict[str, Any]:
+    return {
+        "webhook_id": row.id,
+        "type": row.type,
+        "series": row.series,
+        "attempt": attempt,
+        "http_status": status_code,
+        "next_attempt_at": None if next_at is None else next_at.isoformat(),
+    }
