@@ -235,3 +235,16 @@ async def test_mounted_under_a_prefix_links_use_the_mount_path() -> None:
             assert unmounted.status_code == 404
     finally:
         await simulator.stop()
+
+
+async def test_final_at_is_the_wall_clock_time_of_the_final_status() -> None:
+    config = SimulatorConfig(duration_seconds=0.3)
+    async with running(config) as (_, client):
+        before = time.time()
+        task_id = (await client.post(CREATE, json=create_body())).json()["id"]
+        assert (await client.get(f"/_sim/tasks/{task_id}")).json()["final_at"] is None
+        await asyncio.sleep(0.5)
+        final_at = (await client.get(f"/_sim/tasks/{task_id}")).json()["final_at"]
+        again = (await client.get("/_sim/tasks")).json()[0]["final_at"]
+    assert before + 0.3 <= final_at <= before + 0.45
+    assert abs(again - final_at) < 0.01  # the same moment, whenever it is asked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -18,8 +19,11 @@ if TYPE_CHECKING:
 
 def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
     """Everything recorded about one task."""
-    status, progress = task.phase(engine.now())
+    now = engine.now()
+    status, progress = task.phase(now)
     completed = status == "completed"
+    # Wall-clock time (epoch seconds) at which the task reached its final status upstream.
+    final_at = time.time() - (now - task.due_at) if now >= task.due_at else None
     return {
         "id": task.id,
         "status": status,
@@ -27,6 +31,7 @@ def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
         "final_status": task.final_status,
         "error_code": task.error_code,
         "created": task.created,
+        "final_at": final_at,
         "request": task.request,
         "size": task.params.size,
         "quality": task.params.quality,
