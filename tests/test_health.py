@@ -69,3 +69,19 @@ async def test_unready_when_the_store_refuses_writes(
 
     assert ready.status_code == 503
     assert ready.json()["failing"] == "store"
+
+
+async def test_unready_when_the_database_was_never_migrated(sqlite_database_url: str) -> None:
+    async with running_gateway(Settings(**settings_values(sqlite_database_url))) as gateway:
+        async with gateway.sessions() as session:
+            await session.execute(text("DROP TABLE alembic_version"))
+            await session.commit()
+
+        ready = await gateway.client.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "failing": "database",
+        "reason": "no schema; run `imagegen-gateway migrate`",
+    }

@@ -187,6 +187,7 @@ class Archiver:
             detail={"index": index},
         )
 
+
 def _ids(task: Task) -> dict[str, object]:
     """What names a task in a log line."""
     return {

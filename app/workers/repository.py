@@ -184,6 +184,7 @@ async def next_due(session: AsyncSession, kinds: Sequence[str]) -> datetime | No
         .limit(1)
     )
 
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """Due jobs of one kind: waiting for a worker, held by one, and the oldest waiting."""
