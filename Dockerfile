@@ -50,6 +50,8 @@ USER 10001:10001
 EXPOSE 8000
 # /srv/var (the SQLite and file-store defaults) is the one writable path the image prepares; with
 # a read-only root filesystem, point IMAGEGEN_DATABASE_URL/IMAGEGEN_STORAGE_URL at a mount.
+# The API's liveness (Kubernetes ignores HEALTHCHECK and uses its probes; compose overrides it
+# for the worker, which serves only metrics).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM
