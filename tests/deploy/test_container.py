@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from tests.deploy.conftest import ROOT, run, tool
+from tests.deploy.tooling import ROOT, run, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 

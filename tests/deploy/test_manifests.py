@@ -16,7 +16,7 @@ import yaml  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from app.core.config import Settings
-from tests.deploy.conftest import DEPLOY, ROOT, run, tool
+from tests.deploy.tooling import DEPLOY, ROOT, run, tool
 
 KUSTOMIZATIONS = ("base", "overlays/production")
 # Oldest Kubernetes the manifests target (preStop `sleep` is beta since 1.30), and the newest
