@@ -19,7 +19,7 @@ from tests.support.callbacks import accepted_task, body, callback_path
 from tests.support.gateway import running_gateway
 from tests.support.proxy import cuttable
 from tests.support.rows import make_task
-from tests.support.stack import running_stack
+from tests.support.stack import eventually, running_stack
 
 FAMILIES = {
     "imagegen_http_request_duration_seconds": "histogram",
@@ -173,7 +173,12 @@ async def test_a_full_task_moves_upstream_archive_and_job_metrics(
         before = await scrape(stack.gateway.client)
         created = await stack.create()
         done = await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
-        after = await scrape(stack.gateway.client)
+        archived = {"name": "imagegen_jobs_finished_total", "kind": "archive", "outcome": "done"}
+        # The job's outcome is recorded just after the task it finished turns `succeeded`.
+        after: Scrape = await eventually(
+            lambda: scrape(stack.gateway.client),
+            lambda found: found.value(**archived) > before.value(**archived),
+        )
 
     def moved(name: str, **labels: str) -> float:
         return after.value(name, **labels) - before.value(name, **labels)
