@@ -6,9 +6,13 @@ upstream id), and fails the task with `provider_timeout` if none arrives in time
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.tokens import callback_url
@@ -30,6 +34,13 @@ from app.workers.models import Job, JobKind
 from app.workers.repository import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Waits between attempts to record the provider's answer to a create while the database fails:
+# the answer (an accepted upstream id above all) exists only in this process, so a database
+# restart or a killed connection is ridden out rather than leaving the task uncertain.
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class Submitter:
@@ -117,8 +128,9 @@ class Submitter:
                 extra=extra | {"http_status": exc.status_code, "retry_in": delay.total_seconds()},
             )
             status = f"HTTP {exc.status_code}: " if exc.status_code else ""
-            await self._set_submit_state(
-                task, SubmitState.RETRY, attempt=("retry", f"{status}{exc.message}")
+            note = ("retry", f"{status}{exc.message}")
+            await self._durably(
+                task, lambda: self._set_submit_state(task, SubmitState.RETRY, attempt=note)
             )
             return RetryAt(utcnow() + delay, exc.message)
         except ProviderOutcomeUnknown as exc:
@@ -128,7 +140,20 @@ class Submitter:
             )
             task.submit_state = SubmitState.UNCERTAIN
             return await self._outcome_unknown(task, utcnow(), reason=exc.message)
-        return await self._accept(task, accepted)
+        return await self._durably(task, lambda: self._accept(task, accepted))
+
+    async def _durably(self, task: Task, write: Callable[[], Awaitable[T]]) -> T:
+        """Run `write` (one transaction), again after a database error, for about a minute."""
+        for delay in RECORD_RETRY_DELAYS:
+            try:
+                return await write()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning(
+                    "could not record the provider's answer to the submission; retrying",
+                    extra={"task_id": task.id, "error": str(exc)[:300], "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+        return await write()
 
     async def _accept(self, task: Task, accepted: ProviderTask) -> Outcome:
         now = utcnow()
@@ -146,6 +171,10 @@ class Submitter:
                 provider_task_id=None,
             )
             if not recorded:
+                current = await repository.get(session, task.id)
+                if current is not None and current.provider_task_id == accepted.id:
+                    # Recorded already: by its callback, or by a commit whose answer was lost.
+                    return Done()
                 log.error(
                     "task already had a provider task id; second upstream task ignored",
                     extra={

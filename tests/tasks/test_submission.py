@@ -7,10 +7,14 @@ import logging
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
-from app.tasks.models import SubmitState
+from app.provider.types import ProviderTask
+from app.tasks.models import SubmitState, Task
+from app.tasks.submission import Submitter
 from app.workers.models import JobKind
+from app.workers.repository import Outcome
 from tests.support.stack import eventually, running_stack
 
 ACCEPTED = ("pending", "processing", "archiving", "succeeded")
@@ -175,3 +179,32 @@ async def test_concurrent_requests_with_one_key_make_one_upstream_task(
         assert {item["id"] for item in created} == {task["id"]}
         upstream = await stack.sim_tasks()
         assert [item["id"] for item in upstream] == [task["provider_task_id"]]
+
+
+async def test_a_database_error_recording_an_accepted_create_is_ridden_out(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream id exists only in the worker's memory: losing it to a killed database
+    # connection would leave the task uncertain (and, without a callback, failed).
+    original = Submitter._accept
+    calls = 0
+
+    async def failing_once(self: Submitter, task: Task, accepted: ProviderTask) -> Outcome:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("UPDATE tasks", {}, ConnectionResetError("connection closed"))
+        return await original(self, task, accepted)
+
+    monkeypatch.setattr(Submitter, "_accept", failing_once)
+    config = SimulatorConfig(duration_seconds=0.3, faults=SimulatorFaults(callback_drop_rate=1.0))
+    async with running_stack(database_url, config) as stack:
+        created = await stack.create()
+
+        task = await stack.wait_for(created["id"], status_is("succeeded"))
+
+        [upstream] = await stack.sim_tasks()
+        assert task["provider_task_id"] == upstream["id"]
+        row = await stack.gateway.task_row(created["id"])
+        assert (row.submit_attempts, row.submit_state) == (1, SubmitState.ACCEPTED)
+    assert calls == 2
