@@ -91,6 +91,9 @@ class SoakConfig:
     task_seconds: float = 1.0  # how long the simulator takes per task
     poll_after_seconds: float = 2.0
     lease_seconds: float = 5.0
+    # A create whose answer was lost waits this long for a callback, then fails the task
+    # (provider_timeout): short, so that such tasks end within the run and are counted.
+    uncertain_wait_seconds: float = 60.0
     s3_outage_seconds: float = 10.0
     drain_timeout: float = 600.0  # bound on the wait for every task to be terminal
     callback_drop_rate: float = 0.3
@@ -333,7 +336,11 @@ class Receiver:
 
 
 async def submit_all(
-    config: SoakConfig, apis: list[str], receiver_url: str | None, run_id: str
+    config: SoakConfig,
+    apis: list[str],
+    receiver_url: str | None,
+    run_id: str,
+    say: Callable[[str], None],
 ) -> list[Submission]:
     """Submit `config.tasks` creates at `config.rate` per second, alternating API processes."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
@@ -378,6 +385,8 @@ async def submit_all(
             await asyncio.sleep(max(0.0, started + index / config.rate - time.monotonic()))
             submission = Submission(index, f"soak-{run_id}-{index}")
             pending.append(asyncio.create_task(submit(submission)))
+            if index and index % max(1, round(30 * config.rate)) == 0:  # about every 30 s
+                say(f"submitted {index}/{config.tasks}")
         return list(await asyncio.gather(*pending))
 
 
@@ -543,6 +552,7 @@ def gateway_env(config: SoakConfig, database_url: str, sim_url: str, s3_url: str
         "IMAGEGEN_ALLOW_PRIVATE_NETWORKS": "true",
         "IMAGEGEN_POLL_AFTER_SECONDS": str(config.poll_after_seconds),
         "IMAGEGEN_JOB_LEASE_SECONDS": str(config.lease_seconds),
+        "IMAGEGEN_SUBMIT_UNCERTAIN_WAIT_SECONDS": str(config.uncertain_wait_seconds),
         "IMAGEGEN_LOG_LEVEL": "INFO",
         **AWS,
         "AWS_ENDPOINT_URL": s3_url,
@@ -616,7 +626,7 @@ async def _drive(
     chaos = asyncio.create_task(
         disrupt(config, restart_worker, kill_connections, proxy, report.events)
     )
-    submissions = await submit_all(config, apis, receiver_url, run_id)
+    submissions = await submit_all(config, apis, receiver_url, run_id, say)
     submitted_at = time.time()
     await chaos
     say(f"soak: {len(submissions)} submitted in {submitted_at - started:.0f} s; draining")
@@ -850,11 +860,18 @@ async def _check(
     finished = [r["completed_at"].timestamp() for r in rows if r["completed_at"] is not None]
     wall = (max(finished) if finished else drained_at) - started
     retried = [s for s in submissions if s.attempts > 1]
+    service_failures = Counter(
+        str(row["error_code"])
+        for row in rows
+        if row["status"] == "failed"
+        and sim_by_id.get(row["provider_task_id"] or "", {}).get("final_status") != "failed"
+    )
     answered_503 = sum(d.answered != 204 for d in deliveries)
     notified = f"{len(deliveries)} / {answered_503}" if receiver else "not checked (no app.notify)"
     report.figures += [
         ("tasks", f"{len(submissions)}, {config.rate:g}/s over {submitted_at - started:.0f} s"),
-        ("succeeded / failed upstream", f"{succeeded} / {failed}"),
+        ("succeeded / failed", f"{succeeded} / {failed} ({failed_upstream} failed upstream)"),
+        ("failed by the service", _counts(service_failures)),
         ("wall time, first submission to last terminal", f"{wall:.1f} s"),
         ("throughput", f"{len(rows) / wall:.1f} tasks/s" if wall > 0 else "-"),
         ("upstream completion -> succeeded, p50", _seconds(latencies, 0.50)),
@@ -889,6 +906,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll-after", type=float, default=defaults.poll_after_seconds)
     parser.add_argument("--s3-outage", type=float, default=defaults.s3_outage_seconds)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    parser.add_argument("--uncertain-wait", type=float, default=defaults.uncertain_wait_seconds)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where the logs go")
     parser.add_argument("--keep-database", action="store_true")
@@ -902,6 +920,7 @@ def main(argv: list[str] | None = None) -> None:
         poll_after_seconds=args.poll_after,
         s3_outage_seconds=args.s3_outage,
         drain_timeout=args.drain_timeout,
+        uncertain_wait_seconds=args.uncertain_wait,
         seed=args.seed,
         workdir=args.workdir,
         keep_database=args.keep_database,
