@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -28,6 +29,7 @@ from app.workers.repository import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds
 HEADERS = {"Content-Type": "application/json", "User-Agent": "imagegen-gateway/0.1"}
 
 
@@ -109,6 +111,21 @@ class Notifier:
         message = {"type": row.type, "timestamp": timestamp, "data": data}
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
         attempt = await self._send(task.notify_url, row.id, body)
+        await self._record_durably(row, attempt)
+
+    async def _record_durably(self, row: Notification, attempt: Attempt) -> None:
+        """Record an attempt, riding out database errors for about a minute: a delivery that
+        is not recorded would be sent again after the receiver's 2xx."""
+        for delay in RECORD_RETRY_DELAYS:
+            try:
+                await self._record(row, attempt)
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning(
+                    "could not record a notification attempt; retrying",
+                    extra={"task_id": row.task_id, "webhook_id": row.id, "error": str(exc)[:300]},
+                )
+                await asyncio.sleep(delay)
         await self._record(row, attempt)
 
     async def _send(self, url: str, webhook_id: str, body: str) -> Attempt:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from app.notify.models import Notification
+from app.notify.sender import Attempt, Notifier
 from app.workers.models import Job, JobKind, JobState
 from tests.conftest import NOTIFY_SECRET, auth
 from tests.notify.receiver import HANG, receiving, signature_is_valid
@@ -175,3 +180,29 @@ async def test_a_task_without_notify_url_is_never_notified(database_url: str) ->
     assert task["notification"] is None
     assert JobKind.NOTIFY not in {job.kind for job in jobs}
     assert receiver.deliveries == []
+
+
+async def test_a_delivery_recorded_after_a_database_error_is_not_sent_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Notifier._record
+    calls = 0
+
+    async def failing_once(self: Notifier, row: Notification, attempt: Attempt) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("UPDATE notifications", {}, ConnectionResetError("closed"))
+        await original(self, row, attempt)
+
+    monkeypatch.setattr(Notifier, "_record", failing_once)
+    async with receiving() as receiver, running_stack(database_url) as stack:
+        created = await stack.create({"prompt": "a lighthouse", "notify_url": receiver.url})
+        await stack.wait_for(created["id"], is_("delivered"))
+        await eventually(
+            lambda: notify_jobs(stack, created["id"]),
+            lambda jobs: {job.state for job in jobs} == {JobState.DONE},
+        )
+
+    assert len(receiver.deliveries) == 1
+    assert calls == 2
