@@ -148,6 +148,7 @@ class Report:
     figures: list[tuple[str, str]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    worker_killed_at: float | None = None  # wall clock of the SIGKILL
     duplicates: int = 0
     losses: int = 0
 
@@ -603,6 +604,7 @@ async def _drive(
 
     async def restart_worker() -> int:
         pid = workers[0].popen.pid
+        report.worker_killed_at = time.time()
         await asyncio.to_thread(workers[0].kill)
         workers[0] = children.gateway("worker0", ["worker"], worker_env[0])
         return pid
@@ -690,7 +692,7 @@ async def _check(
     rows = await _fetch(
         db,
         "SELECT id, idempotency_key, status, error_code, provider_task_id, notify_url,"
-        " completed_at FROM tasks",
+        " completed_at, submit_started_at FROM tasks",
     )
     images = await _fetch(db, "SELECT task_id, index, sha256 FROM task_images")
     async with httpx.AsyncClient(timeout=60.0) as client:
@@ -737,7 +739,27 @@ async def _check(
         upstream_by_task[match.group(1) if match else "?"].append(sim_task)
     extra_upstream = sum(len(found) - 1 for found in upstream_by_task.values() if len(found) > 1)
     extra_upstream += sum(len(found) for t, found in upstream_by_task.items() if t not in by_id)
-    without_upstream = [row for row in rows if len(upstream_by_task.get(row["id"], [])) == 0]
+    # A create whose HTTP exchange the SIGKILL cut has an outcome no one can know (the provider
+    # offers no idempotency key and no search): the service never resubmits it (at most one
+    # upstream task) and fails it `provider_timeout`. Such a task is counted apart, and only
+    # when the row proves it: its create started before the kill and it was never accepted.
+    killed_at = report.worker_killed_at
+    cut_by_kill = [
+        row
+        for row in rows
+        if not upstream_by_task.get(row["id"])
+        and (row["status"], row["error_code"], row["provider_task_id"])
+        == ("failed", "provider_timeout", None)
+        and killed_at is not None
+        and row["submit_started_at"] is not None
+        and row["submit_started_at"].timestamp() <= killed_at
+    ]
+    cut_ids = {row["id"] for row in cut_by_kill}
+    without_upstream = [
+        row
+        for row in rows
+        if len(upstream_by_task.get(row["id"], [])) == 0 and row["id"] not in cut_ids
+    ]
     mismatched = [
         row
         for row in rows
@@ -748,10 +770,11 @@ async def _check(
     losses["tasks never sent upstream"] = len(without_upstream)
     report.check(
         "exactly one upstream task per task",
-        len(upstream) == len(rows) and not extra_upstream and not without_upstream
-        and not mismatched,
+        len(upstream) == len(rows) - len(cut_by_kill) and not extra_upstream
+        and not without_upstream and not mismatched,
         f"{len(upstream)} upstream for {len(rows)} tasks; {extra_upstream} extra, "
-        f"{len(without_upstream)} missing, {len(mismatched)} with another provider id",
+        f"{len(without_upstream)} missing, {len(mismatched)} with another provider id, "
+        f"{len(cut_by_kill)} creates cut by the SIGKILL (failed provider_timeout, not resent)",
     )  # fmt: skip
 
     # Outcomes and bytes: failed exactly when failed upstream; the rest succeeded with the
@@ -878,6 +901,7 @@ async def _check(
         ("upstream completion -> succeeded, p99", _seconds(latencies, 0.99)),
         ("upstream completion -> succeeded, max", _seconds(latencies, 1.0)),
         ("creates retried by the client (same key)", str(len(retried))),
+        ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_by_kill))),
         ("callbacks dropped / sent", f"{stats['callbacks_dropped']} / {stats['callbacks_sent']}"),
         ("stale callbacks after final", str(stats["callbacks_stale"])),
         ("creates answered 429", str(stats["creates_rejected_429"])),
