@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +21,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -99,3 +106,27 @@ def upsert_insert(session: AsyncSession) -> Any:
 def asyncpg_dsn(url: str) -> str:
     """The plain `postgresql://` DSN asyncpg takes for a SQLAlchemy URL."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# Waits between attempts of a write that must not be lost to a database restart or a killed
+# connection (about a minute in all).
+DURABLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+async def write_durably(
+    write: Callable[[], Awaitable[T]], *, what: str, extra: dict[str, Any]
+) -> T:
+    """Run `write` (one transaction), again after each database error, for about a minute.
+
+    For records of something that already happened outside (an upstream id, a delivered
+    notification): losing them would make the service repeat that thing."""
+    for delay in DURABLE_RETRY_DELAYS:
+        try:
+            return await write()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning(
+                f"could not record {what}; retrying",
+                extra=extra | {"error": str(exc)[:300], "retry_in": delay},
+            )
+            await asyncio.sleep(delay)
+    return await write()

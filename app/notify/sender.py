@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -19,6 +18,7 @@ from app.archive import repository as archived
 from app.archive.fetch import FetchPolicy, RefusedUrl, create_fetch_client
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.db import write_durably
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type
@@ -29,7 +29,6 @@ from app.workers.repository import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 
-RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds
 HEADERS = {"Content-Type": "application/json", "User-Agent": "imagegen-gateway/0.1"}
 
 
@@ -114,19 +113,13 @@ class Notifier:
         await self._record_durably(row, attempt)
 
     async def _record_durably(self, row: Notification, attempt: Attempt) -> None:
-        """Record an attempt, riding out database errors for about a minute: a delivery that
-        is not recorded would be sent again after the receiver's 2xx."""
-        for delay in RECORD_RETRY_DELAYS:
-            try:
-                await self._record(row, attempt)
-                return
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning(
-                    "could not record a notification attempt; retrying",
-                    extra={"task_id": row.task_id, "webhook_id": row.id, "error": str(exc)[:300]},
-                )
-                await asyncio.sleep(delay)
-        await self._record(row, attempt)
+        """Record an attempt, riding out database errors: a delivery that is not recorded
+        would be sent again after the receiver's 2xx."""
+        await write_durably(
+            lambda: self._record(row, attempt),
+            what="a notification attempt",
+            extra={"task_id": row.task_id, "webhook_id": row.id},
+        )
 
     async def _send(self, url: str, webhook_id: str, body: str) -> Attempt:
         if self._webhook is None:

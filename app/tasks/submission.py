@@ -6,17 +6,16 @@ upstream id), and fails the task with `provider_timeout` if none arrives in time
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.tokens import callback_url
 from app.core.clock import utcnow
+from app.core.db import write_durably
 from app.provider.types import (
     CreateTaskRequest,
     ProviderOutcomeUnknown,
@@ -36,11 +35,6 @@ from app.workers.repository import Done, Outcome, RetryAt
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Waits between attempts to record the provider's answer to a create while the database fails:
-# the answer (an accepted upstream id above all) exists only in this process, so a database
-# restart or a killed connection is ridden out rather than leaving the task uncertain.
-RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class Submitter:
@@ -143,17 +137,10 @@ class Submitter:
         return await self._durably(task, lambda: self._accept(task, accepted))
 
     async def _durably(self, task: Task, write: Callable[[], Awaitable[T]]) -> T:
-        """Run `write` (one transaction), again after a database error, for about a minute."""
-        for delay in RECORD_RETRY_DELAYS:
-            try:
-                return await write()
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning(
-                    "could not record the provider's answer to the submission; retrying",
-                    extra={"task_id": task.id, "error": str(exc)[:300], "retry_in": delay},
-                )
-                await asyncio.sleep(delay)
-        return await write()
+        """Record the provider's answer, riding out database errors (it exists only here)."""
+        return await write_durably(
+            write, what="the provider's answer to the submission", extra={"task_id": task.id}
+        )
 
     async def _accept(self, task: Task, accepted: ProviderTask) -> Outcome:
         now = utcnow()
