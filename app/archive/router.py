@@ -15,7 +15,7 @@ from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
 from app.tasks import repository as tasks
 from app.tasks.router import ERRORS
-from app.tasks.schemas import is_task_id
+from app.tasks.schemas import ApiError, is_task_id
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ _CACHE = "private, max-age=31536000, immutable"
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
         304: {"description": "The caller's copy (If-None-Match) is current."},
         307: {"description": "A short-lived signed URL of the store (when configured)."},
-        404: {"description": "No such task or image, or not archived yet."},
-        503: {"description": "The object store is unavailable."},
+        404: {"model": ApiError, "description": "No such task or image, or not archived yet."},
+        503: {"model": ApiError, "description": "The object store is unavailable."},
     },
 )
 async def get_image(

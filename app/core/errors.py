@@ -73,6 +73,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8: invalid input like any other.
+            return error_response(422, "validation_error", "body: JSON decode error (not UTF-8)")
         code = _STATUS_CODES.get(exc.status_code, "error")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)

@@ -79,6 +79,7 @@ async def test_invalid_body_is_refused_naming_the_field(
         (b"[]", "application/json"),
         (b'"prompt"', "application/json"),
         (b"prompt=x", "application/x-www-form-urlencoded"),
+        (b'{"prompt": "\xff\xfe"}', "application/json"),  # not UTF-8: was a 400, found by fuzzing
     ],
 )
 async def test_body_that_is_not_a_json_object_is_refused(
