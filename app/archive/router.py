@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, Response
-from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.archive import repository as images
-from app.archive.store import ObjectStore, StoreError
+from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
 from app.core.auth import CallerDep
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
 from app.tasks import repository as tasks
 from app.tasks.router import ERRORS
 from app.tasks.schemas import ApiError, is_task_id
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["images"], responses=ERRORS)
 
@@ -51,21 +47,16 @@ async def get_image(
         raise ApiProblem(404, "not_found", "no such image, or not archived yet")
     etag = f'"{image.sha256}"'
     headers = {"ETag": etag, "Cache-Control": _CACHE}
-    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+    if etag_matches(etag, if_none_match):
         return Response(status_code=304, headers=headers)
-    store: ObjectStore = request.app.state.store
     try:
-        if settings.image_redirect_seconds.total_seconds() > 0 and store.supports_signed_urls:
-            url = await store.signed_url(image.key, settings.image_redirect_seconds)
-            if url is not None:
-                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-        opened = await store.open(image.key)
-    except StoreError as exc:
-        log.warning("image store unavailable", extra={"task_id": task_id, "error": str(exc)})
-        raise ApiProblem(503, "unavailable", "the image store is unavailable; retry") from None
-    if opened is None:
-        log.error("archived image missing from the store", extra={"task_id": task_id})
-        raise ApiProblem(503, "unavailable", "the image is temporarily unavailable")
-    stored, chunks = opened
-    headers["Content-Length"] = str(stored.size)
-    return StreamingResponse(chunks, media_type=image.content_type, headers=headers)
+        return await serve_object(
+            request.app.state.store,
+            image.key,
+            content_type=image.content_type,
+            headers=headers,
+            redirect_for=settings.image_redirect_seconds,
+            task_id=task_id,
+        )
+    except ObjectUnavailable as exc:
+        raise ApiProblem(503, "unavailable", str(exc)) from None

@@ -1,0 +1,54 @@
+"""Answering with an archived object: streamed from the store, or a redirect to a signed URL."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from fastapi import Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from app.archive.store import ObjectStore, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class ObjectUnavailable(Exception):
+    """The store failed or lost the object; the message is safe to show."""
+
+
+def etag_matches(etag: str, if_none_match: str | None) -> bool:
+    """Whether an `If-None-Match` header names `etag`."""
+    if if_none_match is None:
+        return False
+    return etag in {tag.strip() for tag in if_none_match.split(",")}
+
+
+async def serve_object(
+    store: ObjectStore,
+    key: str,
+    *,
+    content_type: str,
+    headers: dict[str, str],
+    redirect_for: timedelta | None = None,
+    task_id: str,
+) -> Response:
+    """Stream `key` with `headers`, or redirect to a signed URL valid `redirect_for` when the
+    store can sign one. Raises ObjectUnavailable when the store fails or the object is gone."""
+    try:
+        signing = redirect_for is not None and redirect_for.total_seconds() > 0
+        if signing and redirect_for is not None and store.supports_signed_urls:
+            url = await store.signed_url(key, redirect_for)
+            if url is not None:
+                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+        opened = await store.open(key)
+    except StoreError as exc:
+        log.warning("image store unavailable", extra={"task_id": task_id, "error": str(exc)})
+        raise ObjectUnavailable("the image store is unavailable; retry") from None
+    if opened is None:
+        log.error("archived image missing from the store", extra={"task_id": task_id})
+        raise ObjectUnavailable("the image is temporarily unavailable")
+    stored, chunks = opened
+    return StreamingResponse(
+        chunks, media_type=content_type, headers=headers | {"Content-Length": str(stored.size)}
+    )
