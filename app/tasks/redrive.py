@@ -7,6 +7,7 @@ a notification is reopened with a conditional update of its own."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,27 +31,31 @@ class NotRetryable(Exception):
     """Nothing of the task can be run again; the message says why."""
 
 
-async def redrive(session: AsyncSession, task: Task, *, now: datetime) -> str:
-    """Run again what failed for a transient reason; the step's name (`archive`, `poll` or
-    `notification`). Raises NotRetryable with the reason when there is nothing to run."""
+@dataclass(frozen=True, slots=True)
+class RedrivePlan:
+    """What a retry of a task would run now: a task step, or a given-up notification; when
+    neither, the reasons why not."""
+
+    step: RedriveStep | None = None
+    notification: Notification | None = None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def what(self) -> str | None:
+        """The name of what would run: `archive`, `poll`, `notification`, or None."""
+        if self.step is not None:
+            return self.step.value
+        return NOTIFICATION if self.notification is not None else None
+
+
+async def plan(session: AsyncSession, task: Task, *, now: datetime) -> RedrivePlan:
+    """Decide, without changing anything, what `redrive` would run for this task."""
     reasons: list[str] = []
     step = redrive_step(service.state_of(task))
     if step is not None:
         refusal = _task_refusal(task, step, now)
         if refusal is None:
-            decision = await service.apply_event(
-                session,
-                task,
-                Redrive(step),
-                now=now,
-                source="redrive",
-                extra={"redriven_at": now},
-            )
-            if not decision.changed:  # another retry won the race
-                raise NotRetryable(f"the task is {task.status} now: it was retried already")
-            superseded = await notifications.supersede_pending(session, task.id, now)
-            await _record(session, task, step.value, now, superseded=superseded)
-            return step.value
+            return RedrivePlan(step=step)
         reasons.append(refusal)
     elif task.status == TaskStatus.FAILED.value:
         reasons.append(
@@ -62,17 +67,41 @@ async def redrive(session: AsyncSession, task: Task, *, now: datetime) -> str:
 
     note = await _current_notification(session, task)
     if note is not None and note.state == NotificationState.FAILED:
-        if await notifications.redrive(session, note.id, now):
-            await jobs.enqueue(session, JobKind.NOTIFY, task.id, now)
-            await _record(session, task, NOTIFICATION, now, webhook_id=note.id)
-            return NOTIFICATION
-        reasons.append("the notification was retried already")
-    elif note is not None:
+        return RedrivePlan(notification=note, reasons=tuple(reasons))
+    if note is not None:
         subject = "its notification" if reasons else f"the task {task.status} and its notification"
         reasons.append(f"{subject} is {note.state}")
     elif TaskStatus(task.status).is_terminal:
         reasons.append(f"the task {task.status} without a notification to send")
-    raise NotRetryable("; ".join(reasons))
+    return RedrivePlan(reasons=tuple(reasons))
+
+
+async def redrive(session: AsyncSession, task: Task, *, now: datetime) -> str:
+    """Run again what failed for a transient reason; the step's name (`archive`, `poll` or
+    `notification`). Raises NotRetryable with the reason when there is nothing to run."""
+    chosen = await plan(session, task, now=now)
+    if chosen.step is not None:
+        decision = await service.apply_event(
+            session,
+            task,
+            Redrive(chosen.step),
+            now=now,
+            source="redrive",
+            extra={"redriven_at": now},
+        )
+        if not decision.changed:  # another retry won the race
+            raise NotRetryable(f"the task is {task.status} now: it was retried already")
+        superseded = await notifications.supersede_pending(session, task.id, now)
+        await _record(session, task, chosen.step.value, now, superseded=superseded)
+        return chosen.step.value
+    note = chosen.notification
+    if note is not None:
+        if await notifications.redrive(session, note.id, now):
+            await jobs.enqueue(session, JobKind.NOTIFY, task.id, now)
+            await _record(session, task, NOTIFICATION, now, webhook_id=note.id)
+            return NOTIFICATION
+        raise NotRetryable("; ".join([*chosen.reasons, "the notification was retried already"]))
+    raise NotRetryable("; ".join(chosen.reasons))
 
 
 def _task_refusal(task: Task, step: RedriveStep, now: datetime) -> str | None:
