@@ -29,10 +29,25 @@ def _check_http_url(value: str) -> str:
         raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         raise ValueError("must not contain control characters")
+    if not is_valid_unicode(value):
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of 0..65535
+    except ValueError:
+        raise ValueError("must have a port between 0 and 65535") from None
     return value
+
+
+def is_valid_unicode(value: str) -> bool:
+    """Whether `value` encodes as UTF-8 (JSON escapes can carry lone surrogates, which do not)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class CreateTaskRequest(BaseModel):

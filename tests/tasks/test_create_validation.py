@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,6 +56,27 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "image_urls",
     ),
     ("unknown field", {"prompt": "p", "qualty": "high"}, "qualty"),
+    # a lone surrogate in an image URL was saved, then every answer showing the task was a 500
+    (
+        "image url lone surrogate",
+        {"prompt": "p", "image_urls": ["https://e.com/\ud800"]},
+        "image_urls",
+    ),
+    (
+        "notify_url lone surrogate",
+        {"prompt": "p", "notify_url": "https://e.com/\udfff"},
+        "notify_url",
+    ),
+    (
+        "image url port out of range",
+        {"prompt": "p", "image_urls": ["https://e.com:99999/a"]},
+        "image_urls",
+    ),
+    (
+        "notify_url port out of range",
+        {"prompt": "p", "notify_url": "https://e.com:65536/h"},
+        "notify_url",
+    ),
 ]
 
 
@@ -62,7 +84,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 async def test_invalid_body_is_refused_naming_the_field(
     gateway: Gateway, case: str, body: dict[str, Any], field: str
 ) -> None:
-    response = await gateway.client.post(URL, json=body, headers=auth())
+    # json.dumps escapes what UTF-8 cannot carry (lone surrogates), as any JSON encoder may
+    content = json.dumps(body).encode()
+    headers = auth() | {"Content-Type": "application/json"}
+    response = await gateway.client.post(URL, content=content, headers=headers)
 
     assert response.status_code == 422, case
     error = response.json()["error"]
