@@ -120,7 +120,13 @@ class CreateTaskRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN, Infinity, -Infinity and numbers like 1e400 that parse to inf
+            raise ValueError("must be JSON: NaN and Infinity are not numbers") from None
+        if not is_valid_unicode(text):
+            raise ValueError("must be valid Unicode (it holds a lone surrogate)")
+        size = len(text.encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
         return value

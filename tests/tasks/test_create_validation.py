@@ -98,6 +98,32 @@ async def test_invalid_body_is_refused_naming_the_field(
 
 
 @pytest.mark.parametrize(
+    "content",
+    [
+        b'{"prompt": "p", "metadata": {"x": NaN}}',
+        b'{"prompt": "p", "metadata": {"x": [Infinity]}}',
+        b'{"prompt": "p", "metadata": {"x": -Infinity}}',
+        b'{"prompt": "p", "metadata": {"x": 1e400}}',
+    ],
+    ids=["NaN", "Infinity", "-Infinity", "1e400"],
+)
+async def test_metadata_numbers_json_cannot_hold_are_refused(
+    gateway: Gateway, content: bytes
+) -> None:
+    # were a 500 on PostgreSQL (json refuses NaN) and silently stored as null on SQLite
+    response = await gateway.client.post(
+        URL, content=content, headers=auth() | {"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "metadata: must be JSON: NaN and Infinity are not numbers",
+    }
+    assert await gateway.count(Task) == 0
+
+
+@pytest.mark.parametrize(
     ("content", "content_type"),
     [
         (b"{not json", "application/json"),
