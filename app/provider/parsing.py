@@ -23,11 +23,23 @@ class ProviderBodyError(ValueError):
     """A body that does not describe a task at all."""
 
 
+def clean_text(value: str) -> str:
+    """`value` with NUL and lone surrogates (JSON can carry both) replaced by U+FFFD.
+
+    Neither can be stored: PostgreSQL text refuses NUL, UTF-8 refuses lone surrogates."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    return "".join(
+        "\ufffd" if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in value
+    )
+
+
 def parse_status(raw: object) -> ProviderStatus:
     """Normalise a status; anything unknown is `UNKNOWN` (non-terminal) and logged."""
     status = _STATUS_ALIASES.get(str(raw).strip().lower()) if raw is not None else None
     if status is None:
-        log.warning("unknown provider status", extra={"provider_status": str(raw)[:64]})
+        shown = clean_text(str(raw)[:64])
+        log.warning("unknown provider status", extra={"provider_status": shown})
         return ProviderStatus.UNKNOWN
     return status
 
@@ -39,8 +51,8 @@ def parse_error(raw: object) -> ProviderTaskError | None:
     code = raw.get("code")
     message = raw.get("message")
     return ProviderTaskError(
-        code="" if code is None or isinstance(code, bool) else str(code)[:64],
-        message="" if message is None else str(message)[:2000],
+        code="" if code is None or isinstance(code, bool) else clean_text(str(code)[:64]),
+        message="" if message is None else clean_text(str(message)[:2000]),
     )
 
 
@@ -61,7 +73,7 @@ def parse_results(raw: object) -> tuple[str, ...]:
     for item in raw:
         url = item.get("url") if isinstance(item, dict) else item
         if isinstance(url, str) and url.strip():
-            urls.append(url.strip())
+            urls.append(clean_text(url.strip()))
     return tuple(urls)
 
 
@@ -70,13 +82,18 @@ def parse_task(body: Any) -> ProviderTask:
     if not isinstance(body, dict):
         raise ProviderBodyError("the body is not a JSON object")
     task_id = body.get("id")
-    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > 128:
+    if (
+        not isinstance(task_id, str)
+        or not task_id.strip()
+        or len(task_id) > 128
+        or clean_text(task_id) != task_id
+    ):
         raise ProviderBodyError("the body has no usable task id")
     raw_status = body.get("status")
     return ProviderTask(
         id=task_id.strip(),
         status=parse_status(raw_status),
-        raw_status=str(raw_status)[:64],
+        raw_status=clean_text(str(raw_status)[:64]),
         progress=parse_progress(body.get("progress")),
         results=parse_results(body.get("results")),
         error=parse_error(body.get("error")),

@@ -268,3 +268,38 @@ async def test_a_body_about_another_upstream_task_changes_nothing(gateway: Gatew
     [delivery] = await deliveries(gateway, task.id)
     assert delivery.outcome == "mismatch"
     assert await open_polls(gateway, task.id) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reported"),
+    [
+        (b'{"id": "%s", "status": "\\u0000"}' % PROVIDER_ID.encode(), "\ufffd"),
+        (b'{"id": "%s", "status": "\\ud800"}' % PROVIDER_ID.encode(), "\ufffd"),
+        (b'{"id": "%s", "status": "x\\udc00\\u0000y"}' % PROVIDER_ID.encode(), "x\ufffd\ufffdy"),
+    ],
+    ids=["NUL", "lone surrogate", "both"],
+)
+async def test_a_status_that_cannot_be_stored_is_recorded_cleaned(
+    gateway: Gateway, content: bytes, reported: str
+) -> None:
+    # were a 503 on PostgreSQL (text refuses NUL) and a 500 on SQLite (UTF-8 refuses surrogates)
+    task = await accepted_task(gateway.sessions, PROVIDER_ID)
+
+    response = await gateway.client.post(callback_path(task), content=content, headers=JSON)
+
+    assert response.status_code == 200
+    [delivery] = await deliveries(gateway, task.id)
+    assert (delivery.outcome, delivery.reported_status) == ("applied", reported)
+    assert (await gateway.task_row(task.id)).status == "pending"
+
+
+async def test_an_upstream_id_that_cannot_be_stored_is_malformed(gateway: Gateway) -> None:
+    task = await accepted_task(gateway.sessions, PROVIDER_ID)
+    content = b'{"id": "%s\\u0000", "status": "completed"}' % PROVIDER_ID.encode()
+
+    response = await gateway.client.post(callback_path(task), content=content, headers=JSON)
+
+    assert response.status_code == 400
+    [delivery] = await deliveries(gateway, task.id)
+    assert delivery.outcome == "malformed"
+    assert await open_polls(gateway, task.id) == []
