@@ -26,4 +26,8 @@ class TaskImage(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     source_url: Mapped[str] = mapped_column(String(2048))
+    # A small WebP beside the image (app/archive/thumbnails.py); None when none could be made,
+    # and then thumbnail_error says why.
+    thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    thumbnail_error: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

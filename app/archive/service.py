@@ -2,8 +2,9 @@
 
 The copy streams from the provider's link to the store (nothing is held in memory or inside a
 database transaction); the image row is written once per (task, index) and the task becomes
-`succeeded` when every image has one. Keys are deterministic, so a copy repeated after a crash
-replaces its own object instead of adding one."""
+`succeeded` when every image has one. Each stored image gets a small WebP thumbnail beside it,
+best effort: an image without one is archived all the same. Keys are deterministic, so a copy
+repeated after a crash replaces its own objects instead of adding some."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from app.archive.fetch import (
     open_image,
 )
 from app.archive.store import ObjectStore, StoreError
+from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
@@ -73,6 +75,7 @@ class Archiver:
 
     def __init__(self, context: ArchiveContext) -> None:
         self._ctx = context
+        self._thumbnails = Thumbnailer(context.store)
 
     async def __call__(self, job: Job) -> Outcome:
         async with self._ctx.sessions() as session:
@@ -87,8 +90,9 @@ class Archiver:
         for index, url in enumerate(urls):
             if index in done:
                 continue
+            keeper = BodyKeeper()
             try:
-                info = await self._copy(task, index, url)
+                info = await self._copy(task, index, url, keeper)
             except LinkGone as exc:
                 return await self._fail(
                     task, "links_expired", f"image {index}: the provider's link is gone ({exc})"
@@ -107,13 +111,25 @@ class Archiver:
                     )
                 retry_at = min(utcnow() + self._ctx.retry.delay(job.attempts), deadline)
                 return RetryAt(retry_at, f"image {index}: {exc}")
-            await self._record(task, index, url, info)
+            # Not retried with the job: the image is safe, and a thumbnail never holds it up.
+            thumbnail = await self._thumbnails.store_thumbnail(
+                image_key(task.id, index),
+                info.content_type,
+                keeper.take(),
+                (info.width, info.height),
+            )
+            if thumbnail.error is not None:
+                log.warning(
+                    "no thumbnail", extra=_ids(task) | {"index": index, "reason": thumbnail.error}
+                )
+            await self._record(task, index, url, info, thumbnail)
         return await self._finish(task)
 
     def _deadline(self, task: Task) -> datetime:
         return upstream_completed_at(task) + self._ctx.settings.archive_deadline_seconds
 
-    async def _copy(self, task: Task, index: int, url: str) -> ImageInfo:
+    async def _copy(self, task: Task, index: int, url: str, keeper: BodyKeeper) -> ImageInfo:
+        """Stream the image at `url` to its key; `keeper` keeps the body when it is small."""
         key = image_key(task.id, index)
         started = time.perf_counter()
         try:
@@ -121,7 +137,7 @@ class Archiver:
             async with asyncio.timeout(COPY_TIMEOUT.total_seconds()):
                 async with open_image(self._ctx.fetcher, url, self._ctx.policy) as download:
                     await self._ctx.store.put_stream(
-                        key, download.chunks(), content_type=download.content_type
+                        key, keeper.tee(download.chunks()), content_type=download.content_type
                     )
         except TimeoutError:
             metrics.ARCHIVE_SECONDS.labels("error").observe(time.perf_counter() - started)
@@ -133,7 +149,9 @@ class Archiver:
         metrics.ARCHIVE_BYTES.inc(download.info.bytes)
         return download.info
 
-    async def _record(self, task: Task, index: int, url: str, info: ImageInfo) -> None:
+    async def _record(
+        self, task: Task, index: int, url: str, info: ImageInfo, thumbnail: ThumbnailResult
+    ) -> None:
         now = utcnow()
         async with self._ctx.sessions() as session:
             written = await images.record_once(
@@ -148,6 +166,8 @@ class Archiver:
                     "width": info.width,
                     "height": info.height,
                     "source_url": url[:2048],
+                    "thumbnail_key": thumbnail.key,
+                    "thumbnail_error": thumbnail.error,
                     "created_at": now,
                 },
             )

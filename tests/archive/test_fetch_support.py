@@ -106,6 +106,7 @@ class ImageServer:
         self.hits: Counter[str] = Counter()
         self.requests: list[dict[str, str]] = []
         self.release = asyncio.Event()  # set on shutdown so stalled handlers end
+        self.files: dict[str, bytes] = {}  # served at /file/{name}, set by each test
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
@@ -117,6 +118,8 @@ class ImageServer:
         headers = [(b"connection", b"close")] if query.get("close") else []
         if name[0] == "img":
             await respond(send, 200, IMAGES[name[1]], headers, "application/octet-stream")
+        elif name[0] == "file":
+            await respond(send, 200, self.files[name[1]], headers, "application/octet-stream")
         elif name[0] == "body":
             body = BODIES[name[1]]
             await respond(send, 200, body, headers, "text/html")

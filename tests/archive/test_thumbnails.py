@@ -1,0 +1,161 @@
+"""Thumbnails from hostile bodies: small WebPs of the right shape, or a reason and no decode."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+from collections.abc import AsyncIterator
+
+import pytest
+from PIL import Image
+
+from app.archive.thumbnails import (
+    MAX_PIXELS,
+    THUMBNAIL_SIZE,
+    BodyKeeper,
+    ThumbnailRefused,
+    make_thumbnail,
+    thumbnail_key,
+)
+
+FORMATS = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
+
+
+def encoded(image: Image.Image, pil_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, pil_format)
+    return buffer.getvalue()
+
+
+def picture(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    """A gradient (compresses well, decodes like any picture)."""
+    return Image.linear_gradient("L").resize(size).convert(mode)
+
+
+def noise(size: tuple[int, int]) -> Image.Image:
+    """Incompressible pixels."""
+    return Image.frombytes("RGB", size, random.Random(size[0]).randbytes(size[0] * size[1] * 3))
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG whose header claims `width`x`height` RGB pixels, whatever `idat` holds."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def opened(thumbnail: bytes) -> Image.Image:
+    assert (thumbnail[:4], thumbnail[8:12]) == (b"RIFF", b"WEBP")
+    image = Image.open(io.BytesIO(thumbnail), formats=["WEBP"])
+    image.load()
+    return image
+
+
+@pytest.mark.parametrize(("pil_format", "content_type"), FORMATS)
+def test_a_thumbnail_is_a_small_webp_with_the_images_aspect(
+    pil_format: str, content_type: str
+) -> None:
+    body = encoded(picture((1536, 1024)), pil_format)
+
+    thumbnail = opened(make_thumbnail(body, content_type))
+
+    assert thumbnail.size == (THUMBNAIL_SIZE, 171)
+    assert thumbnail.mode == "RGB"
+
+
+def test_a_portrait_image_fits_by_its_height() -> None:
+    thumbnail = opened(make_thumbnail(encoded(picture((1024, 1536)), "PNG"), "image/png"))
+
+    assert thumbnail.size == (171, THUMBNAIL_SIZE)
+
+
+def test_transparency_is_kept_and_palette_images_are_resampled() -> None:
+    rgba = picture((600, 300), "RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((600, 300)))
+    palette = picture((600, 300)).convert("P", palette=Image.Palette.ADAPTIVE)
+
+    with_alpha = opened(make_thumbnail(encoded(rgba, "PNG"), "image/png"))
+    from_palette = opened(make_thumbnail(encoded(palette, "PNG"), "image/png"))
+
+    assert (with_alpha.mode, with_alpha.size) == ("RGBA", (256, 128))
+    assert (from_palette.mode, from_palette.size) == ("RGB", (256, 128))
+
+
+def test_a_small_image_is_not_enlarged() -> None:
+    thumbnail = opened(make_thumbnail(encoded(picture((120, 80)), "JPEG"), "image/jpeg"))
+
+    assert thumbnail.size == (120, 80)
+
+
+@pytest.mark.parametrize("size", [(100_000, 100_000), (2500, 2000)], ids=["huge", "over-limit"])
+def test_a_decompression_bomb_is_refused_before_decoding(size: tuple[int, int]) -> None:
+    # A few hundred bytes claiming 10 gigapixels, and one between Pillow's limit and twice it
+    # (its warning, made an error).
+    bomb = png_claiming(*size, zlib.compress(bytes(1000)))
+
+    with pytest.raises(ThumbnailRefused, match="bomb"):
+        make_thumbnail(bomb, "image/png")
+
+
+def test_a_webp_past_its_own_smaller_budget_is_refused() -> None:
+    side = 1600  # 2.56 Mpx: within Pillow's process-wide limit, past WebP's decode budget
+    assert side * side <= (Image.MAX_IMAGE_PIXELS or 0)
+    body = encoded(Image.new("RGB", (side, side), "teal"), "WEBP")
+
+    with pytest.raises(ThumbnailRefused, match=f"more than the {MAX_PIXELS['WEBP']}"):
+        make_thumbnail(body, "image/webp")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (png_claiming(64, 64, b"not zlib at all"), "image/png"),
+        (b"\xff\xd8\xff\xe0" + b"garbage" * 100, "image/jpeg"),
+        (b"RIFF\x00\x01\x00\x00WEBPVP8 " + b"garbage" * 100, "image/webp"),
+        (encoded(noise((300, 200)), "PNG")[:50_000], "image/png"),  # cut off halfway
+    ],
+    ids=["png", "jpeg", "webp", "truncated-png"],
+)
+def test_an_undecodable_body_after_valid_magic_bytes_is_refused(
+    body: bytes, content_type: str
+) -> None:
+    with pytest.raises(ThumbnailRefused, match="undecodable"):
+        make_thumbnail(body, content_type)
+
+
+def test_the_key_sits_beside_the_image() -> None:
+    assert thumbnail_key("tasks/abc/images/0") == "tasks/abc/images/0.thumb.webp"
+
+
+async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_the_keeper_passes_every_chunk_and_keeps_a_small_body() -> None:
+    keeper = BodyKeeper(limit=10)
+
+    passed = [chunk async for chunk in keeper.tee(pieces(b"abcd", b"efgh"))]
+
+    assert passed == [b"abcd", b"efgh"]
+    assert keeper.take() == b"abcdefgh"
+
+
+async def test_the_keeper_lets_go_of_a_large_body() -> None:
+    keeper = BodyKeeper(limit=10)
+
+    passed = [chunk async for chunk in keeper.tee(pieces(b"abcd", b"efgh", b"ijkl"))]
+
+    assert passed == [b"abcd", b"efgh", b"ijkl"]
+    assert keeper._chunks == []
+    assert keeper.take() is None
