@@ -17,6 +17,7 @@ from app.callbacks import pg_store
 from app.callbacks.intake import callback_target, handle_callback
 from app.callbacks.service import CallbackService, CallbackStore
 from app.callbacks.store import OrmCallbackStore
+from app.console.router import install as install_console
 from app.core import metrics
 from app.core.auth import KeyRing
 from app.core.config import Settings
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(images_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
+    install_console(app, settings)
     if simulator is not None:
         app.mount(SIMULATOR_MOUNT, simulator.app)
     return app

@@ -1,0 +1,175 @@
+"""The operator console under /console: sign-in, sign-out, the overview, static files."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Form, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.console import auth as console_auth
+from app.console import repository
+from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth
+from app.console.tasks import router as tasks_router
+from app.console.web import (
+    LOGIN_PATH,
+    PREFIX,
+    STATIC,
+    ConsoleRoute,
+    OperatorDep,
+    PageError,
+    render,
+    safe_next,
+)
+from app.core.clock import utcnow
+from app.core.config import Settings
+from app.core.deps import SessionDep
+from app.tasks.states import TaskStatus
+
+router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+_STATIC_FILES = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "placeholder.svg": "image/svg+xml",
+}
+_CALLBACKS_TOTAL = "imagegen_callbacks_total"  # app/core/metrics.py, this process
+_PROCESS_CALLBACK_OUTCOMES = ("accepted", "duplicate", "rejected", "unavailable")
+OVERVIEW_QUERY_SECONDS = 10.0
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve the console when operators are configured; without them /console is a 404."""
+    app.state.console_auth = console_auth.build(settings)
+    if app.state.console_auth is None:
+        return
+    app.include_router(router)
+    app.include_router(tasks_router)
+
+
+def _auth(request: Request) -> ConsoleAuth:
+    auth: ConsoleAuth = request.app.state.console_auth
+    return auth
+
+
+def _login_form(request: Request, status_code: int, message: str | None, target: str) -> Response:
+    auth = _auth(request)
+    cookie, token = auth.new_login()
+    response = render(
+        request, "login.html", status_code, login_csrf=token, message=message, next=target
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        cookie,
+        max_age=int(console_auth.LOGIN_MAX_AGE.total_seconds()),
+        path=LOGIN_PATH,
+        secure=auth.secure,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str | None = None) -> Response:
+    """The sign-in form."""
+    return _login_form(request, 200, None, safe_next(next))
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    key: Annotated[str, Form(max_length=1024)] = "",
+    csrf: Annotated[str, Form(max_length=256)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    """Check an operator key and open a session."""
+    auth = _auth(request)
+    if not auth.check_login(request.cookies.get(LOGIN_COOKIE), csrf):
+        return _login_form(
+            request, 403, "The form expired or did not come from this page; try again.", next
+        )
+    session = auth.login(key) if key else None
+    if session is None:
+        return _login_form(request, 401, "Wrong key: that is not an operator key.", next)
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session,
+        max_age=int(auth.max_age.total_seconds()),
+        path=PREFIX,
+        secure=auth.secure,
+        httponly=True,
+        samesite="strict",
+    )
+    response.delete_cookie(LOGIN_COOKIE, path=LOGIN_PATH, secure=auth.secure, httponly=True)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, operator: OperatorDep) -> Response:
+    """Close the session (this browser's cookie; see README for what that means)."""
+    auth = _auth(request)
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    response.delete_cookie(
+        SESSION_COOKIE, path=PREFIX, secure=auth.secure, httponly=True, samesite="strict"
+    )
+    return response
+
+
+@router.get("")
+async def overview(request: Request, operator: OperatorDep, session: SessionDep) -> Response:
+    """Counts of the last hour and day, the archive queue, upstream errors, callbacks."""
+    return render(request, "overview.html", nav="overview", **await _overview(session))
+
+
+@router.get("/overview/sections")
+async def overview_sections(
+    request: Request, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """The overview's sections alone, for the page's live refresh."""
+    return render(request, "_overview_sections.html", **await _overview(session))
+
+
+async def _overview(session: AsyncSession) -> dict[str, Any]:
+    now = utcnow()
+    hour, day = now - timedelta(hours=1), now - timedelta(days=1)
+    try:
+        async with asyncio.timeout(OVERVIEW_QUERY_SECONDS):
+            context: dict[str, Any] = {
+                "now": now,
+                "statuses": [status.value for status in TaskStatus],
+                "counts_hour": await repository.status_counts(session, hour),
+                "counts_day": await repository.status_counts(session, day),
+                "backlog": await repository.archive_backlog(session, now),
+                "failed_codes": await repository.failed_by_code(session, day),
+                "upstream": await repository.upstream_failures(session, day),
+                "callbacks_hour": await repository.callback_counts(session, hour),
+                "callbacks_day": await repository.callback_counts(session, day),
+                "recovered_hour": await repository.recovered_by_polling(session, hour),
+                "recovered_day": await repository.recovered_by_polling(session, day),
+            }
+    except TimeoutError:
+        raise PageError(503, "the database did not answer in time; retry") from None
+    context["process_callbacks"] = {
+        outcome: int(
+            REGISTRY.get_sample_value("imagegen_callbacks_total", {"outcome": outcome}) or 0
+        )
+        for outcome in _PROCESS_CALLBACK_OUTCOMES
+    }
+    oldest = context["backlog"].oldest_due
+    context["oldest_due_age"] = (now - oldest).total_seconds() if oldest is not None else None
+    return context
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    """The console's own script, style sheet and placeholder image."""
+    media_type = _STATIC_FILES.get(name)
+    if media_type is None:
+        raise PageError(404, "no such file")
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})

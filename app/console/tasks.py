@@ -1,0 +1,220 @@
+"""Console pages of tasks: the list with filters, one task's story, its retry, its images."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+
+from app.archive import repository as images
+from app.archive.models import TaskImage
+from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
+from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
+from app.console import repository, timeline
+from app.console.auth import FLASH_COOKIE, ConsoleAuth, Operator
+from app.console.web import PREFIX, STATIC, ConsoleRoute, OperatorDep, PageError, render
+from app.core.clock import utcnow
+from app.core.deps import SessionDep
+from app.tasks import events
+from app.tasks import repository as tasks
+from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
+from app.tasks.models import Task
+from app.tasks.redrive import NotRetryable, plan, redrive
+from app.tasks.schemas import is_task_id
+from app.tasks.states import TaskStatus
+
+router = APIRouter(prefix=f"{PREFIX}/tasks", route_class=ConsoleRoute, include_in_schema=False)
+
+PAGE_SIZE = 50
+SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "all": None}
+MAX_SEARCH_CHARS = 128
+_IMAGE_CACHE = "private, max-age=86400"
+_NO_STORE = {"Cache-Control": "no-store"}
+Index = Annotated[int, Path(ge=0, le=15)]
+
+
+def _clean(value: str | None, what: str, limit: int = MAX_SEARCH_CHARS) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    if len(value) > limit or not value.isprintable():
+        raise PageError(422, f"{what}: at most {limit} printable characters")
+    return value
+
+
+@router.get("")
+async def task_list(
+    request: Request,
+    operator: OperatorDep,
+    session: SessionDep,
+    status: str = "",
+    caller: str = "",
+    since: str = "24h",
+    q: str = "",
+    cursor: str = "",
+) -> Response:
+    """Tasks of every caller, newest first, filtered, a page at a time."""
+    if status and status not in {value.value for value in TaskStatus}:
+        raise PageError(422, f"status: unknown status {status[:32]!r}")
+    if since not in SINCE:
+        raise PageError(422, "since: one of 1h, 24h, 7d, all")
+    window = SINCE[since]
+    where = repository.TaskFilter(
+        status=status or None,
+        caller=_clean(caller, "caller", 64),
+        since=utcnow() - window if window is not None else None,
+        search=_clean(q, "search"),
+    )
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except CursorError:
+        raise PageError(422, "cursor: not a cursor of this list; start again") from None
+    rows = await repository.list_tasks(session, where, limit=PAGE_SIZE + 1, before=before)
+    page = list(rows[:PAGE_SIZE])
+    next_url = None
+    if len(rows) > PAGE_SIZE:
+        last = page[-1]
+        query = {"status": status, "caller": caller, "since": since, "q": q}
+        query["cursor"] = encode_cursor(last.created_at, last.id)
+        next_url = f"{PREFIX}/tasks?{urlencode(query)}"
+    archived = await images.for_tasks(session, [task.id for task in page])
+    return render(
+        request,
+        "tasks.html",
+        nav="tasks",
+        tasks=page,
+        images=archived,
+        statuses=[value.value for value in TaskStatus],
+        callers=await repository.callers(session),
+        since_choices=list(SINCE),
+        filters={"status": status, "caller": caller, "since": since, "q": q},
+        next_url=next_url,
+        first_page=before is None,
+    )
+
+
+async def _task(session: SessionDep, task_id: str) -> Task:
+    task = await tasks.get(session, task_id) if is_task_id(task_id) else None
+    if task is None:
+        raise PageError(404, "no such task")
+    return task
+
+
+@router.get("/{task_id}")
+async def task_detail(
+    task_id: str, request: Request, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """One task: what was asked, everything that happened, its images, its retry."""
+    task = await _task(session, task_id)
+    lines = timeline.build(
+        task,
+        await events.timeline(session, task.id),
+        await repository.deliveries(session, task.id),
+    )
+    archived = (await images.for_tasks(session, [task.id]))[task.id]
+    retry = await plan(session, task, now=utcnow())
+    auth: ConsoleAuth = request.app.state.console_auth
+    flash = auth.read_flash(operator, request.cookies.get(FLASH_COOKIE))
+    response = render(
+        request,
+        "task.html",
+        nav="tasks",
+        task=task,
+        lines=lines,
+        images=archived,
+        retry=retry,
+        flash=flash,
+    )
+    if FLASH_COOKIE in request.cookies:
+        response.delete_cookie(FLASH_COOKIE, path=PREFIX, secure=auth.secure, httponly=True)
+    return response
+
+
+@router.post("/{task_id}/retry")
+async def retry_task(
+    task_id: str, request: Request, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """Run again the step that failed, exactly as POST /v1/tasks/{id}/retry does."""
+    task = await _task(session, task_id)
+    try:
+        step = await redrive(session, task, now=utcnow())
+    except NotRetryable as exc:
+        await session.rollback()
+        flash = ("error", f"Nothing to retry (409): {exc}")
+    else:
+        await session.commit()
+        wake = getattr(request.app.state, "wake_workers", None)
+        if wake is not None:
+            wake()
+        flash = ("ok", f"Retried: the {step} step runs again.")
+    return _back_with(request, operator, f"{PREFIX}/tasks/{task.id}", flash)
+
+
+def _back_with(
+    request: Request, operator: Operator, location: str, flash: tuple[str, str]
+) -> Response:
+    auth: ConsoleAuth = request.app.state.console_auth
+    response = RedirectResponse(location, status_code=303)
+    response.set_cookie(
+        FLASH_COOKIE,
+        auth.flash(operator, *flash),
+        max_age=60,
+        path=PREFIX,
+        secure=auth.secure,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def _image(session: SessionDep, task_id: str, index: int) -> TaskImage:
+    image = await images.one(session, task_id, index) if is_task_id(task_id) else None
+    if image is None:
+        raise PageError(404, "no such image, or not archived yet")
+    return image
+
+
+@router.get("/{task_id}/images/{index}")
+async def image(
+    task_id: str, index: Index, request: Request, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """The archived image at full size, streamed from the store (never a redirect to it: the
+    console's pages load images from their own origin only)."""
+    found = await _image(session, task_id, index)
+    return await _stream(request, task_id, found.key, found.content_type, f'"{found.sha256}"')
+
+
+@router.get("/{task_id}/images/{index}/thumbnail")
+async def thumbnail(
+    task_id: str, index: Index, request: Request, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """The image's small WebP, or a placeholder when it has none (never the full image)."""
+    found = await _image(session, task_id, index)
+    if found.thumbnail_key is None:
+        return FileResponse(
+            STATIC / "placeholder.svg",
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "no-store"},
+        )
+    etag = f'"{found.sha256}-thumbnail"'
+    return await _stream(request, task_id, found.thumbnail_key, THUMBNAIL_CONTENT_TYPE, etag)
+
+
+async def _stream(
+    request: Request, task_id: str, key: str, content_type: str, etag: str
+) -> Response:
+    if etag_matches(etag, request.headers.get("if-none-match")):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE})
+    try:
+        return await serve_object(
+            request.app.state.store,
+            key,
+            content_type=content_type,
+            headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE},
+            task_id=task_id,
+        )
+    except ObjectUnavailable as exc:
+        raise PageError(503, str(exc)) from None
