@@ -77,7 +77,7 @@ AWS = {
 TERMINAL = ("succeeded", "failed", "cancelled")
 EVENT_TYPES = {status: f"task.{status}" for status in TERMINAL}
 CALLBACK_TASK = re.compile(r"/callbacks/evolink/([0-9a-f-]{36})/")
-OBJECT_KEY = re.compile(rf"^{PREFIX}/tasks/([0-9a-f-]{{36}})/images/(\d+)$")
+OBJECT_KEY = re.compile(rf"^{PREFIX}/tasks/([0-9a-f-]{{36}})/images/(\d+)(\.thumb\.webp)?$")
 NOTIFY_AVAILABLE = importlib.util.find_spec("app.notify.sender") is not None
 
 
@@ -823,25 +823,30 @@ async def _check(
         + (f"; e.g. {wrong_bytes[0]}" if wrong_bytes else ""),
     )
 
-    # One object per image, nothing else in the bucket.
+    # One object per image (and at most one thumbnail beside it), nothing else in the bucket.
     per_image: Counter[tuple[str, int]] = Counter()
+    thumbnails: set[tuple[str, int]] = set()
     stray = 0
     for key in objects:
         match = OBJECT_KEY.match(key)
         if match is None:
             stray += 1
+        elif match.group(3):
+            thumbnails.add((match.group(1), int(match.group(2))))
         else:
             per_image[(match.group(1), int(match.group(2)))] += 1
     succeeded_images = {(r["task_id"], r["index"]) for r in images}
     extra_objects = stray + len([k for k in per_image if k not in succeeded_images])
+    extra_objects += len(thumbnails - succeeded_images)
     missing_objects = len(succeeded_images - set(per_image))
     duplicates["stored objects"] = extra_objects
     losses["images not stored"] = missing_objects
     report.check(
         "one object per image",
-        len(objects) == len(succeeded_images) == succeeded and not extra_objects
+        sum(per_image.values()) == len(succeeded_images) == succeeded and not extra_objects
         and not missing_objects,
-        f"{len(objects)} objects for {len(succeeded_images)} images; {extra_objects} extra, "
+        f"{sum(per_image.values())} objects for {len(succeeded_images)} images "
+        f"({len(thumbnails)} thumbnails beside them); {extra_objects} extra, "
         f"{missing_objects} missing",
     )  # fmt: skip
 

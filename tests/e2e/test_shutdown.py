@@ -180,7 +180,8 @@ async def test_sigterm_gives_back_unfinished_jobs_and_another_worker_finishes_th
         assert task["images"][0]["sha256"] == expected
     assert len(await rows(pg_database_url, TaskImage)) == TASKS
     if store == "s3":
-        assert sorted(s3_server.objects(prefix).values()) == sorted(
+        images = {k: v for k, v in s3_server.objects(prefix).items() if k.endswith("/0")}
+        assert sorted(images.values()) == sorted(
             upstream[t["provider_task_id"]]["image_sha256"] for t in tasks
         )
 
