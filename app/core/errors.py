@@ -28,6 +28,9 @@ _STATUS_CODES = {
 }
 
 
+_UNPARSABLE = "body: JSON the service cannot read (nested too deeply or a number too long)"
+
+
 class ApiProblem(Exception):
     """Raised by handlers to answer with an error body."""
 
@@ -39,6 +42,14 @@ class ApiProblem(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+class BodyTooLarge(ApiProblem):
+    """A request body over the cap (app.core.body_cap)."""
+
+    def __init__(self, limit: int) -> None:
+        message = f"the body is over {limit} bytes; nothing was saved"
+        super().__init__(413, "payload_too_large", message)
 
 
 def error_response(
@@ -56,6 +67,10 @@ def describe_validation(errors: Sequence[Any]) -> str:
         location = [str(item) for item in error.get("loc", ()) if item not in ("body", "query")]
         field = ".".join(location) or "body"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":  # the location is a character position
+            why = (error.get("ctx") or {}).get("error", "")
+            message = f"{message} ({why})" if why else message
+            field, message = "body", f"{message} at character {'.'.join(location) or 0}"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
 
@@ -76,6 +91,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI's answer to a JSON body that is not UTF-8: invalid input like any other.
             return error_response(422, "validation_error", "body: JSON decode error (not UTF-8)")
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, ApiProblem):
+            # raised while FastAPI read the body (BodyTooLarge): the problem is the answer
+            return error_response(cause.status_code, cause.code, cause.message, cause.headers)
+        if exc.status_code == 400 and cause is not None:
+            # FastAPI's answer to a body its JSON parser gave up on (nested too deeply, an
+            # integer of more than 4300 digits): invalid input too.
+            return error_response(422, "validation_error", _UNPARSABLE)
         code = _STATUS_CODES.get(exc.status_code, "error")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive import repository as archived
 from app.core.auth import CallerDep
+from app.core.body_cap import MAX_BODY_BYTES, CappedBodyRoute
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
@@ -39,7 +40,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ApiError, "description": "Invalid input; the message names the field."},
 }
 
-router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=CappedBodyRoute)
 
 
 async def _present(session: AsyncSession, task: Task) -> TaskOut:
@@ -76,6 +77,7 @@ def _check_idempotency_key(value: str | None) -> str | None:
     responses={
         200: {"model": TaskOut, "description": "A replay of an earlier request with this key."},
         202: {"description": "Accepted; the task is saved and will be submitted upstream."},
+        413: {"model": ApiError, "description": f"The body is over {MAX_BODY_BYTES} bytes."},
     },
 )
 async def create_generation(

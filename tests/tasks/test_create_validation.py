@@ -217,3 +217,68 @@ async def test_limits_that_are_exactly_allowed_are_accepted(gateway: Gateway) ->
 
     assert response.status_code == 202, response.text
     assert await gateway.count(Task) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"prompt": "p", "metadata": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001,
+        b'{"prompt": "p", "metadata": {"x": 1' + b"0" * 5000 + b"}}",
+    ],
+    ids=["nested 100000 deep", "metadata nested 3000 deep", "5001-digit integer"],
+)
+async def test_json_the_parser_gives_up_on_is_a_422(gateway: Gateway, content: bytes) -> None:
+    # was a 400 `bad_request` the API documents nowhere
+    response = await gateway.client.post(
+        URL, content=content, headers=auth() | {"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["message"].startswith("body: ")
+    assert await gateway.count(Task) == 0
+
+
+async def test_a_broken_json_body_is_named_with_its_position(gateway: Gateway) -> None:
+    response = await gateway.client.post(
+        URL, content=b'{"prompt": "p",}', headers=auth() | {"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == (
+        "body: JSON decode error (Expecting property name enclosed in double quotes) "
+        "at character 15"
+    )
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
+async def test_a_body_over_one_mebibyte_is_refused_unread(gateway: Gateway, declared: bool) -> None:
+    # any size used to be read whole (20 MB of whitespace made a task)
+    padded = b'{"prompt": "p"' + b" " * (1024 * 1024) + b"}"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(padded), 65536):
+            yield padded[start : start + 65536]
+
+    response = await gateway.client.post(
+        URL,
+        content=padded if declared else chunks(),
+        headers=auth() | {"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert await gateway.count(Task) == 0
+
+
+async def test_a_body_of_exactly_one_mebibyte_is_read(gateway: Gateway) -> None:
+    head = b'{"prompt": "p"'
+    padded = head + b" " * (1024 * 1024 - len(head) - 1) + b"}"
+
+    response = await gateway.client.post(
+        URL, content=padded, headers=auth() | {"Content-Type": "application/json"}
+    )
+
+    assert len(padded) == 1024 * 1024
+    assert response.status_code == 202
