@@ -10,13 +10,21 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.notify.receiver import Receiver, receiving
-from tests.support.browser import TAKEN, Service, launch_chromium, running_service
+from tests.support.browser import (
+    SCREENSHOTS,
+    TAKEN,
+    Service,
+    launch_chromium,
+    running_service,
+)
 from tests.support.databases import copy_sqlite
 
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    """One headless system Chromium for the run."""
+    """One headless system Chromium for the run; var/screenshots/ holds this run's pages only."""
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
     async with async_playwright() as playwright:
         chromium = await launch_chromium(playwright)
         yield chromium
