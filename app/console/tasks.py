@@ -66,7 +66,7 @@ async def task_list(
         status=status or None,
         caller=_clean(caller, "caller", 64),
         since=utcnow() - window if window is not None else None,
-        search=_clean(q, "search"),
+        search=_clean(q, "q (id or provider task id)"),
     )
     try:
         before = decode_cursor(cursor) if cursor else None
@@ -139,6 +139,7 @@ async def retry_task(
 ) -> Response:
     """Run again the step that failed, exactly as POST /v1/tasks/{id}/retry does."""
     task = await _task(session, task_id)
+    back = f"{PREFIX}/tasks/{task.id}"
     try:
         step = await redrive(session, task, now=utcnow())
     except NotRetryable as exc:
@@ -150,7 +151,7 @@ async def retry_task(
         if wake is not None:
             wake()
         flash = ("ok", f"Retried: the {step} step runs again.")
-    return _back_with(request, operator, f"{PREFIX}/tasks/{task.id}", flash)
+    return _back_with(request, operator, back, flash)
 
 
 def _back_with(
