@@ -61,11 +61,13 @@ async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
 def _check_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
+    # Header bytes arrive as Latin-1: anything but ASCII would be stored as mojibake.
+    length_ok = 0 < len(value) <= MAX_IDEMPOTENCY_KEY_CHARS
+    if not (length_ok and value.isascii() and value.isprintable()):
         raise ApiProblem(
             422,
             "validation_error",
-            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
         )
     return value
 

@@ -93,6 +93,13 @@ class CreateTaskRequest(BaseModel):
         ),
     )
 
+    @field_validator("n", mode="before")
+    @classmethod
+    def _n_is_an_integer(cls, value: object) -> object:
+        if isinstance(value, bool | float):  # true and 1.0 equal 1 but are not integers
+            raise ValueError("Input should be 1")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, value: str) -> str:

@@ -35,6 +35,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown quality", {"prompt": "p", "quality": "ultra"}, "quality"),
     ("n is 2", {"prompt": "p", "n": 2}, "n"),
     ("n is 0", {"prompt": "p", "n": 0}, "n"),
+    ("n is true", {"prompt": "p", "n": True}, "n"),  # was accepted as 1
+    ("n is 1.0", {"prompt": "p", "n": 1.0}, "n"),  # was accepted as 1
     ("17 image urls", {"prompt": "p", "image_urls": ["https://e.com/a.png"] * 17}, "image_urls"),
     ("ftp image url", {"prompt": "p", "image_urls": ["ftp://e.com/a.png"]}, "image_urls"),
     ("relative image url", {"prompt": "p", "image_urls": ["/a.png"]}, "image_urls"),
@@ -146,11 +148,21 @@ async def test_body_that_is_not_a_json_object_is_refused(
 
 
 @pytest.mark.parametrize(
-    "key", ["", "k" * 256, "bad\nkey", "tab\tkey"], ids=["empty", "256 chars", "newline", "tab"]
+    "key",
+    [
+        "",
+        "k" * 256,
+        "bad\nkey",
+        "tab\tkey",
+        "caf\xe9",
+        "\u043a\u043b\u044e\u0447".encode().decode("latin-1"),
+    ],
+    ids=["empty", "256 chars", "newline", "tab", "latin-1", "utf-8"],  # the last two were accepted
 )
 async def test_bad_idempotency_key_is_refused(gateway: Gateway, key: str) -> None:
+    headers = [(k.encode(), v.encode()) for k, v in auth().items()]
     response = await gateway.client.post(
-        URL, json={"prompt": "p"}, headers=auth() | {"Idempotency-Key": key}
+        URL, json={"prompt": "p"}, headers=[*headers, (b"idempotency-key", key.encode("latin-1"))]
     )
 
     assert response.status_code == 422
