@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
-from app.tasks.events import TaskEvent
+from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
 
 BODY_PREVIEW_CHARS = 2000
@@ -55,6 +55,8 @@ def _event_line(event: TaskEvent) -> Line:
         summary = f"{event.from_status} → {event.to_status}"
         if "progress" in detail:
             summary += f" ({detail.pop('progress')}%)"
+    elif event.kind == EventKind.POLL and event.outcome not in (None, "error"):
+        summary = f"the provider reports {event.outcome}"
     else:
         summary = event.outcome or event.kind
     return Line(
