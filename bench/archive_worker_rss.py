@@ -1,11 +1,13 @@
 """Child process of `bench.archive_copy`: the RSS of a worker copying one large image.
 
-    .venv/bin/python -m bench.archive_worker_rss STORE_URL WARM_URL BIG_URL
+    .venv/bin/python -m bench.archive_worker_rss STORE_URL WARM_URL BIG_URL [THUMB_URL]
 
 Imports the archive code, creates the fetch client and the store as a worker does, copies the
 small image at WARM_URL once (so that lazily created runtimes and buffers exist, as in a worker
 that has archived before), then copies the image at BIG_URL with the production code path
-(`open_image` -> `put_stream`) while recording the peak RSS. Prints one JSON object (KiB)."""
+(`open_image` -> `put_stream`, then the thumbnail step) while recording the peak RSS; then the
+same for THUMB_URL when given, an image whose thumbnail is made (under `with_thumbnail`). Prints
+one JSON object (KiB)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import httpx
 
 from app.archive.fetch import FetchPolicy, ImageInfo, create_fetch_client, open_image
 from app.archive.store import ObjectStore
+from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 
 POLICY = FetchPolicy(allow_private=True, max_bytes=60 * 1024 * 1024)
 SAMPLE_SECONDS = 0.002
@@ -71,49 +74,71 @@ class Sampler(threading.Thread):
         self.peak = max(self.peak, status_kib("VmRSS"))
 
 
-async def copy(fetcher: httpx.AsyncClient, store: ObjectStore, url: str, key: str) -> ImageInfo:
-    """The production copy (`Archiver._copy`)."""
+async def copy(
+    fetcher: httpx.AsyncClient, store: ObjectStore, url: str, key: str
+) -> tuple[ImageInfo, ThumbnailResult]:
+    """The production copy and thumbnail (`Archiver._copy`, `Thumbnailer.store_thumbnail`)."""
+    keeper = BodyKeeper()
     async with open_image(fetcher, url, POLICY) as download:
-        await store.put_stream(key, download.chunks(), content_type=download.content_type)
-    return download.info
+        await store.put_stream(
+            key, keeper.tee(download.chunks()), content_type=download.content_type
+        )
+    info = download.info
+    thumbnail = await Thumbnailer(store).store_thumbnail(
+        key, info.content_type, keeper.take(), (info.width, info.height)
+    )
+    return info, thumbnail
 
 
-async def main(store_url: str, warm_url: str, big_url: str) -> dict[str, object]:
+async def measured(
+    fetcher: httpx.AsyncClient, store: ObjectStore, url: str, key: str
+) -> dict[str, object]:
+    """Copy one image while sampling the RSS; the figures (KiB)."""
+    idle = settled_rss()
+    exact = reset_peak()
+    sampler = Sampler()
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        info, thumbnail = await copy(fetcher, store, url, key)
+    finally:
+        seconds = time.perf_counter() - started
+        sampler.stop()
+    hwm = status_kib("VmHWM") if exact else 0
+    return {
+        "idle_kib": idle,
+        "peak_kib": max(sampler.peak, hwm),
+        "sampled_peak_kib": sampler.peak,
+        "hwm_peak_kib": hwm,
+        "after_kib": settled_rss(),
+        "samples": sampler.samples,
+        "seconds": seconds,
+        "bytes": info.bytes,
+        "sha256": info.sha256,
+        "key": key,
+        "thumbnail": thumbnail.key,
+        "thumbnail_error": thumbnail.error,
+    }
+
+
+async def main(
+    store_url: str, warm_url: str, big_url: str, thumb_url: str | None = None
+) -> dict[str, object]:
     fetcher = create_fetch_client(POLICY)
     store = ObjectStore.from_url(store_url)
     try:
         cold = settled_rss()
         await copy(fetcher, store, warm_url, "tasks/rss-warm/images/0")
-        warm = settled_rss()
-        exact = reset_peak()
-        sampler = Sampler()
-        sampler.start()
-        started = time.perf_counter()
-        try:
-            info = await copy(fetcher, store, big_url, "tasks/rss-big/images/0")
-        finally:
-            seconds = time.perf_counter() - started
-            sampler.stop()
-        hwm = status_kib("VmHWM") if exact else 0
-        after = settled_rss()
+        report = await measured(fetcher, store, big_url, "tasks/rss-big/images/0")
+        if thumb_url is not None:
+            thumbed = await measured(fetcher, store, thumb_url, "tasks/rss-thumb/images/0")
+            report["with_thumbnail"] = thumbed
     finally:
         await fetcher.aclose()
-    return {
-        "cold_idle_kib": cold,
-        "idle_kib": warm,
-        "peak_kib": max(sampler.peak, hwm),
-        "sampled_peak_kib": sampler.peak,
-        "hwm_peak_kib": hwm,
-        "after_kib": after,
-        "samples": sampler.samples,
-        "seconds": seconds,
-        "bytes": info.bytes,
-        "sha256": info.sha256,
-        "key": "tasks/rss-big/images/0",
-    }
+    return report | {"cold_idle_kib": cold}
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     print(json.dumps(asyncio.run(main(*sys.argv[1:]))))
