@@ -81,12 +81,20 @@ class EvolinkClient:
             )
         body = _checked_body(response)
         try:
-            return parse_task(body)
+            created = parse_task(body)
         except ProviderBodyError as exc:
             raise ProviderOutcomeUnknown(
                 f"the provider accepted the create but its answer is unreadable: {exc}",
                 status_code=response.status_code,
             ) from exc
+        if not is_provider_task_id(created.id):
+            # Never recorded (it could never be queried); the callback may bring the real id.
+            raise ProviderOutcomeUnknown(
+                f"the provider accepted the create but named no usable task id: "
+                f"{created.id[:80]!r}",
+                status_code=response.status_code,
+            )
+        return created
 
     async def _get_task(self, task_id: str) -> ProviderTask:
         if not is_provider_task_id(task_id):

@@ -222,6 +222,9 @@ async def test_create_maps_a_lost_answer_to_outcome_unknown(
         pytest.param(httpx.Response(200, text=""), id="empty"),
         pytest.param(httpx.Response(200, json={"status": "pending"}), id="json-without-id"),
         pytest.param(httpx.Response(200, json=[task_body()]), id="json-list"),
+        # an id that is no upstream id was recorded as accepted; the task then waited hours
+        pytest.param(httpx.Response(200, json=task_body(id="../../admin")), id="id-not-upstream"),
+        pytest.param(httpx.Response(200, json=task_body(id="task-unified-")), id="id-prefix-only"),
     ],
 )
 async def test_create_maps_an_unreadable_success_to_outcome_unknown(
