@@ -36,6 +36,7 @@ _STATIC_FILES = {
     "console.js": "text/javascript",
     "console.css": "text/css",
     "placeholder.svg": "image/svg+xml",
+    "favicon.svg": "image/svg+xml",
 }
 _CALLBACKS_TOTAL = "imagegen_callbacks_total"  # app/core/metrics.py, this process
 _PROCESS_CALLBACK_OUTCOMES = ("accepted", "duplicate", "rejected", "unavailable")

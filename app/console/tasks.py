@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Request, Response
@@ -45,6 +45,41 @@ def _clean(value: str | None, what: str, limit: int = MAX_SEARCH_CHARS) -> str |
     return value
 
 
+def _filters(status: str, caller: str, since: str, q: str) -> repository.TaskFilter:
+    if status and status not in {value.value for value in TaskStatus}:
+        raise PageError(422, f"status: unknown status {status[:32]!r}")
+    if since not in SINCE:
+        raise PageError(422, "since: one of 1h, 24h, 7d, all")
+    window = SINCE[since]
+    return repository.TaskFilter(
+        status=status or None,
+        caller=_clean(caller, "caller", 64),
+        since=utcnow() - window if window is not None else None,
+        search=_clean(q, "q (id or provider task id)"),
+    )
+
+
+async def _rows(
+    session: SessionDep, filters: dict[str, str], before: tuple[datetime, str] | None
+) -> dict[str, Any]:
+    """One page of the list and what its template needs to show it."""
+    where = _filters(**filters)
+    rows = await repository.list_tasks(session, where, limit=PAGE_SIZE + 1, before=before)
+    page = list(rows[:PAGE_SIZE])
+    next_url = None
+    if len(rows) > PAGE_SIZE:
+        last = page[-1]
+        query = filters | {"cursor": encode_cursor(last.created_at, last.id)}
+        next_url = f"{PREFIX}/tasks?{urlencode(query)}"
+    return {
+        "tasks": page,
+        "images": await images.for_tasks(session, [task.id for task in page]),
+        "filters": filters,
+        "next_url": next_url,
+        "first_page": before is None,
+    }
+
+
 @router.get("")
 async def task_list(
     request: Request,
@@ -57,43 +92,37 @@ async def task_list(
     cursor: str = "",
 ) -> Response:
     """Tasks of every caller, newest first, filtered, a page at a time."""
-    if status and status not in {value.value for value in TaskStatus}:
-        raise PageError(422, f"status: unknown status {status[:32]!r}")
-    if since not in SINCE:
-        raise PageError(422, "since: one of 1h, 24h, 7d, all")
-    window = SINCE[since]
-    where = repository.TaskFilter(
-        status=status or None,
-        caller=_clean(caller, "caller", 64),
-        since=utcnow() - window if window is not None else None,
-        search=_clean(q, "q (id or provider task id)"),
-    )
+    filters = {"status": status, "caller": caller, "since": since, "q": q}
     try:
         before = decode_cursor(cursor) if cursor else None
     except CursorError:
         raise PageError(422, "cursor: not a cursor of this list; start again") from None
-    rows = await repository.list_tasks(session, where, limit=PAGE_SIZE + 1, before=before)
-    page = list(rows[:PAGE_SIZE])
-    next_url = None
-    if len(rows) > PAGE_SIZE:
-        last = page[-1]
-        query = {"status": status, "caller": caller, "since": since, "q": q}
-        query["cursor"] = encode_cursor(last.created_at, last.id)
-        next_url = f"{PREFIX}/tasks?{urlencode(query)}"
-    archived = await images.for_tasks(session, [task.id for task in page])
+    context = await _rows(session, filters, before)
     return render(
         request,
         "tasks.html",
         nav="tasks",
-        tasks=page,
-        images=archived,
         statuses=[value.value for value in TaskStatus],
         callers=await repository.callers(session),
         since_choices=list(SINCE),
-        filters={"status": status, "caller": caller, "since": since, "q": q},
-        next_url=next_url,
-        first_page=before is None,
+        refresh_url=f"{PREFIX}/tasks/rows?{urlencode(filters)}" if before is None else None,
+        **context,
     )
+
+
+@router.get("/rows")
+async def task_rows(
+    request: Request,
+    operator: OperatorDep,
+    session: SessionDep,
+    status: str = "",
+    caller: str = "",
+    since: str = "24h",
+    q: str = "",
+) -> Response:
+    """The first page of the list alone (table and pager), for the page's live refresh."""
+    filters = {"status": status, "caller": caller, "since": since, "q": q}
+    return render(request, "_task_rows.html", **await _rows(session, filters, None))
 
 
 async def _task(session: SessionDep, task_id: str) -> Task:

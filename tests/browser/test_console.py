@@ -120,6 +120,16 @@ async def test_operator_console_flow(page: Page, service: Service, receiver: Rec
     )
     await screenshot(page, "tasks")
 
+    # A task made while the list is open appears in it without a reload.
+    await page.evaluate("window.listOpened = true")  # gone if the page were loaded again
+    later = await service.create({"prompt": "a heron in reeds, linocut", "size": "1:1"})
+    await expect(page.locator(f"tr[data-task-id='{later['id']}']")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    await expect(rows(page)).to_have_count(4)
+    assert await page.evaluate("window.listOpened === true")  # refreshed by its script
+    await expect(page.locator("#refresh-state")).to_have_text("")
+
     # Filter by status, then search by id.
     await page.select_option("form#filters select[name=status]", "failed")
     await submit_filters(page)

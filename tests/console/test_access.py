@@ -26,7 +26,7 @@ from tests.console.helpers import (
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.rows import make_task
 
-PAGES = ["/console", "/console/tasks", "/console/overview/sections"]
+PAGES = ["/console", "/console/tasks", "/console/tasks/rows", "/console/overview/sections"]
 TASK_ID = "00000000-0000-4000-8000-000000000000"
 
 

@@ -161,6 +161,88 @@ async def test_pages_follow_the_cursor_and_keep_the_filters(
     assert seen == [task.id for task in reversed(made)]
 
 
+def refresh_url(html: str) -> str | None:
+    found = re.search(r'data-refresh-url="([^"]+)"', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+async def test_the_first_page_refreshes_its_rows_with_the_same_filters(gateway: Gateway) -> None:
+    before = await make_task(gateway.sessions, caller="alpha")
+    await make_task(gateway.sessions, caller="beta")
+    page = await gateway.client.get("/console/tasks", params={"caller": "alpha", "since": "1h"})
+    url = refresh_url(page.text)
+    assert url == "/console/tasks/rows?status=&caller=alpha&since=1h&q="
+
+    after = await make_task(gateway.sessions, caller="alpha")  # made once the page is open
+    rows = await gateway.client.get(url)
+
+    assert rows.status_code == 200
+    assert rows.headers["content-type"].startswith("text/html")
+    assert rows.headers["cache-control"] == "no-store"
+    assert "default-src 'self'" in rows.headers["content-security-policy"]
+    assert row_ids(rows.text) == [after.id, before.id]
+    assert "<html" not in rows.text
+    assert 'id="filters"' not in rows.text
+
+
+async def test_the_rows_fragment_applies_every_filter(gateway: Gateway) -> None:
+    old = await make_task(gateway.sessions, caller="alpha")
+    await update(gateway, old.id, created_at=utcnow() - timedelta(hours=3))
+    failed = await make_task(gateway.sessions, caller="alpha")
+    await update(gateway, failed.id, status="failed", error_code="archive_failed")
+    other = await make_task(gateway.sessions, caller="beta")
+
+    async def ids(**params: str) -> list[str]:
+        response = await gateway.client.get("/console/tasks/rows", params=params)
+        assert response.status_code == 200
+        return row_ids(response.text)
+
+    assert await ids() == [other.id, failed.id, old.id]  # since=24h by default
+    assert await ids(status="failed") == [failed.id]
+    assert await ids(caller="beta") == [other.id]
+    assert await ids(caller="alpha", since="1h") == [failed.id]
+    assert await ids(q=other.id[:8]) == [other.id]
+    assert await ids(caller="nobody") == []
+    assert 'id="no-tasks"' in (await gateway.client.get("/console/tasks/rows?caller=x")).text
+    bad = await gateway.client.get("/console/tasks/rows", params={"status": "done"})
+    assert bad.status_code == 422
+    assert "status" in bad.text
+
+
+async def test_the_rows_fragment_shows_the_first_page_and_its_next_link(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console_tasks, "PAGE_SIZE", 2)
+    made = [await make_task(gateway.sessions, f"p{i}", caller="alpha") for i in range(3)]
+
+    rows = await gateway.client.get("/console/tasks/rows", params={"caller": "alpha"})
+
+    assert row_ids(rows.text) == [made[2].id, made[1].id]
+    found = re.search(r'<a id="next-page" href="([^"]+)"', rows.text)
+    assert found is not None
+    assert "caller=alpha" in found.group(1)
+    assert "cursor=" in found.group(1)
+    assert 'id="first-page"' not in rows.text
+
+
+async def test_later_pages_do_not_refresh(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console_tasks, "PAGE_SIZE", 1)
+    for i in range(2):
+        await make_task(gateway.sessions, f"p{i}")
+    first = await gateway.client.get("/console/tasks")
+    found = re.search(r'<a id="next-page" href="([^"]+)"', first.text)
+    assert found is not None
+
+    later = await gateway.client.get(found.group(1).replace("&amp;", "&"))
+
+    assert refresh_url(first.text) is not None
+    assert later.status_code == 200
+    assert refresh_url(later.text) is None
+    assert "Later pages do not refresh" in later.text
+
+
 async def test_archived_images_get_a_thumbnail_in_the_list(gateway: Gateway) -> None:
     task = await make_task(gateway.sessions)
     await archive_image(gateway, task, thumbnail=True)
