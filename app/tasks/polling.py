@@ -38,10 +38,16 @@ class Poller:
         if task is None or task.status not in _ACTIVE or task.provider_task_id is None:
             return Done()
         now = utcnow()
-        if self._timed_out(task, now):
-            return await self._give_up(task)
+        # Past the wait, the provider still gets one last question: a task that finished while
+        # this job was due (or queued behind others) is taken, not failed.
+        timed_out = self._timed_out(task, now)
         quiet_until = (task.last_news_at or now) + self._ctx.settings.poll_after_seconds
-        if task.final_claimed_at is None and now < quiet_until and job.attempts > 1:
+        if (
+            not timed_out
+            and task.final_claimed_at is None
+            and now < quiet_until
+            and job.attempts > 1
+        ):
             # Fresh news came in meanwhile: poll only after IMAGEGEN_POLL_AFTER_SECONDS of quiet.
             return RetryAt(quiet_until, "")
         extra = {
@@ -54,14 +60,20 @@ class Poller:
         except (ProviderUnavailable, ProviderRejected) as exc:
             log.info("polling the provider failed", extra=extra | {"http_status": exc.status_code})
             await self._note(task, "error", exc.message, {"http_status": exc.status_code})
+            if timed_out:
+                return await self._give_up(task)
             return RetryAt(utcnow() + self._errors.delay(job.attempts), exc.message)
         if news.id != task.provider_task_id:
             message = "the provider answered about another task"
             await self._note(task, "error", message, {"provider_task_id": news.id})
+            if timed_out:
+                return await self._give_up(task)
             return RetryAt(utcnow() + self._errors.delay(job.attempts), message)
         status = await self._apply(task, news)
         if status not in _ACTIVE:
             return Done()
+        if timed_out:
+            return await self._give_up(task)
         if task.final_claimed_at is not None:
             # A callback said final but the query does not agree yet: confirm again soon.
             return RetryAt(utcnow() + self._confirm.delay(job.attempts), "confirmation pending")

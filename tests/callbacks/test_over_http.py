@@ -121,6 +121,25 @@ async def test_a_task_the_provider_never_finishes_fails_with_provider_timeout(
         assert (row.completed_at - row.submitted_at).total_seconds() >= 2
 
 
+async def test_a_task_that_finished_while_its_late_poll_was_due_is_taken_not_failed(
+    database_url: str,
+) -> None:
+    # No callback arrives; the only poll runs 2.5 s after submission, past the 1 s wait, when
+    # the provider has finished (after 1 s): the last question finds the result.
+    faults = SimulatorFaults(callback_drop_rate=1.0)
+    config = SimulatorConfig(duration_seconds=1.0, faults=faults)
+    async with running_stack(
+        database_url, config, poll_after_seconds=2.5, poll_max_wait_seconds=1
+    ) as stack:
+        created = await stack.create()
+
+        task = await stack.wait_for(created["id"], lambda t: t["status"] in ("succeeded", "failed"))
+
+        assert task["status"] == "succeeded", task["error"]
+        polls = [e for e in await timeline(stack, created["id"]) if e.kind == EventKind.POLL]
+        assert [poll.outcome for poll in polls] == ["completed"]
+
+
 async def test_hostile_posts_over_http_change_nothing(database_url: str) -> None:
     config = SimulatorConfig(duration_seconds=3600)
     async with running_stack(database_url, config, poll_after_seconds=3600) as stack:

@@ -77,7 +77,9 @@ async def test_an_archive_that_failed_is_copied_again_and_the_caller_told_both_o
 async def test_a_task_that_timed_out_upstream_is_polled_again(database_url: str) -> None:
     async with running_stack(
         database_url,
-        SimulatorConfig(duration_seconds=3.0),
+        # The task must still be running upstream when the gateway gives up on it after 0.5 s;
+        # 6 s leaves a slow, loaded machine room to decide before the provider finishes.
+        SimulatorConfig(duration_seconds=6.0),
         poll_max_wait_seconds=0.5,
     ) as stack:
         created = await stack.create({"prompt": "a lighthouse"})
@@ -85,11 +87,11 @@ async def test_a_task_that_timed_out_upstream_is_polled_again(database_url: str)
         await eventually(stack.sim_tasks, lambda tasks: tasks[0]["status"] == "completed")
 
         retried = await retry(stack.gateway.client, created["id"])
+        assert retried.status_code == 202, retried.text
         succeeded = await stack.wait_for(created["id"], lambda t: t["status"] == "succeeded")
         redrives = await timeline(stack, created["id"], "redrive")
 
     assert failed["error"]["code"] == "provider_timeout"
-    assert retried.status_code == 202
     assert retried.headers["retried-step"] == "poll"
     assert retried.json()["status"] in ("pending", "processing", "archiving", "succeeded")
     assert retried.json()["completed_at"] is None or retried.json()["status"] == "succeeded"
