@@ -51,10 +51,13 @@ async def list_tasks(
     if before is not None:
         created_at, task_id = before
         query = query.where(
+            # The first bound is implied by the second; it lets the index scan start at the
+            # cursor instead of filtering every newer row (migration 0004, ix_tasks_created).
+            Task.created_at <= created_at,
             or_(
                 Task.created_at < created_at,
                 and_(Task.created_at == created_at, Task.id < task_id),
-            )
+            ),
         )
     query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
     return (await session.scalars(query)).all()

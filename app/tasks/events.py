@@ -28,7 +28,12 @@ class TaskEvent(Base):
     """One line of a task's timeline."""
 
     __tablename__ = "task_events"
-    __table_args__ = (Index("ix_task_events_task_at", "task_id", "at"),)
+    __table_args__ = (
+        Index("ix_task_events_task_at", "task_id", "at"),
+        # The console overview: failed upstream calls (kind submit/poll) and poll-found final
+        # transitions (kind transition) since a moment.
+        Index("ix_task_events_kind_at", "kind", "at"),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

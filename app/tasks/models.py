@@ -34,6 +34,9 @@ class Task(Base):
         CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         Index("ix_tasks_caller_created", "caller", "created_at", "id"),
+        # The console's list of every caller's tasks (newest first, keyset on (created_at, id))
+        # and the overview's counts by creation time.
+        Index("ix_tasks_created", "created_at", "id"),
         # No index on columns that news updates (status, progress, timestamps): PostgreSQL can
         # then update the row in place (HOT), which the callback path does constantly.
         {"postgresql_with": {"fillfactor": "80"}},
