@@ -92,7 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         log_config=None,
-        proxy_headers=False,  # nothing here depends on the client's address
+        # The client address (the console's sign-in limit) is the connection's peer; forwarded
+        # headers are not trusted from anyone (README, Operator console).
+        proxy_headers=False,
         access_log=False,  # request paths carry callback tokens; /metrics has the traffic
         # On SIGTERM: stop accepting, let requests in flight finish for this long; then the
         # in-process workers get the same grace to finish their jobs (see README).

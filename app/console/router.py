@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from app.console import auth as console_auth
 from app.console import repository
 from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth
 from app.console.tasks import router as tasks_router
+from app.console.throttle import LoginThrottle
 from app.console.web import (
     LOGIN_PATH,
     PREFIX,
@@ -30,6 +32,7 @@ from app.core.config import Settings
 from app.core.deps import SessionDep
 from app.tasks.states import TaskStatus
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
 _STATIC_FILES = {
@@ -48,6 +51,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console_auth = console_auth.build(settings)
     if app.state.console_auth is None:
         return
+    app.state.console_throttle = LoginThrottle()
     app.include_router(router)
     app.include_router(tasks_router)
 
@@ -88,14 +92,23 @@ async def login(
     csrf: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    """Check an operator key and open a session."""
+    """Check an operator key and open a session (unless too many sign-ins failed lately)."""
     auth = _auth(request)
+    throttle: LoginThrottle = request.app.state.console_throttle
+    # The peer of the connection: behind a proxy, the proxy's address (README).
+    client = request.client.host if request.client is not None else "unknown"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        return _throttled(request, wait)
     if not auth.check_login(request.cookies.get(LOGIN_COOKIE), csrf):
         return _login_form(
             request, 403, "The form expired or did not come from this page; try again.", next
         )
     session = auth.login(key) if key else None
     if session is None:
+        throttle.failed(client)
+        if throttle.retry_after(client) is not None:
+            log.warning("console sign-ins throttled", extra={"client": client})
         return _login_form(request, 401, "Wrong key: that is not an operator key.", next)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
@@ -108,6 +121,22 @@ async def login(
         samesite="strict",
     )
     response.delete_cookie(LOGIN_COOKIE, path=LOGIN_PATH, secure=auth.secure, httponly=True)
+    return response
+
+
+def _throttled(request: Request, wait: int) -> Response:
+    minutes = max(1, round(wait / 60))
+    response = render(
+        request,
+        "error.html",
+        429,
+        status=429,
+        message=(
+            "Too many failed sign-ins: the key was not checked. "
+            f"Try again in {minutes} minute{'s' if minutes > 1 else ''} ({wait} s)."
+        ),
+    )
+    response.headers["Retry-After"] = str(wait)
     return response
 
 
