@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
+from app.tasks.repository import newest_first
 from app.tasks.states import TaskStatus
 from app.workers.models import Job, JobKind, JobState
 
@@ -48,19 +49,7 @@ async def list_tasks(
                 Task.provider_task_id.startswith(where.search, autoescape=True),
             )
         )
-    if before is not None:
-        created_at, task_id = before
-        query = query.where(
-            # The first bound is implied by the second; it lets the index scan start at the
-            # cursor instead of filtering every newer row (migration 0004, ix_tasks_created).
-            Task.created_at <= created_at,
-            or_(
-                Task.created_at < created_at,
-                and_(Task.created_at == created_at, Task.id < task_id),
-            ),
-        )
-    query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
-    return (await session.scalars(query)).all()
+    return (await session.scalars(newest_first(query, before=before, limit=limit))).all()
 
 
 async def callers(session: AsyncSession) -> list[str]:

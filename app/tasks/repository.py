@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import upsert_insert
@@ -56,16 +56,25 @@ async def list_for_caller(
     query = select(Task).where(Task.caller == caller)
     if status is not None:
         query = query.where(Task.status == status)
+    return (await session.scalars(newest_first(query, before=before, limit=limit))).all()
+
+
+def newest_first(
+    query: Select[Task], *, before: tuple[datetime, str] | None, limit: int
+) -> Select[Task]:
+    """`query` ordered newest first, strictly after the keyset position `before`."""
     if before is not None:
         created_at, task_id = before
         query = query.where(
+            # The first bound is implied by the second; it lets an index scan on
+            # (…, created_at, id) start at the cursor instead of filtering every newer row.
+            Task.created_at <= created_at,
             or_(
                 Task.created_at < created_at,
                 and_(Task.created_at == created_at, Task.id < task_id),
-            )
+            ),
         )
-    query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
-    return (await session.scalars(query)).all()
+    return query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
 
 
 async def update_if_state(
