@@ -22,6 +22,7 @@ class SubmitState:
     RETRY = "retry"  # the provider certainly did not take it; try again later
     UNCERTAIN = "uncertain"  # the provider may have taken it; its answer was lost
     ACCEPTED = "accepted"  # the provider answered with a task id
+    REJECTED = "rejected"  # the provider refused it for good (the task failed)
 
 
 class Task(Base):

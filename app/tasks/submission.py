@@ -110,9 +110,11 @@ class Submitter:
             status = f"HTTP {exc.status_code}" if exc.status_code else "refused"
             code = f" {exc.code}" if exc.code else ""
             message = f"the provider refused the task ({status}{code}): {exc.message}"
-            return await self._fail(
-                task, "submission_rejected", message, attempt=("rejected", message)
+            note = ("rejected", message)
+            await self._durably(
+                task, lambda: self._set_submit_state(task, SubmitState.REJECTED, attempt=note)
             )
+            return await self._fail(task, "submission_rejected", message)
         except ProviderUnavailable as exc:
             delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
             if exc.retry_after is not None:

@@ -67,6 +67,8 @@ async def test_a_prompt_over_the_provider_token_limit_fails_clearly(database_url
         assert "token" in task["error"]["message"].lower()
         assert task["completed_at"] is not None
         assert await stack.sim_tasks() == []
+        row = await stack.gateway.task_row(created["id"])
+        assert row.submit_state == "rejected"
 
 
 async def test_a_wrong_provider_key_fails_the_task_and_alerts_the_operator(
