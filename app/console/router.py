@@ -18,6 +18,7 @@ from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth
 from app.console.tasks import router as tasks_router
 from app.console.throttle import LoginThrottle
 from app.console.web import (
+    CONSOLE_MAX_BODY_BYTES,
     LOGIN_PATH,
     PREFIX,
     STATIC,
@@ -33,7 +34,12 @@ from app.core.deps import SessionDep
 from app.tasks.states import TaskStatus
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+router = APIRouter(
+    prefix=PREFIX,
+    route_class=ConsoleRoute,
+    include_in_schema=False,
+    max_body_size=CONSOLE_MAX_BODY_BYTES,
+)
 
 _STATIC_FILES = {
     "console.js": "text/javascript",

@@ -15,7 +15,15 @@ from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import repository, timeline
 from app.console.auth import FLASH_COOKIE, ConsoleAuth, Operator
-from app.console.web import PREFIX, STATIC, ConsoleRoute, OperatorDep, PageError, render
+from app.console.web import (
+    CONSOLE_MAX_BODY_BYTES,
+    PREFIX,
+    STATIC,
+    ConsoleRoute,
+    OperatorDep,
+    PageError,
+    render,
+)
 from app.core.clock import utcnow
 from app.core.deps import SessionDep
 from app.tasks import events
@@ -26,7 +34,12 @@ from app.tasks.redrive import NotRetryable, plan, redrive
 from app.tasks.schemas import is_task_id
 from app.tasks.states import TaskStatus
 
-router = APIRouter(prefix=f"{PREFIX}/tasks", route_class=ConsoleRoute, include_in_schema=False)
+router = APIRouter(
+    prefix=f"{PREFIX}/tasks",
+    route_class=ConsoleRoute,
+    include_in_schema=False,
+    max_body_size=CONSOLE_MAX_BODY_BYTES,
+)
 
 PAGE_SIZE = 50
 SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "all": None}

@@ -19,6 +19,9 @@ from app.console.auth import SESSION_COOKIE, ConsoleAuth, Operator
 PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
 LOGIN_PATH = f"{PREFIX}/login"
+# Console forms are a few fields (the sign-in form is the largest, about 3 KiB): a larger body
+# is refused with 413 as it arrives, before Starlette parses it (its own limits allow ~1 GB).
+CONSOLE_MAX_BODY_BYTES = 16 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "

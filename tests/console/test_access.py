@@ -12,6 +12,7 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.console.auth import SESSION_COOKIE, ConsoleAuth, build, signing_key
+from app.console.web import CONSOLE_MAX_BODY_BYTES
 from app.core.config import Settings
 from tests.conftest import ALPHA_KEY, auth, settings_values
 from tests.console.helpers import (
@@ -299,3 +300,27 @@ async def test_console_routes_stay_out_of_the_openapi_document(gateway: Gateway)
     document = (await gateway.client.get("/openapi.json")).json()
 
     assert not [path for path in document["paths"] if path.startswith("/console")]
+
+
+async def test_oversized_form_bodies_are_refused_before_they_are_read(gateway: Gateway) -> None:
+    page = await gateway.client.get("/console/login")
+    big = {"key": "k", "csrf": csrf_of(page.text), "pad": "x" * (2 * CONSOLE_MAX_BODY_BYTES)}
+    declared = await gateway.client.post("/console/login", data=big)
+    assert declared.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b"key=k&pad="
+        for _ in range(4):
+            yield b"x" * CONSOLE_MAX_BODY_BYTES
+
+    streamed = await gateway.client.post(
+        "/console/login",
+        content=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert streamed.status_code == 413
+    csrf = await signed_in(gateway.client)
+    signed = await gateway.client.post(
+        "/console/logout", data={"csrf": csrf, "pad": "x" * (2 * CONSOLE_MAX_BODY_BYTES)}
+    )
+    assert signed.status_code == 413
