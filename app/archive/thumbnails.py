@@ -18,8 +18,7 @@ from typing import Final
 
 from PIL import Image, ImageOps
 
-from app.archive.models import TaskImage
-from app.archive.store import ObjectStore, StoredObject, StoreError
+from app.archive.store import ObjectStore, StoreError
 
 THUMBNAIL_SIZE: Final = 256  # fits within THUMBNAIL_SIZE x THUMBNAIL_SIZE, aspect kept
 THUMBNAIL_QUALITY: Final = 80
@@ -168,16 +167,6 @@ class Thumbnailer:
         except (ThumbnailRefused, StoreError) as exc:
             return ThumbnailResult(key=None, error=str(exc)[:200])
         return ThumbnailResult(key=key, error=None)
-
-
-async def open_thumbnail(
-    store: ObjectStore, image: TaskImage
-) -> tuple[StoredObject, AsyncIterator[bytes]] | None:
-    """The thumbnail of an archived image (always THUMBNAIL_CONTENT_TYPE) and a stream of its
-    bytes, or None when it has none or the object is gone; StoreError when the store fails."""
-    if image.thumbnail_key is None:
-        return None
-    return await store.open(image.thumbnail_key)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

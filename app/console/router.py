@@ -192,9 +192,7 @@ async def _overview(session: AsyncSession) -> dict[str, Any]:
     except TimeoutError:
         raise PageError(503, "the database did not answer in time; retry") from None
     context["process_callbacks"] = {
-        outcome: int(
-            REGISTRY.get_sample_value("imagegen_callbacks_total", {"outcome": outcome}) or 0
-        )
+        outcome: int(REGISTRY.get_sample_value(_CALLBACKS_TOTAL, {"outcome": outcome}) or 0)
         for outcome in _PROCESS_CALLBACK_OUTCOMES
     }
     oldest = context["backlog"].oldest_due

@@ -14,7 +14,7 @@ from app.archive.models import TaskImage
 from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import repository, timeline
-from app.console.auth import FLASH_COOKIE, ConsoleAuth, Operator
+from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
 from app.console.web import (
     CONSOLE_MAX_BODY_BYTES,
     PREFIX,
@@ -204,7 +204,7 @@ def _back_with(
     response.set_cookie(
         FLASH_COOKIE,
         auth.flash(operator, *flash),
-        max_age=60,
+        max_age=int(FLASH_MAX_AGE.total_seconds()),
         path=PREFIX,
         secure=auth.secure,
         httponly=True,
