@@ -197,11 +197,13 @@ async def retry_task(
     except NotRetryable as exc:
         await session.rollback()
         raise ApiProblem(409, "not_retryable", str(exc)) from None
+    # The answer shows the task as the retry left it, read in the same transaction: after the
+    # commit a worker may already have run the step again.
+    content = (await _present(session, task)).model_dump(mode="json")
     await session.commit()
     wake = getattr(request.app.state, "wake_workers", None)
     if wake is not None:
         wake()
-    content = (await _present(session, task)).model_dump(mode="json")
     return JSONResponse(content, status_code=202, headers={"Retried-Step": step})
 
 
