@@ -4,7 +4,6 @@ No API key: the endpoint is for the cluster's scraper and shows counts, never ta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.clock import utcnow
+from app.core.db import query_deadline
 from app.tasks import repository as tasks
 from app.tasks.states import TaskStatus
 from app.workers import repository as jobs
@@ -44,7 +44,7 @@ async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[
         "Whether the database gauges below could be read at this scrape (1) or not (0).",
     )
     try:
-        async with asyncio.timeout(SCRAPE_QUERY_SECONDS), sessions() as session:
+        async with sessions() as session, query_deadline(session, SCRAPE_QUERY_SECONDS):
             now = utcnow()
             statuses = await tasks.count_by_status(session)
             queue = await jobs.queue_stats(session, now)

@@ -6,18 +6,23 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics as metrics_endpoint
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.provider.simulator.config import SimulatorConfig
+from app.tasks import repository as tasks
 from app.workers import repository as jobs
 from app.workers.models import JobKind
 from tests.conftest import auth, settings_values
 from tests.support.callbacks import accepted_task, body, callback_path
 from tests.support.gateway import running_gateway
 from tests.support.proxy import cuttable
+from tests.support.queries import ENDLESS
 from tests.support.rows import make_task
 from tests.support.stack import eventually, running_stack
 
@@ -208,3 +213,25 @@ async def test_metrics_answer_while_the_database_is_down(pg_database_url: str) -
     assert "imagegen_tasks" not in down.types
     assert "imagegen_callbacks" in down.types
     assert up.value("imagegen_database_scrape_success") == 1
+
+
+async def test_metrics_answer_when_the_database_is_too_slow(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count_by_status = tasks.count_by_status
+
+    async def stuck(session: AsyncSession) -> dict[str, int]:
+        await session.execute(ENDLESS)  # a real query the database never finishes
+        return await count_by_status(session)
+
+    async with running_gateway(gateway_settings(database_url)) as gateway:
+        monkeypatch.setattr(metrics_endpoint, "SCRAPE_QUERY_SECONDS", 0.5)
+        monkeypatch.setattr(tasks, "count_by_status", stuck)
+        slow = await scrape(gateway.client)
+        monkeypatch.undo()
+        again = await scrape(gateway.client)
+
+    assert slow.value("imagegen_database_scrape_success") == 0
+    assert "imagegen_tasks" not in slow.types
+    assert again.value("imagegen_database_scrape_success") == 1
+    assert again.types["imagegen_tasks"] == "gauge"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 from typing import Annotated, Any
@@ -30,6 +29,7 @@ from app.console.web import (
 )
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.db import query_deadline
 from app.core.deps import SessionDep
 from app.tasks.states import TaskStatus
 
@@ -175,7 +175,7 @@ async def _overview(session: AsyncSession) -> dict[str, Any]:
     now = utcnow()
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     try:
-        async with asyncio.timeout(OVERVIEW_QUERY_SECONDS):
+        async with query_deadline(session, OVERVIEW_QUERY_SECONDS):
             context: dict[str, Any] = {
                 "now": now,
                 "statuses": [status.value for status in TaskStatus],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +25,8 @@ from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+SQLITE_INTERRUPT_GRACE_SECONDS = 1.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,6 +92,49 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@asynccontextmanager
+async def query_deadline(session: AsyncSession, seconds: float) -> AsyncIterator[None]:
+    """Bound the queries the block runs on `session` to `seconds` in all; TimeoutError past it.
+
+    On PostgreSQL the timeout's cancellation is enough: SQLAlchemy's asyncpg adapter gives up
+    the query and discards the connection. SQLite's driver runs the query in a thread that no
+    cancellation reaches: the cancelled task would wait for the query to end before it could
+    roll back, however long that takes. So there the query is interrupted at the deadline
+    (`sqlite3_interrupt`), ends with an error, and that error becomes the TimeoutError; the
+    cancellation stays as a fallback, `SQLITE_INTERRUPT_GRACE_SECONDS` later."""
+    if session.get_bind().dialect.name != "sqlite":
+        async with asyncio.timeout(seconds):
+            yield
+        return
+    async with asyncio.timeout(seconds + SQLITE_INTERRUPT_GRACE_SECONDS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        connection = await session.connection()
+        driver: Any = (await connection.get_raw_connection()).driver_connection  # aiosqlite's
+        inside = True
+        interrupting: set[asyncio.Task[None]] = set()
+
+        async def interrupt() -> None:
+            if inside:  # never a statement run after the block, such as the session's rollback
+                await driver.interrupt()
+
+        def start_interrupt() -> None:
+            task = loop.create_task(interrupt())
+            interrupting.add(task)
+            task.add_done_callback(interrupting.discard)
+
+        handle = loop.call_at(deadline, start_interrupt)
+        try:
+            yield
+        except OperationalError as exc:
+            if loop.time() < deadline:
+                raise
+            raise TimeoutError(f"interrupted at the deadline of {seconds:g} s") from exc
+        finally:
+            inside = False
+            handle.cancel()
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

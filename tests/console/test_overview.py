@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.console import repository as console_queries
+from app.console import router as console_router
 from app.core.clock import utcnow
 from app.tasks import events, repository
 from app.tasks.events import EventKind
@@ -16,6 +19,7 @@ from app.workers.models import JobKind
 from tests.console.helpers import running_console, signed_in
 from tests.support.callbacks import accepted_task, body, callback_path
 from tests.support.gateway import Gateway
+from tests.support.queries import ENDLESS
 from tests.support.rows import make_task
 
 
@@ -116,3 +120,25 @@ async def test_the_live_refresh_script_is_served_from_the_console(gateway: Gatew
     assert "fetch(" in script.text
     assert style.status_code == 200
     assert unknown.status_code == 404
+
+
+async def test_an_overview_the_database_cannot_answer_in_time_is_a_503_and_the_next_one_works(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = console_queries.status_counts
+
+    async def stuck(session: AsyncSession, since: datetime) -> dict[str, int]:
+        await session.execute(ENDLESS)  # a real query the database never finishes
+        return await counts(session, since)
+
+    monkeypatch.setattr(console_router, "OVERVIEW_QUERY_SECONDS", 0.5)
+    monkeypatch.setattr(console_queries, "status_counts", stuck)
+    page = await gateway.client.get("/console")
+    fragment = await gateway.client.get("/console/overview/sections")
+    monkeypatch.undo()
+    again = await gateway.client.get("/console")
+
+    assert (page.status_code, fragment.status_code) == (503, 503)
+    assert "the database did not answer in time; retry" in page.text
+    assert again.status_code == 200
+    assert 'data-testid="status-counts"' in again.text
