@@ -103,6 +103,7 @@ async def report(connection: AsyncConnection) -> None:
             before=None,
         ),
     )
+    await explain(connection, "list: callers for the filter form", repository.callers)
     await explain(
         connection, "overview: status counts, 24 h", lambda s: repository.status_counts(s, day)
     )

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Header, Path, Request, Response
 
 from app.archive import repository as images
 from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
-from app.core.auth import CallerDep
+from app.core.auth import CallerDep, CallerRoute
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
 from app.tasks import repository as tasks
 from app.tasks.router import ERRORS
 from app.tasks.schemas import ApiError, is_task_id
 
-router = APIRouter(prefix="/v1", tags=["images"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["images"], responses=ERRORS, route_class=CallerRoute)
 
 _CACHE = "private, max-age=31536000, immutable"
 

@@ -2,7 +2,8 @@
 deliveries are the hottest path of the service and skip the framework's routing and middleware.
 
 POST {CALLBACK_PREFIX}/{task_id}/{token}: 200 accepted/duplicate, 400 malformed or about another
-task, 401 wrong token, 404 unknown task, 413 over 1 MiB, 503 when it cannot be recorded."""
+task (its repeats too), 401 wrong token, 404 unknown task, 413 over 1 MiB, 503 when it cannot be
+recorded."""
 
 from __future__ import annotations
 

@@ -36,14 +36,18 @@ async def record_if_new(
     return await session.scalar(statement) is not None
 
 
-async def count_repeat(session: AsyncSession, *, task_id: str, digest: str, now: datetime) -> None:
-    """Note one more delivery of a body already recorded."""
-    await session.execute(
+async def count_repeat(
+    session: AsyncSession, *, task_id: str, digest: str, now: datetime
+) -> str | None:
+    """Note one more delivery of a body already recorded; what was done with its first one."""
+    outcome: str | None = await session.scalar(
         update(CallbackDelivery)
         .where(CallbackDelivery.task_id == task_id, CallbackDelivery.digest == digest)
         .values(deliveries=CallbackDelivery.deliveries + 1, last_received_at=now)
+        .returning(CallbackDelivery.outcome)
         .execution_options(synchronize_session=False)
     )
+    return outcome
 
 
 async def set_outcome(

@@ -34,6 +34,9 @@ from app.workers.models import JobKind
 log = logging.getLogger(__name__)
 
 
+_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+
+
 class OrmCallbackStore:
     """Inbox row, transition and follow-up job in one ORM transaction."""
 
@@ -53,9 +56,12 @@ class OrmCallbackStore:
                 session, task_id=task.id, digest=delivery.digest, body=delivery.body, now=now
             )
             if not is_new:
-                await inbox.count_repeat(session, task_id=task.id, digest=delivery.digest, now=now)
+                first = await inbox.count_repeat(
+                    session, task_id=task.id, digest=delivery.digest, now=now
+                )
                 await session.commit()
-                return DUPLICATE
+                # The same body gets the same answer: a refused one is refused again.
+                return _REFUSALS.get(first or "", DUPLICATE)
             news = delivery.news
             if news is None:
                 await inbox.set_outcome(session, *key, DeliveryOutcome.MALFORMED, None)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
@@ -52,10 +52,24 @@ async def list_tasks(
     return (await session.scalars(newest_first(query, before=before, limit=limit))).all()
 
 
+# A loose index scan: one probe of ix_tasks_caller_created per caller, where SELECT DISTINCT
+# would read every task (neither database skips through an index on its own).
+_CALLERS = text(
+    """
+    WITH RECURSIVE found(caller) AS (
+        SELECT (SELECT caller FROM tasks ORDER BY caller LIMIT 1)
+        UNION ALL
+        SELECT (SELECT caller FROM tasks WHERE caller > found.caller ORDER BY caller LIMIT 1)
+        FROM found WHERE found.caller IS NOT NULL
+    )
+    SELECT caller FROM found WHERE caller IS NOT NULL
+    """
+)
+
+
 async def callers(session: AsyncSession) -> list[str]:
-    """The callers that have tasks, for the filter form."""
-    rows = await session.scalars(select(Task.caller).distinct().order_by(Task.caller))
-    return list(rows.all())
+    """The callers that have tasks, in order, for the filter form."""
+    return list((await session.scalars(_CALLERS)).all())
 
 
 async def deliveries(session: AsyncSession, task_id: str) -> list[CallbackDelivery]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
+from app.core.body_cap import CappedBodyRoute
 from app.core.errors import ApiProblem
 
 
@@ -55,3 +57,18 @@ def require_caller(request: Request) -> str:
 
 
 CallerDep = Annotated[str, Depends(require_caller)]
+
+
+class CallerRoute(CappedBodyRoute):
+    """A route of the caller API: the key is checked before the body is read, so a request
+    without a valid key gets `401` whatever its body (FastAPI parses a JSON body, and the cap
+    measures it, before any dependency runs). Body capped as `CappedBodyRoute`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            require_caller(request)
+            return await handler(request)
+
+        return authenticated

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive import repository as archived
-from app.core.auth import CallerDep
-from app.core.body_cap import MAX_BODY_BYTES, CappedBodyRoute
+from app.core.auth import CallerDep, CallerRoute
+from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ApiProblem
@@ -40,7 +40,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ApiError, "description": "Invalid input; the message names the field."},
 }
 
-router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=CappedBodyRoute)
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=CallerRoute)
 
 
 async def _present(session: AsyncSession, task: Task) -> TaskOut:

@@ -110,6 +110,49 @@ async def test_a_bad_key_is_401_on_every_route(
     assert await seeded.snapshot() == before
 
 
+# Requests that would be refused for what they carry, sent without a key: the key comes first.
+KEY = f"Bearer {ALPHA_KEY}".encode()
+UNREAD: list[tuple[str, str, str, list[tuple[bytes, bytes]], bytes]] = [
+    ("broken JSON", "POST", CREATE, [(CT, b"application/json")], b"{broken"),
+    ("invalid fields", "POST", CREATE, [(CT, b"application/json")], b'{"prompt": "", "n": 3}'),
+    ("not JSON", "POST", CREATE, [(CT, b"text/plain")], b"a lighthouse"),
+    (
+        "declared too large",
+        "POST",
+        CREATE,
+        [(CT, b"application/json"), (CL, str(MAX_BODY_BYTES + 1).encode())],
+        b"{" + b" " * MAX_BODY_BYTES + b"}",
+    ),
+    ("bad idempotency key", "POST", CREATE, [(CT, b"application/json"), (IK, b"")], b"{}"),
+    ("bad limit", "GET", "/v1/tasks?limit=0&status=nonsense&cursor=%%%", [], b""),
+    ("bad task id", "GET", "/v1/tasks/not-a-task", [], b""),
+    ("bad image index", "GET", "/v1/tasks/{task_id}/images/99", [], b""),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "path", "headers", "content"), UNREAD, ids=ids(UNREAD))
+async def test_without_a_key_nothing_of_the_request_is_read_before_the_401(
+    seeded: Seeded,
+    case: str,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    content: bytes,
+) -> None:
+    before = await seeded.snapshot()
+    target = path.format(task_id=seeded.mine["id"])
+
+    response = await seeded.client.request(method, target, content=content, headers=headers)
+    with_key = await seeded.client.request(
+        method, target, content=content, headers=[*headers, (b"authorization", KEY)]
+    )
+
+    assert (response.status_code, error_of(response)["code"]) == (401, "unauthorized"), case
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert with_key.status_code in (400, 404, 413, 415, 422), case  # refused for its content
+    assert await seeded.snapshot() == before
+
+
 async def test_another_callers_task_is_404_not_403_on_every_route(seeded: Seeded) -> None:
     before = await seeded.snapshot()
     answers = {}

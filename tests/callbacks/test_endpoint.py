@@ -249,10 +249,13 @@ async def test_malformed_bodies_are_recorded_and_answered_400(
     task = await accepted_task(gateway.sessions, PROVIDER_ID)
 
     response = await gateway.client.post(callback_path(task), content=content, headers=JSON)
+    again = await gateway.client.post(callback_path(task), content=content, headers=JSON)
 
-    assert response.status_code == 400
+    # The same body gets the same answer (not a 2xx "duplicate" the second time).
+    assert (response.status_code, again.status_code) == (400, 400)
+    assert again.json() == response.json()
     [delivery] = await deliveries(gateway, task.id)
-    assert (delivery.outcome, delivery.body) == ("malformed", content)
+    assert (delivery.outcome, delivery.body, delivery.deliveries) == ("malformed", content, 2)
     assert (await gateway.task_row(task.id)).status == "pending"
     assert await open_polls(gateway, task.id) == []
 
@@ -260,13 +263,21 @@ async def test_malformed_bodies_are_recorded_and_answered_400(
 async def test_a_body_about_another_upstream_task_changes_nothing(gateway: Gateway) -> None:
     task = await accepted_task(gateway.sessions, PROVIDER_ID)
 
-    response = await gateway.client.post(
-        callback_path(task), content=body("task-unified-9-elsewhere", "completed"), headers=JSON
+    elsewhere = body("task-unified-9-elsewhere", "completed")
+    response = await gateway.client.post(callback_path(task), content=elsewhere, headers=JSON)
+    again = await gateway.client.post(callback_path(task), content=elsewhere, headers=JSON)
+    ours = await gateway.client.post(
+        callback_path(task), content=body(PROVIDER_ID, "processing", 10), headers=JSON
+    )
+    ours_again = await gateway.client.post(
+        callback_path(task), content=body(PROVIDER_ID, "processing", 10), headers=JSON
     )
 
-    assert response.status_code == 400
-    [delivery] = await deliveries(gateway, task.id)
-    assert delivery.outcome == "mismatch"
+    assert (response.status_code, again.status_code) == (400, 400)
+    assert again.json() == response.json()
+    assert (ours.json(), ours_again.json()) == ({"status": "accepted"}, {"status": "duplicate"})
+    found = {d.outcome: d.deliveries for d in await deliveries(gateway, task.id)}
+    assert found == {"mismatch": 2, "applied": 2}
     assert await open_polls(gateway, task.id) == []
 
 

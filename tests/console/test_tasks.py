@@ -90,6 +90,23 @@ async def test_the_list_shows_every_callers_tasks_newest_first(gateway: Gateway)
     assert '<input name="q"' in page.text
 
 
+def datalist(html: str) -> list[str]:
+    found = re.search(r'<datalist id="callers">(.*?)</datalist>', html, re.S)
+    assert found is not None
+    return re.findall(r'<option value="([^"]*)">', found.group(1))
+
+
+async def test_the_caller_filter_offers_every_caller_once_in_order(gateway: Gateway) -> None:
+    empty = await gateway.client.get("/console/tasks")
+    for caller in ["gamma", "alpha", "beta", "alpha", "gamma", "alpha-2"]:
+        await make_task(gateway.sessions, caller=caller)
+
+    page = await gateway.client.get("/console/tasks?status=failed")
+
+    assert datalist(empty.text) == []
+    assert datalist(page.text) == ["alpha", "alpha-2", "beta", "gamma"]
+
+
 async def test_filters_by_status_caller_and_time(gateway: Gateway) -> None:
     old = await make_task(gateway.sessions, caller="alpha")
     await update(gateway, old.id, created_at=utcnow() - timedelta(hours=3))
