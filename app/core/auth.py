@@ -59,16 +59,29 @@ def require_caller(request: Request) -> str:
 CallerDep = Annotated[str, Depends(require_caller)]
 
 
+def without_empty_values(query: bytes) -> bytes:
+    """The query string less its parameters given an empty value (`status=`): not given."""
+    kept = []
+    for part in query.split(b"&"):
+        _name, equals, value = part.partition(b"=")
+        if part and not (equals and not value):
+            kept.append(part)
+    return b"&".join(kept)
+
+
 class CallerRoute(CappedBodyRoute):
     """A route of the caller API: the key is checked before the body is read, so a request
     without a valid key gets `401` whatever its body (FastAPI parses a JSON body, and the cap
-    measures it, before any dependency runs). Body capped as `CappedBodyRoute`."""
+    measures it, before any dependency runs). A query parameter given an empty value
+    (`?status=&limit=`, as forms and some clients send them) is taken as not given. Body capped
+    as `CappedBodyRoute`."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def authenticated(request: Request) -> Response:
             require_caller(request)
+            request.scope["query_string"] = without_empty_values(request.scope["query_string"])
             return await handler(request)
 
         return authenticated
