@@ -28,7 +28,14 @@ def load_settings(**overrides: object) -> Settings:
         print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
     register_secrets(*secret_values(settings))
+    for line in settings.weaknesses():
+        if line not in _reported:  # `serve` may load the settings twice
+            _reported.add(line)
+            log.warning("weak configuration: %s", line)
     return settings
+
+
+_reported: set[str] = set()
 
 
 # Credentials of the object stores, read by obstore from the environment.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ CASES: list[tuple[str, dict[str, str | None], str]] = [
     ("no provider key", {"IMAGEGEN_PROVIDER_API_KEY": None}, "IMAGEGEN_PROVIDER_API_KEY"),
     ("no public base url", {"IMAGEGEN_PUBLIC_BASE_URL": None}, "IMAGEGEN_PUBLIC_BASE_URL"),
     ("no callback secret", {"IMAGEGEN_CALLBACK_SECRET": None}, "IMAGEGEN_CALLBACK_SECRET"),
-    ("short callback secret", {"IMAGEGEN_CALLBACK_SECRET": "short"}, "IMAGEGEN_CALLBACK_SECRET"),
+    ("empty callback secret", {"IMAGEGEN_CALLBACK_SECRET": ""}, "IMAGEGEN_CALLBACK_SECRET"),
     (
         "http public base url",
         {"IMAGEGEN_PUBLIC_BASE_URL": "http://gateway.example.com"},
@@ -75,7 +76,9 @@ CASES: list[tuple[str, dict[str, str | None], str]] = [
     ("unknown database", {"IMAGEGEN_DATABASE_URL": "mysql://x/y"}, "IMAGEGEN_DATABASE_URL"),
     ("unknown provider", {"IMAGEGEN_PROVIDER": "openai"}, "IMAGEGEN_PROVIDER"),
     ("api keys not pairs", {"IMAGEGEN_API_KEYS": "justakey"}, "IMAGEGEN_API_KEYS"),
-    ("api key too short", {"IMAGEGEN_API_KEYS": "svc:short"}, "IMAGEGEN_API_KEYS"),
+    ("api key empty", {"IMAGEGEN_API_KEYS": "svc:"}, "IMAGEGEN_API_KEYS"),
+    ("database driver unknown", {"IMAGEGEN_DATABASE_URL": "postgresql+psycopg2://h/d"}, "DATABASE"),
+    ("database url without scheme", {"IMAGEGEN_DATABASE_URL": "./var/x.db"}, "DATABASE_URL"),
     (
         "api key given twice",
         {"IMAGEGEN_API_KEYS": "a:same-key-0123456789,b:same-key-0123456789"},
@@ -88,6 +91,7 @@ CASES: list[tuple[str, dict[str, str | None], str]] = [
         {"IMAGEGEN_NOTIFY_SECRET": "whsec_!!!notbase64"},
         "IMAGEGEN_NOTIFY_SECRET",
     ),
+    ("notify secret empty", {"IMAGEGEN_NOTIFY_SECRET": "whsec_"}, "IMAGEGEN_NOTIFY_SECRET"),
     ("poll after not a number", {"IMAGEGEN_POLL_AFTER_SECONDS": "soon"}, "IMAGEGEN_POLL_AFTER"),
     ("run workers not a bool", {"IMAGEGEN_RUN_WORKERS": "maybe"}, "IMAGEGEN_RUN_WORKERS"),
 ]
@@ -115,6 +119,78 @@ def test_valid_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.run_workers is True
     assert settings.database_url == "sqlite+aiosqlite:///./var/imagegen.db"
     assert settings.storage_url == "file://./var/images"
+
+
+WEAK: list[tuple[str, dict[str, str], str]] = [
+    (
+        "short api keys",
+        {"IMAGEGEN_API_KEYS": "alice:alice-key,bob:b,carol:carol-key-0123456789"},
+        "IMAGEGEN_API_KEYS: the keys of alice, bob are shorter than 16 characters",
+    ),
+    (
+        "short operator key",
+        {"IMAGEGEN_OPERATOR_KEYS": "ops:ops-key"},
+        "IMAGEGEN_OPERATOR_KEYS: the keys of ops are shorter than 16 characters",
+    ),
+    (
+        "short callback secret",
+        {"IMAGEGEN_CALLBACK_SECRET": "test-secret"},
+        "IMAGEGEN_CALLBACK_SECRET: use at least 32 random characters",
+    ),
+    (
+        "placeholder callback secret",
+        {"IMAGEGEN_CALLBACK_SECRET": "CHANGEME"},
+        "IMAGEGEN_CALLBACK_SECRET: use at least 32 random characters",
+    ),
+    (
+        "short notify secret",
+        {"IMAGEGEN_NOTIFY_SECRET": "whsec_dGVzdA=="},
+        "IMAGEGEN_NOTIFY_SECRET: use at least 24 random bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "env", "line"), WEAK, ids=[c[0] for c in WEAK])
+def test_weak_keys_and_secrets_work_and_are_reported(
+    monkeypatch: pytest.MonkeyPatch, case: str, env: dict[str, str], line: str
+) -> None:
+    # CONTRACT.md sets no minimum length: such a configuration runs, and says what is weak.
+    for key, value in (VALID | env).items():
+        monkeypatch.setenv(key, value)
+
+    settings = Settings(_env_file=None)
+
+    [found] = settings.weaknesses()
+    assert found.startswith(line), case
+
+
+def test_strong_keys_and_secrets_report_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in VALID.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("IMAGEGEN_NOTIFY_SECRET", "whsec_" + "A" * 32)
+    monkeypatch.setenv("IMAGEGEN_OPERATOR_KEYS", "ops:ops-key-0123456789abcdef")
+
+    assert Settings(_env_file=None).weaknesses() == []
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/app", "postgresql+asyncpg://u:p@db:5432/app"),
+        ("postgres://db/app", "postgresql+asyncpg://db/app"),
+        ("postgresql+asyncpg://db/app", "postgresql+asyncpg://db/app"),
+        ("sqlite:///./var/x.db", "sqlite+aiosqlite:///./var/x.db"),
+        ("sqlite+aiosqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+    ],
+)
+def test_a_database_url_without_the_async_driver_gets_it(
+    monkeypatch: pytest.MonkeyPatch, given: str, used: str
+) -> None:
+    for key, value in VALID.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("IMAGEGEN_DATABASE_URL", given)
+
+    assert Settings(_env_file=None).database_url == used
 
 
 def test_durations_are_read_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +269,26 @@ def test_a_dotenv_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "IMAGEGEN_STORAGE_URL" in result.stderr
+
+
+def test_a_weak_configuration_starts_and_logs_each_weakness_once(tmp_path: Path) -> None:
+    env = VALID | {
+        "IMAGEGEN_API_KEYS": "alice:alice-key",
+        "IMAGEGEN_CALLBACK_SECRET": "test-secret",
+        "IMAGEGEN_DATABASE_URL": f"sqlite:///{tmp_path}/gateway.db",
+    }
+
+    result = run_cli(["migrate"], env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    warnings = [
+        json.loads(line)["message"]
+        for line in (result.stdout + result.stderr).splitlines()
+        if "weak configuration" in line
+    ]
+    assert warnings == [
+        "weak configuration: IMAGEGEN_API_KEYS: the keys of alice are shorter than 16 "
+        "characters; use long random keys",
+        "weak configuration: IMAGEGEN_CALLBACK_SECRET: use at least 32 random characters",
+    ]
+    assert (tmp_path / "gateway.db").exists()

@@ -23,6 +23,16 @@ from app.provider.types import MAX_CALLBACK_URL_LENGTH
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "az", "memory")
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+# URLs without the async driver name get the one this service ships.
+DATABASE_SCHEME_ALIASES = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+# Below these, a key or secret is accepted but reported at start (`Settings.weaknesses`).
+MIN_KEY_LENGTH = 16
+MIN_CALLBACK_SECRET_LENGTH = 32
+MIN_NOTIFY_SECRET_BYTES = 24
 # Values that look like someone forgot to set a real secret.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
 # The longest callback path the service appends to the public base URL:
@@ -61,7 +71,7 @@ NOTIFY_RETRY_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800"
 
 
 def parse_key_pairs(raw: str | None) -> dict[str, str]:
-    """Parse `name:key,name2:key2` into {key: name}; refuse empty, short and repeated keys."""
+    """Parse `name:key,name2:key2` into {key: name}; refuse empty and repeated keys."""
     pairs: dict[str, str] = {}
     if raw is None or not raw.strip():
         return pairs
@@ -70,8 +80,6 @@ def parse_key_pairs(raw: str | None) -> dict[str, str]:
         name, key = name.strip(), key.strip()
         if not sep or not name or not key:
             raise ValueError("expected comma-separated name:key pairs")
-        if len(key) < 16:
-            raise ValueError(f"the key of {name!r} is shorter than 16 characters")
         if key in pairs:
             raise ValueError("a key is given twice")
         pairs[key] = name
@@ -118,10 +126,11 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        driver = value.split("://", 1)[0]
-        if driver not in DATABASE_DRIVERS:
+        scheme, sep, rest = value.partition("://")
+        driver = DATABASE_SCHEME_ALIASES.get(scheme, scheme)
+        if not sep or driver not in DATABASE_DRIVERS:
             raise ValueError(f"must start with one of {', '.join(DATABASE_DRIVERS)}")
-        return value
+        return f"{driver}://{rest}"
 
     @field_validator("storage_url")
     @classmethod
@@ -169,8 +178,8 @@ class Settings(BaseSettings):
             decoded = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
         except binascii.Error as exc:
             raise ValueError("the part after whsec_ must be base64") from exc
-        if len(decoded) < 24:
-            raise ValueError("must hold at least 24 random bytes")
+        if not decoded:
+            raise ValueError("the part after whsec_ is empty")
         return value
 
     @model_validator(mode="after")
@@ -179,10 +188,6 @@ class Settings(BaseSettings):
             _require(self.provider_api_key, "IMAGEGEN_PROVIDER_API_KEY")
             _require(self.public_base_url, "IMAGEGEN_PUBLIC_BASE_URL")
             _require(self.callback_secret, "IMAGEGEN_CALLBACK_SECRET")
-        if self.callback_secret is not None:
-            secret = self.callback_secret.get_secret_value()
-            if len(secret) < 32 or secret.lower() in PLACEHOLDER_SECRETS:
-                raise ValueError("IMAGEGEN_CALLBACK_SECRET: must be at least 32 random characters")
         if self.public_base_url is not None:
             try:
                 check_outbound_url(
@@ -201,6 +206,36 @@ class Settings(BaseSettings):
                     f"over the provider's limit of {MAX_CALLBACK_URL_LENGTH}"
                 )
         return self
+
+    def weaknesses(self) -> list[str]:
+        """Keys and secrets that work but are easy to guess: one line each, naming the variable,
+        for the operator (logged at start; CONTRACT.md sets no minimum, so they do not stop it)."""
+        found: list[str] = []
+        for variable, pairs in (
+            ("IMAGEGEN_API_KEYS", self.callers),
+            ("IMAGEGEN_OPERATOR_KEYS", self.operators),
+        ):
+            short = sorted(name for key, name in pairs.items() if len(key) < MIN_KEY_LENGTH)
+            if short:
+                found.append(
+                    f"{variable}: the keys of {', '.join(short)} are shorter than "
+                    f"{MIN_KEY_LENGTH} characters; use long random keys"
+                )
+        if self.callback_secret is not None:
+            secret = self.callback_secret.get_secret_value()
+            if len(secret) < MIN_CALLBACK_SECRET_LENGTH or secret.lower() in PLACEHOLDER_SECRETS:
+                found.append(
+                    f"IMAGEGEN_CALLBACK_SECRET: use at least {MIN_CALLBACK_SECRET_LENGTH} "
+                    "random characters"
+                )
+        if self.notify_secret is not None:
+            raw = self.notify_secret.get_secret_value().removeprefix("whsec_")
+            if len(base64.b64decode(raw)) < MIN_NOTIFY_SECRET_BYTES:
+                found.append(
+                    f"IMAGEGEN_NOTIFY_SECRET: use at least {MIN_NOTIFY_SECRET_BYTES} random "
+                    "bytes after whsec_ (Standard Webhooks suggests 24 to 64)"
+                )
+        return found
 
     @property
     def callers(self) -> dict[str, str]:
