@@ -19,8 +19,6 @@ from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
 
-# Intervals between polls of one task grow from IMAGEGEN_POLL_AFTER_SECONDS up to this.
-MAX_POLL_INTERVAL = timedelta(minutes=10)
 _ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
 
 
@@ -77,7 +75,9 @@ class Poller:
         if task.final_claimed_at is not None:
             # A callback said final but the query does not agree yet: confirm again soon.
             return RetryAt(utcnow() + self._confirm.delay(job.attempts), "confirmation pending")
-        return RetryAt(utcnow() + self._interval(job.attempts), "")
+        # CONTRACT.md: a task with no news for IMAGEGEN_POLL_AFTER_SECONDS is polled, so the next
+        # poll comes that long after this answer (which is news), not on a growing backoff.
+        return RetryAt(utcnow() + self._ctx.settings.poll_after_seconds, "")
 
     async def _apply(self, task: Task, news: ProviderTask) -> str:
         now = utcnow()
@@ -121,11 +121,6 @@ class Poller:
             message=message,
             detail=detail,
         )
-
-    def _interval(self, attempts: int) -> timedelta:
-        base = self._ctx.settings.poll_after_seconds
-        grown = base * (1.5 ** max(attempts - 1, 0))
-        return min(grown, max(MAX_POLL_INTERVAL, base))
 
     def _timed_out(self, task: Task, now: datetime) -> bool:
         since = task.submitted_at or task.created_at

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from app.callbacks.models import CallbackDelivery
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.tasks.events import EventKind, TaskEvent
-from app.workers.models import JobKind
+from app.workers.models import Job, JobKind, JobState
 from tests.support.callbacks import body, callback_path
 from tests.support.stack import Stack, eventually, running_stack
 
@@ -97,6 +97,42 @@ async def test_every_callback_dropped_still_completes_every_task_by_polling(
             assert await inbox(stack, task["id"]) == []
             polls = [e for e in await timeline(stack, task["id"]) if e.kind == EventKind.POLL]
             assert polls[-1].outcome == "completed"
+
+
+async def test_a_quiet_task_is_polled_every_poll_after_seconds_not_less_often(
+    database_url: str,
+) -> None:
+    # CONTRACT.md: a task with no news for IMAGEGEN_POLL_AFTER_SECONDS is polled. Each answer
+    # is news, so every next poll is due that long after the last one, however many came before.
+    faults = SimulatorFaults(callback_drop_rate=1.0)
+    config = SimulatorConfig(duration_seconds=3600, faults=faults)
+    async with running_stack(database_url, config, poll_after_seconds=0.3) as stack:
+        created = await stack.create()
+
+        async def snapshot() -> tuple[Job | None, list[TaskEvent]]:
+            """The poll job and the answered polls, read together."""
+            async with stack.gateway.sessions() as session:
+                job = await session.scalar(
+                    select(Job).where(Job.task_id == created["id"], Job.kind == JobKind.POLL)
+                )
+                events = await session.scalars(
+                    select(TaskEvent)
+                    .where(TaskEvent.task_id == created["id"], TaskEvent.kind == EventKind.POLL)
+                    .order_by(TaskEvent.at)
+                )
+                return job, [e for e in events if e.outcome == "pending"]
+
+        # Waiting between runs (not leased), after six answers: its due time is the last one's.
+        job, polls = await eventually(
+            snapshot,
+            lambda found: (
+                found[0] is not None and found[0].state == JobState.QUEUED and len(found[1]) >= 6
+            ),
+            timeout=30,
+        )
+
+    # Due 0.3 s after the sixth answer; a backoff growing from 0.3 s by 1.5x would be 2.3 s.
+    assert (job.run_at - polls[-1].at).total_seconds() < 1.0
 
 
 async def test_a_task_the_provider_never_finishes_fails_with_provider_timeout(
