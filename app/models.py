@@ -2,10 +2,20 @@
 
 from app.archive.models import TaskImage
 from app.callbacks.models import CallbackDelivery
+from app.console.models import ConsoleSignout
 from app.core.db import Base
 from app.notify.models import Notification
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job
 
-__all__ = ["Base", "CallbackDelivery", "Job", "Notification", "Task", "TaskEvent", "TaskImage"]
+__all__ = [
+    "Base",
+    "CallbackDelivery",
+    "ConsoleSignout",
+    "Job",
+    "Notification",
+    "Task",
+    "TaskEvent",
+    "TaskImage",
+]

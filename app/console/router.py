@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.console import auth as console_auth
 from app.console import repository
 from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth
+from app.console.signouts import sign_out
 from app.console.tasks import router as tasks_router
 from app.console.throttle import LoginThrottle
 from app.console.web import (
@@ -147,9 +148,11 @@ def _throttled(request: Request, wait: int) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, operator: OperatorDep) -> Response:
-    """Close the session (this browser's cookie; see README for what that means)."""
+async def logout(request: Request, operator: OperatorDep, session: SessionDep) -> Response:
+    """Close the session: its cookie is cleared here and refused everywhere from now on."""
     auth = _auth(request)
+    await sign_out(session, operator, now=utcnow(), max_age=auth.max_age)
+    await session.commit()
     response = RedirectResponse(LOGIN_PATH, status_code=303)
     response.delete_cookie(
         SESSION_COOKIE, path=PREFIX, secure=auth.secure, httponly=True, samesite="strict"

@@ -15,6 +15,8 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from app.console.auth import SESSION_COOKIE, ConsoleAuth, Operator
+from app.console.signouts import is_signed_out
+from app.core.deps import SessionDep
 
 PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
@@ -132,11 +134,14 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-async def require_operator(request: Request) -> Operator:
-    """The signed-in operator. Without a session a page read goes to the login form and
-    anything else is refused; a state change must carry the session's CSRF token."""
+async def require_operator(request: Request, session: SessionDep) -> Operator:
+    """The signed-in operator. Without a session (or with one signed out) a page read goes to
+    the login form and anything else is refused; a state change must carry the session's CSRF
+    token."""
     auth = console_auth(request)
     operator = auth.operator(request.cookies.get(SESSION_COOKIE))
+    if operator is not None and await is_signed_out(session, operator):
+        operator = None
     if operator is None:
         if request.method in _SAFE_METHODS:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

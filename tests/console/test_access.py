@@ -10,9 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import select
 
 from app.console.auth import SESSION_COOKIE, ConsoleAuth, build, signing_key
+from app.console.models import ConsoleSignout
 from app.console.web import CONSOLE_MAX_BODY_BYTES
+from app.core.clock import utcnow
 from app.core.config import Settings
 from tests.conftest import ALPHA_KEY, auth, settings_values
 from tests.console.helpers import (
@@ -34,6 +37,13 @@ TASK_ID = "00000000-0000-4000-8000-000000000000"
 @pytest.fixture
 async def gateway(sqlite_database_url: str) -> AsyncIterator[Gateway]:
     async with running_console(sqlite_database_url) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def gateway_on_both(database_url: str) -> AsyncIterator[Gateway]:
+    """For checks that write to the database: SQLite and PostgreSQL."""
+    async with running_console(database_url) as gateway:
         yield gateway
 
 
@@ -193,6 +203,63 @@ async def test_logout_clears_the_cookie(gateway: Gateway) -> None:
     [cleared] = session_cookies(response)
     assert 'imagegen_console="";' in cleared or "max-age=0" in cleared.lower()
     assert (await gateway.client.get("/console")).status_code == 303
+
+
+async def test_a_copy_of_a_signed_out_session_cookie_opens_nothing(
+    gateway_on_both: Gateway,
+) -> None:
+    gateway = gateway_on_both
+    task = await make_task(gateway.sessions)
+    token = await signed_in(gateway.client)
+    copied = gateway.client.cookies.get(SESSION_COOKIE)
+    assert copied
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+    ) as other_browser:
+        await signed_in(other_browser)  # the same operator, another session
+
+        await gateway.client.post("/console/logout", data={"csrf": token})
+        replayed = {"Cookie": f"{SESSION_COOKIE}={copied}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+        ) as thief:
+            page = await thief.get("/console", headers=replayed)
+            image = await thief.get(f"/console/tasks/{task.id}/images/0", headers=replayed)
+            retry = await thief.post(
+                f"/console/tasks/{task.id}/retry", data={"csrf": token}, headers=replayed
+            )
+        still_in = await other_browser.get("/console")
+
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/login")
+    assert image.status_code == 303
+    assert retry.status_code == 403
+    assert (await gateway.task_row(task.id)).redriven_at is None
+    assert still_in.status_code == 200
+
+
+async def test_signed_out_sessions_are_forgotten_once_their_cookies_expired(
+    gateway_on_both: Gateway,
+) -> None:
+    gateway = gateway_on_both
+    async with gateway.sessions() as session:
+        session.add(
+            ConsoleSignout(
+                session_id="long-gone",
+                operator="ops",
+                signed_out_at=utcnow() - timedelta(days=2),
+                expires_at=utcnow() - timedelta(days=1),
+            )
+        )
+        await session.commit()
+    token = await signed_in(gateway.client)
+
+    await gateway.client.post("/console/logout", data={"csrf": token})
+
+    async with gateway.sessions() as session:
+        left = (await session.scalars(select(ConsoleSignout.session_id))).all()
+    assert len(left) == 1
+    assert left[0] != "long-gone"
 
 
 async def test_a_forged_or_tampered_cookie_is_refused(gateway: Gateway) -> None:
