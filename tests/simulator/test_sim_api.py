@@ -187,6 +187,23 @@ async def test_unknown_task_is_404() -> None:
         assert_error(response, 404, "task_not_found", "invalid_request_error")
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/tasks/", "/v1/tasks/task-unified-1-abcdefgh/extra", "/v1/tasks/a/b/c"]
+)
+async def test_a_query_path_without_one_task_id_is_400_in_the_provider_shape(path: str) -> None:
+    async with running(SimulatorConfig()) as (_, client):
+        response = await client.get(path)
+        assert_error(response, 400, "invalid_task_id", "invalid_request_error", "task_id")
+
+
+async def test_unknown_routes_and_methods_answer_in_the_provider_shape() -> None:
+    async with running(SimulatorConfig()) as (_, client):
+        unknown = await client.get("/v1/videos/generations")
+        method = await client.get("/v1/images/generations")
+        assert_error(unknown, 404, "not_found", "invalid_request_error")
+        assert_error(method, 405, "method_not_allowed", "invalid_request_error")
+
+
 @pytest.mark.parametrize("task_id", ["abc", "task-1757156493-imcg5zqt", "TASK-UNIFIED-1-abcdefgh"])
 async def test_foreign_task_id_is_400(task_id: str) -> None:
     async with running(SimulatorConfig()) as (_, client):

@@ -16,9 +16,9 @@ async def test_down_answers_503_to_api_calls_until_lifted() -> None:
     config = SimulatorConfig(faults=SimulatorFaults(down=True))
     async with running(config) as (sim, client):
         created = await client.post(CREATE, json=create_body())
-        assert_error(created, 503, "service_unavailable", "api_error")
+        assert_error(created, 503, "internal_error", "api_error")
         queried = await client.get("/v1/tasks/task-unified-1-abcdefgh")
-        assert_error(queried, 503, "service_unavailable", "api_error")
+        assert_error(queried, 503, "internal_error", "api_error")
         unauthenticated = await client.post(CREATE, json=create_body(), headers={"X": "y"})
         assert unauthenticated.status_code == 503
         assert sim.engine.tasks == {}

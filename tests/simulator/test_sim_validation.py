@@ -189,6 +189,9 @@ def test_count_tokens(text: str, tokens: int) -> None:
         ("172.32.0.1", False),
         ("192.168.0.1", True),
         ("169.254.1.1", True),
+        ("100.64.0.1", True),  # shared address space (carrier-grade NAT): not public
+        ("198.18.0.1", True),  # benchmarking range
+        ("[::ffff:10.0.0.1]", True),
         ("::1", True),
         ("[fd00::1]", True),
         ("8.8.8.8", False),

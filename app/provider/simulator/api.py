@@ -78,13 +78,7 @@ def api_router(engine: Engine) -> APIRouter:
             engine.stats.queries_rejected_500 += 1
             raise errors.internal_error()
         if not task_id.startswith(TASK_ID_PREFIX):
-            raise errors.ApiError(
-                400,
-                "invalid_task_id",
-                f"Task id must start with '{TASK_ID_PREFIX}'",
-                "invalid_request_error",
-                "task_id",
-            )
+            raise errors.invalid_task_id()
         task = engine.tasks.get(task_id)
         if task is None:
             raise errors.not_found(f"Task {task_id} not found")

@@ -6,10 +6,11 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 
 from .api import api_router
 from .engine import Engine
-from .errors import ApiError, api_error_handler
+from .errors import ApiError, api_error_handler, http_error_handler
 from .inspection import inspection_router
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class Simulator:
             lifespan=self._lifespan,
         )
         self.app.add_exception_handler(ApiError, api_error_handler)
+        self.app.add_exception_handler(HTTPException, http_error_handler)
         self.app.include_router(api_router(self.engine))
         self.app.include_router(inspection_router(self.engine))
 

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
 
+from app.provider.types import TASK_ID_PREFIX
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
@@ -56,11 +58,37 @@ def internal_error() -> ApiError:
     return ApiError(500, "internal_error", "Internal server error, please retry", "api_error")
 
 
-def service_unavailable() -> ApiError:
-    """503 during an outage."""
+def invalid_task_id() -> ApiError:
+    """400 for a query whose id is not one of the provider's."""
     return ApiError(
-        503, "service_unavailable", "Service temporarily unavailable, please retry", "api_error"
+        400,
+        "invalid_task_id",
+        f"Task id must start with '{TASK_ID_PREFIX}'",
+        "invalid_request_error",
+        "task_id",
     )
+
+
+def service_unavailable() -> ApiError:
+    """503 during an outage: the provider's table gives 500, 502 and 503 one code."""
+    return ApiError(
+        503, "internal_error", "Service temporarily unavailable, please retry", "api_error"
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The framework's own 404 and 405 (no such route or method) in the provider's shape; a
+    query path whose id is empty or has more segments is an invalid task id."""
+    status = getattr(exc, "status_code", 500)
+    if status == 404 and request.url.path.startswith("/v1/tasks/"):
+        error = invalid_task_id()
+    elif status == 404:
+        error = not_found(f"No route {request.url.path}", code="not_found")
+    elif status == 405:
+        error = ApiError(405, "method_not_allowed", "Method not allowed", "invalid_request_error")
+    else:
+        error = ApiError(status, "invalid_request", str(exc), "invalid_request_error")
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 def not_found(message: str, code: str = "task_not_found") -> ApiError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.core.urls import is_forbidden_address
 from app.provider.types import MAX_CALLBACK_URL_LENGTH, MAX_IMAGE_URLS, MODEL, QUALITIES, SIZES
 
 from .errors import invalid_request
@@ -144,18 +145,7 @@ def is_internal_host(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     address = _parse_ip(host)
-    if address is None:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
+    return address is not None and is_forbidden_address(address)
 
 
 def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
