@@ -250,6 +250,8 @@ async def test_mounted_under_a_prefix_links_use_the_mount_path() -> None:
             assert records[0]["results"] == [url]
             unmounted = await client.get(f"/v1/tasks/{task_id}")
             assert unmounted.status_code == 404
+            without_id = await client.get("/_simulator/v1/tasks/")
+            assert_error(without_id, 400, "invalid_task_id", "invalid_request_error", "task_id")
     finally:
         await simulator.stop()
 

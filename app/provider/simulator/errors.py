@@ -80,7 +80,7 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """The framework's own 404 and 405 (no such route or method) in the provider's shape; a
     query path whose id is empty or has more segments is an invalid task id."""
     status = getattr(exc, "status_code", 500)
-    if status == 404 and request.url.path.startswith("/v1/tasks/"):
+    if status == 404 and "/v1/tasks/" in request.url.path:  # also under a mount prefix
         error = invalid_task_id()
     elif status == 404:
         error = not_found(f"No route {request.url.path}", code="not_found")
