@@ -14,20 +14,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server, behaviour and fault options to `parser`."""
     defaults = SimulatorConfig()
     faults = SimulatorFaults()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    parser.add_argument("--port", type=int, default=8900, help="port to listen on (%(default)s)")
     parser.add_argument("--root-path", default="", help="path prefix behind a proxy")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help="uvicorn's log level (%(default)s)")
     parser.add_argument(
         "--api-key",
         dest="api_keys",
         action="append",
         help=f"accepted Bearer key, repeatable (default {defaults.api_keys[0]})",
     )
-    parser.add_argument("--duration", type=float, default=defaults.duration_seconds)
-    parser.add_argument("--allow-private-callbacks", action="store_true")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default=defaults.image_format)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=defaults.duration_seconds,
+        help="seconds a task takes from pending to its final state (%(default)s)",
+    )
+    parser.add_argument(
+        "--allow-private-callbacks",
+        action="store_true",
+        help="accept http:// and loopback/private callback URLs (local runs; the provider "
+        "refuses them)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of every random choice")
+    parser.add_argument(
+        "--image-format",
+        choices=IMAGE_FORMATS,
+        default=defaults.image_format,
+        help="format of the result images (%(default)s)",
+    )
     parser.add_argument(
         "--image-noise",
         type=float,
@@ -38,18 +53,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fill this fraction of each image's rows with incompressible noise (alone: 1.0); "
         "1024x1024 PNGs are 3 MiB at 1.0 and 2 MiB at 0.667",
     )
-    parser.add_argument("--callback-drop-rate", type=float, default=faults.callback_drop_rate)
-    parser.add_argument("--callback-duplicates", type=int, default=faults.callback_duplicates)
-    parser.add_argument("--stale-after-final", action="store_true")
-    parser.add_argument("--create-429-rate", type=float, default=faults.create_429_rate)
-    parser.add_argument("--create-500-rate", type=float, default=faults.create_500_rate)
-    parser.add_argument("--create-hang-rate", type=float, default=faults.create_hang_rate)
-    parser.add_argument("--create-hang-seconds", type=float, default=faults.create_hang_seconds)
-    parser.add_argument("--query-500-rate", type=float, default=faults.query_500_rate)
-    parser.add_argument("--fail-rate", type=float, default=faults.fail_rate)
-    parser.add_argument("--link-ttl", type=float, default=faults.link_ttl_seconds)
-    parser.add_argument("--file-bytes-per-second", type=float, default=faults.file_bytes_per_second)
-    parser.add_argument("--down", action="store_true")
+    faults_group = parser.add_argument_group("faults (rates are fractions in [0, 1])")
+    add = faults_group.add_argument
+    add(
+        "--callback-drop-rate",
+        type=float,
+        default=faults.callback_drop_rate,
+        help="callbacks never sent at all (%(default)s)",
+    )
+    add(
+        "--callback-duplicates",
+        type=int,
+        default=faults.callback_duplicates,
+        help="copies of each callback, sent concurrently (%(default)s)",
+    )
+    add(
+        "--stale-after-final",
+        action="store_true",
+        help="after the final callback, send a stale 'processing' one",
+    )
+    add(
+        "--create-429-rate",
+        type=float,
+        default=faults.create_429_rate,
+        help="creates answered 429 rate_limit_exceeded (%(default)s)",
+    )
+    add(
+        "--create-500-rate",
+        type=float,
+        default=faults.create_500_rate,
+        help="creates answered 500 internal_error, no task made (%(default)s)",
+    )
+    add(
+        "--create-hang-rate",
+        type=float,
+        default=faults.create_hang_rate,
+        help="creates that make the task, then hold the answer (%(default)s)",
+    )
+    add(
+        "--create-hang-seconds",
+        type=float,
+        default=faults.create_hang_seconds,
+        help="how long a hanging create holds its answer (%(default)s)",
+    )
+    add(
+        "--query-500-rate",
+        type=float,
+        default=faults.query_500_rate,
+        help="task queries answered 500 internal_error (%(default)s)",
+    )
+    add(
+        "--fail-rate",
+        type=float,
+        default=faults.fail_rate,
+        help="tasks that end failed with a provider error code (%(default)s)",
+    )
+    add(
+        "--link-ttl",
+        type=float,
+        default=faults.link_ttl_seconds,
+        help="seconds a result link works after completion (%(default)s: 24 h)",
+    )
+    add(
+        "--file-bytes-per-second",
+        type=float,
+        default=faults.file_bytes_per_second,
+        help="throttle result downloads (0: unthrottled)",
+    )
+    add(
+        "--down", action="store_true", help="answer every create and query 503, as during an outage"
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
