@@ -9,6 +9,34 @@ import uvicorn
 from .app import Simulator
 from .config import IMAGE_FORMATS, SimulatorConfig, SimulatorFaults
 
+# (option, SimulatorFaults field, what it does): every fault the command line can switch on.
+FAULT_OPTIONS = [
+    ("--callback-drop-rate", "callback_drop_rate", "callbacks never sent at all"),
+    ("--callback-duplicates", "callback_duplicates", "copies of each callback, sent concurrently"),
+    (
+        "--stale-after-final",
+        "stale_after_final",
+        "after the final callback, send a stale 'processing' one",
+    ),
+    ("--create-429-rate", "create_429_rate", "creates answered 429 rate_limit_exceeded"),
+    ("--create-500-rate", "create_500_rate", "creates answered 500 internal_error, no task made"),
+    ("--create-hang-rate", "create_hang_rate", "creates that make the task, then hold the answer"),
+    ("--create-hang-seconds", "create_hang_seconds", "how long a hanging create holds its answer"),
+    ("--query-500-rate", "query_500_rate", "task queries answered 500 internal_error"),
+    ("--fail-rate", "fail_rate", "tasks that end failed with a provider error code"),
+    (
+        "--link-ttl",
+        "link_ttl_seconds",
+        "seconds a result link works after completion, 24 h by default",
+    ),
+    (
+        "--file-bytes-per-second",
+        "file_bytes_per_second",
+        "result download speed limit in bytes/s, 0 for none",
+    ),
+    ("--down", "down", "answer every create and query 503, as during an outage"),
+]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server, behaviour and fault options to `parser`."""
@@ -53,94 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fill this fraction of each image's rows with incompressible noise (alone: 1.0); "
         "1024x1024 PNGs are 3 MiB at 1.0 and 2 MiB at 0.667",
     )
-    faults_group = parser.add_argument_group("faults (rates are fractions in [0, 1])")
-    add = faults_group.add_argument
-    add(
-        "--callback-drop-rate",
-        type=float,
-        default=faults.callback_drop_rate,
-        help="callbacks never sent at all (%(default)s)",
-    )
-    add(
-        "--callback-duplicates",
-        type=int,
-        default=faults.callback_duplicates,
-        help="copies of each callback, sent concurrently (%(default)s)",
-    )
-    add(
-        "--stale-after-final",
-        action="store_true",
-        help="after the final callback, send a stale 'processing' one",
-    )
-    add(
-        "--create-429-rate",
-        type=float,
-        default=faults.create_429_rate,
-        help="creates answered 429 rate_limit_exceeded (%(default)s)",
-    )
-    add(
-        "--create-500-rate",
-        type=float,
-        default=faults.create_500_rate,
-        help="creates answered 500 internal_error, no task made (%(default)s)",
-    )
-    add(
-        "--create-hang-rate",
-        type=float,
-        default=faults.create_hang_rate,
-        help="creates that make the task, then hold the answer (%(default)s)",
-    )
-    add(
-        "--create-hang-seconds",
-        type=float,
-        default=faults.create_hang_seconds,
-        help="how long a hanging create holds its answer (%(default)s)",
-    )
-    add(
-        "--query-500-rate",
-        type=float,
-        default=faults.query_500_rate,
-        help="task queries answered 500 internal_error (%(default)s)",
-    )
-    add(
-        "--fail-rate",
-        type=float,
-        default=faults.fail_rate,
-        help="tasks that end failed with a provider error code (%(default)s)",
-    )
-    add(
-        "--link-ttl",
-        type=float,
-        default=faults.link_ttl_seconds,
-        help="seconds a result link works after completion (%(default)s: 24 h)",
-    )
-    add(
-        "--file-bytes-per-second",
-        type=float,
-        default=faults.file_bytes_per_second,
-        help="throttle result downloads (0: unthrottled)",
-    )
-    add(
-        "--down", action="store_true", help="answer every create and query 503, as during an outage"
-    )
+    group = parser.add_argument_group("faults (rates are fractions in [0, 1])")
+    for flag, field, what in FAULT_OPTIONS:
+        default = getattr(faults, field)
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=field, action="store_true", help=what)
+        else:
+            group.add_argument(
+                flag, dest=field, type=type(default), default=default, help=f"{what} (%(default)s)"
+            )
 
 
 def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
     """The configuration the parsed options describe; ValueError on an out-of-range value."""
-    faults = SimulatorFaults(
-        callback_drop_rate=ns.callback_drop_rate,
-        callback_duplicates=ns.callback_duplicates,
-        stale_after_final=ns.stale_after_final,
-        create_429_rate=ns.create_429_rate,
-        create_500_rate=ns.create_500_rate,
-        create_hang_rate=ns.create_hang_rate,
-        create_hang_seconds=ns.create_hang_seconds,
-        query_500_rate=ns.query_500_rate,
-        fail_rate=ns.fail_rate,
-        link_ttl_seconds=ns.link_ttl,
-        file_bytes_per_second=ns.file_bytes_per_second,
-        down=ns.down,
-    )
+    faults = SimulatorFaults(**{field: getattr(ns, field) for _, field, _ in FAULT_OPTIONS})
     return SimulatorConfig(
         api_keys=tuple(ns.api_keys) if ns.api_keys else SimulatorConfig.api_keys,
         duration_seconds=ns.duration,
