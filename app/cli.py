@@ -100,11 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         log_config=None,
         # The client address (the console's sign-in limit) is the connection's peer; forwarded
-        # headers are not trusted from anyone (README, Operator console).
+        # headers are not trusted from anyone (docs/console.md, "Access").
         proxy_headers=False,
         access_log=False,  # request paths carry callback tokens; /metrics has the traffic
         # On SIGTERM: stop accepting, let requests in flight finish for this long; then the
-        # in-process workers get the same grace to finish their jobs (see README).
+        # in-process workers get the same grace to finish their jobs (docs/operations.md).
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds.total_seconds())),
     )
 

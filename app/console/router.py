@@ -102,7 +102,7 @@ async def login(
     """Check an operator key and open a session (unless too many sign-ins failed lately)."""
     auth = _auth(request)
     throttle: LoginThrottle = request.app.state.console_throttle
-    # The peer of the connection: behind a proxy, the proxy's address (README).
+    # The peer of the connection: behind a proxy, the proxy's address (docs/console.md).
     client = request.client.host if request.client is not None else "unknown"
     wait = throttle.retry_after(client)
     if wait is not None:

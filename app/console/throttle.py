@@ -1,5 +1,5 @@
 """A limit on failed console sign-ins: per client address and for the whole process, over a
-sliding window. In memory, so each replica counts its own (see README, Operator console)."""
+sliding window. In memory, so each replica counts its own (see docs/console.md, "Access")."""
 
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def parse_key_pairs(raw: str | None) -> dict[str, str]:
 
 
 class Settings(BaseSettings):
-    """Every knob of the service; see the configuration table in README.md."""
+    """Every knob of the service; documented in docs/configuration.md (tests/docs checks it)."""
 
     model_config = SettingsConfigDict(
         env_prefix="IMAGEGEN_", env_file=".env", extra="ignore", frozen=True
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     poll_after_seconds: Seconds = timedelta(seconds=60)
     run_workers: bool = True
 
-    # Choices of this implementation (documented in README.md).
+    # Choices of this implementation (documented in docs/configuration.md).
     poll_max_wait_seconds: Seconds = timedelta(hours=2)
     submit_max_wait_seconds: Seconds = timedelta(hours=1)
     submit_uncertain_wait_seconds: Seconds = timedelta(minutes=15)
