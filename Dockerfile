@@ -21,6 +21,8 @@ RUN /opt/build-tools/bin/pip install --require-hashes --only-binary=:all: --no-d
         -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
+# The Alembic scripts: the wheel ships them inside the package (app._migrations).
+COPY migrations ./migrations
 # The project itself: a wheel built offline with the pinned backend, installed without
 # dependencies (they are all in the lock), then the installers are removed from the runtime venv.
 RUN /opt/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
@@ -28,7 +30,7 @@ RUN /opt/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /t
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
-# ---- runtime: the virtualenv, the migrations, a non-root user, nothing else ---------------
+# ---- runtime: the virtualenv (migrations included), a non-root user, nothing else ---------
 FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="imagegen-gateway" \
       org.opencontainers.image.description="Gateway in front of EvoLink's gpt-image-1.5 API"
@@ -43,9 +45,6 @@ RUN groupadd --system --gid 10001 gateway \
     && chown 10001:10001 /srv/var
 WORKDIR /srv
 COPY --from=build /opt/venv /opt/venv
-# `imagegen-gateway migrate` finds migrations/ in the working directory.
-COPY alembic.ini ./
-COPY migrations ./migrations
 USER 10001:10001
 EXPOSE 8000
 # /srv/var (the SQLite and file-store defaults) is the one writable path the image prepares; with

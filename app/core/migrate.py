@@ -10,9 +10,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-# Beside the package in a checkout (editable install), or in the working directory of an
-# installed copy (the container image puts it in /srv/migrations).
-_CANDIDATES = (Path(__file__).resolve().parents[2] / "migrations", Path.cwd() / "migrations")
+_PACKAGE = Path(__file__).resolve().parents[1]
+# Inside the installed package (the wheel maps the repository's migrations/ to app._migrations,
+# pyproject.toml), or beside the package in a checkout (editable install); never the working dir.
+_CANDIDATES = (_PACKAGE / "_migrations", _PACKAGE.parent / "migrations")
 
 
 def migrations_dir() -> Path:
@@ -20,7 +21,7 @@ def migrations_dir() -> Path:
     for candidate in _CANDIDATES:
         if (candidate / "env.py").is_file():
             return candidate
-    raise FileNotFoundError("no migrations directory beside the package or in the working dir")
+    raise FileNotFoundError(f"no Alembic scripts in {' or '.join(map(str, _CANDIDATES))}")
 
 
 def alembic_config(database_url: str) -> Config:

@@ -1,5 +1,6 @@
 """The container image's recipe: hadolint-clean, locked dependencies, non-root, health check,
-migrations shipped; the lock files pin every runtime dependency (scripts/lock_requirements.py)."""
+migrations shipped inside the wheel; the lock files pin every runtime dependency
+(scripts/lock_requirements.py)."""
 
 from __future__ import annotations
 
@@ -100,9 +101,19 @@ def test_dockerfile_is_multi_stage_locked_and_non_root() -> None:
     assert "wget" not in healthcheck
     command = 'CMD ["imagegen-gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]'
     assert final[-1] == command
-    assert "COPY alembic.ini ./" in final
-    assert "COPY migrations ./migrations" in final
     assert any(line.startswith("WORKDIR /srv") for line in final)
+
+
+def test_migrations_reach_the_image_inside_the_wheel() -> None:
+    """`imagegen-gateway migrate` finds them in the installed package (app._migrations), so the
+    build stage has them before it builds the wheel and the final stage needs no copy of its own."""
+    build, final = stages(DOCKERFILE.read_text())[-2:]
+    copy = build.index("COPY migrations ./migrations")
+    wheel = next(i for i, line in enumerate(build) if " wheel " in line and "pip" in line)
+    assert copy < wheel
+    for line in final:
+        assert not (line.startswith("COPY ") and "migrations" in line), line
+        assert not (line.startswith("COPY ") and "alembic.ini" in line), line
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -116,7 +127,6 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert allowed == {
         "app",
         "migrations",
-        "alembic.ini",
         "pyproject.toml",
         "README.md",
         "requirements.lock",

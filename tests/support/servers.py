@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +57,27 @@ async def serve_app(app: Any, sock: socket.socket | None = None) -> AsyncIterato
 
 
 class Process:
-    """A console-script subprocess with its output in a file."""
+    """A console-script subprocess with its output in a file.
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    By default the checkout's code (`python -m app.cli` in the repository root); `command` and
+    `cwd` run another copy, e.g. an installed wheel's `imagegen-gateway` from elsewhere."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "app.cli"),
+        cwd: Path = ROOT,
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = log_path.open("ab")
         full_env = {**os.environ, **env}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=ROOT,
+            [*command, *args],
+            cwd=cwd,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

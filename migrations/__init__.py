@@ -1,0 +1,1 @@
+"""The Alembic scripts; the wheel ships them as the package app._migrations (pyproject.toml)."""
