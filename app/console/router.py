@@ -58,6 +58,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console_auth = console_auth.build(settings)
     if app.state.console_auth is None:
         return
+    if settings.console_secret is None or not settings.console_secret.get_secret_value():
+        log.warning(
+            "IMAGEGEN_CONSOLE_SECRET is not set: console sessions are signed with a random key "
+            "of this process, so they end when it restarts and no other process accepts them"
+        )
     app.state.console_throttle = LoginThrottle()
     app.include_router(router)
     app.include_router(tasks_router)
