@@ -52,7 +52,12 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret this process knows, to be masked in its logs."""
     values = [
         secret.get_secret_value()
-        for secret in (settings.provider_api_key, settings.callback_secret, settings.notify_secret)
+        for secret in (
+            settings.provider_api_key,
+            settings.callback_secret,
+            settings.console_secret,
+            settings.notify_secret,
+        )
         if secret is not None
     ]
     values += list(settings.callers) + list(settings.operators)

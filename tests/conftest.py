@@ -14,6 +14,7 @@ from tests.support.s3 import S3Server, running_s3
 ALPHA_KEY = "alpha-key-0123456789abcdef"
 BETA_KEY = "beta-key-0123456789abcdef"
 CALLBACK_SECRET = "test-callback-secret-0123456789abcdefghij"
+CONSOLE_SECRET = "test-console-secret-0123456789abcdefghijk"
 SIMULATOR_KEY = "sk-evo-simulator"
 NOTIFY_SECRET = "whsec_aW1hZ2VnZW4tdGVzdHMtbm90aWZ5LXNlY3JldC0zMmI="
 
@@ -79,6 +80,7 @@ def settings_values(
         "provider_api_key": SIMULATOR_KEY,
         "public_base_url": public_base_url,
         "callback_secret": CALLBACK_SECRET,
+        "console_secret": CONSOLE_SECRET,
         "api_keys": f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
         "notify_secret": NOTIFY_SECRET,
         "allow_private_networks": True,

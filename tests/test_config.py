@@ -22,6 +22,9 @@ VALID: dict[str, str] = {
     "IMAGEGEN_CALLBACK_SECRET": "a" * 40,
     "IMAGEGEN_API_KEYS": "svc:svc-key-0123456789abcdef",
 }
+OPERATOR_KEYS = "ops:ops-key-0123456789abcdef"
+CONSOLE_SECRET = "c" * 32
+SIMULATOR = {"IMAGEGEN_PROVIDER": "simulator"}
 
 
 def problem(monkeypatch: pytest.MonkeyPatch, **env: str | None) -> str:
@@ -41,6 +44,36 @@ CASES: list[tuple[str, dict[str, str | None], str]] = [
     ("no public base url", {"IMAGEGEN_PUBLIC_BASE_URL": None}, "IMAGEGEN_PUBLIC_BASE_URL"),
     ("no callback secret", {"IMAGEGEN_CALLBACK_SECRET": None}, "IMAGEGEN_CALLBACK_SECRET"),
     ("empty callback secret", {"IMAGEGEN_CALLBACK_SECRET": ""}, "IMAGEGEN_CALLBACK_SECRET"),
+    (
+        "short callback secret",
+        {"IMAGEGEN_CALLBACK_SECRET": "a" * 31},
+        "IMAGEGEN_CALLBACK_SECRET: must be at least 32 characters",
+    ),
+    (
+        "placeholder callback secret",
+        {"IMAGEGEN_CALLBACK_SECRET": "CHANGEME"},
+        "IMAGEGEN_CALLBACK_SECRET: must be at least 32 characters",
+    ),
+    (
+        "operators without a console secret",
+        {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS},
+        "IMAGEGEN_CONSOLE_SECRET: required when IMAGEGEN_OPERATOR_KEYS is set",
+    ),
+    (
+        "operators with an empty console secret",
+        {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS, "IMAGEGEN_CONSOLE_SECRET": ""},
+        "IMAGEGEN_CONSOLE_SECRET: required when IMAGEGEN_OPERATOR_KEYS is set",
+    ),
+    (
+        "short console secret",
+        {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS, "IMAGEGEN_CONSOLE_SECRET": "c" * 31},
+        "IMAGEGEN_CONSOLE_SECRET: must be at least 32 characters",
+    ),
+    (
+        "short console secret without operators",
+        {"IMAGEGEN_CONSOLE_SECRET": "console-secret"},
+        "IMAGEGEN_CONSOLE_SECRET: must be at least 32 characters",
+    ),
     (
         "http public base url",
         {"IMAGEGEN_PUBLIC_BASE_URL": "http://gateway.example.com"},
@@ -121,6 +154,34 @@ def test_valid_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.storage_url == "file://./var/images"
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS, "IMAGEGEN_CONSOLE_SECRET": CONSOLE_SECRET},
+        {"IMAGEGEN_CALLBACK_SECRET": "a" * 32},
+        SIMULATOR | {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS, "IMAGEGEN_CALLBACK_SECRET": None},
+        SIMULATOR | {"IMAGEGEN_CALLBACK_SECRET": "short", "IMAGEGEN_CONSOLE_SECRET": "short"},
+    ],
+    ids=[
+        "operators and a console secret",
+        "secret of exactly 32",
+        "simulator: operators without a console secret",
+        "simulator: short secrets",
+    ],
+)
+def test_console_and_callback_secrets_that_load(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None]
+) -> None:
+    for key, value in (VALID | env).items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+
+    settings = Settings(_env_file=None)
+
+    secret = settings.console_secret.get_secret_value() if settings.console_secret else None
+    assert secret == env.get("IMAGEGEN_CONSOLE_SECRET")
+
+
 WEAK: list[tuple[str, dict[str, str], str]] = [
     (
         "short api keys",
@@ -129,18 +190,28 @@ WEAK: list[tuple[str, dict[str, str], str]] = [
     ),
     (
         "short operator key",
-        {"IMAGEGEN_OPERATOR_KEYS": "ops:ops-key"},
+        {"IMAGEGEN_OPERATOR_KEYS": "ops:ops-key", "IMAGEGEN_CONSOLE_SECRET": CONSOLE_SECRET},
         "IMAGEGEN_OPERATOR_KEYS: the keys of ops are shorter than 16 characters",
     ),
     (
-        "short callback secret",
-        {"IMAGEGEN_CALLBACK_SECRET": "test-secret"},
+        "simulator: short callback secret",
+        SIMULATOR | {"IMAGEGEN_CALLBACK_SECRET": "test-secret"},
         "IMAGEGEN_CALLBACK_SECRET: use at least 32 random characters",
     ),
     (
-        "placeholder callback secret",
-        {"IMAGEGEN_CALLBACK_SECRET": "CHANGEME"},
+        "simulator: placeholder callback secret",
+        SIMULATOR | {"IMAGEGEN_CALLBACK_SECRET": "CHANGEME"},
         "IMAGEGEN_CALLBACK_SECRET: use at least 32 random characters",
+    ),
+    (
+        "simulator: short console secret",
+        SIMULATOR | {"IMAGEGEN_CONSOLE_SECRET": "console-secret"},
+        "IMAGEGEN_CONSOLE_SECRET: use at least 32 random characters",
+    ),
+    (
+        "console secret the same as the callback secret",
+        {"IMAGEGEN_CONSOLE_SECRET": "a" * 40},
+        "IMAGEGEN_CONSOLE_SECRET: the same as IMAGEGEN_CALLBACK_SECRET",
     ),
     (
         "short notify secret",
@@ -154,7 +225,8 @@ WEAK: list[tuple[str, dict[str, str], str]] = [
 def test_weak_keys_and_secrets_work_and_are_reported(
     monkeypatch: pytest.MonkeyPatch, case: str, env: dict[str, str], line: str
 ) -> None:
-    # CONTRACT.md sets no minimum length: such a configuration runs, and says what is weak.
+    # Such a configuration runs, and says what is weak (with evolink a short callback or console
+    # secret stops it instead, see CASES).
     for key, value in (VALID | env).items():
         monkeypatch.setenv(key, value)
 
@@ -168,7 +240,8 @@ def test_strong_keys_and_secrets_report_nothing(monkeypatch: pytest.MonkeyPatch)
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("IMAGEGEN_NOTIFY_SECRET", "whsec_" + "A" * 32)
-    monkeypatch.setenv("IMAGEGEN_OPERATOR_KEYS", "ops:ops-key-0123456789abcdef")
+    monkeypatch.setenv("IMAGEGEN_OPERATOR_KEYS", OPERATOR_KEYS)
+    monkeypatch.setenv("IMAGEGEN_CONSOLE_SECRET", CONSOLE_SECRET)
 
     assert Settings(_env_file=None).weaknesses() == []
 
@@ -247,8 +320,22 @@ def run_cli(args: list[str], env: dict[str, Any], cwd: Path) -> subprocess.Compl
         ({k: v for k, v in VALID.items() if k != "IMAGEGEN_PROVIDER_API_KEY"}, "PROVIDER_API_KEY"),
         (VALID | {"IMAGEGEN_STORAGE_URL": "nfs://share"}, "IMAGEGEN_STORAGE_URL"),
         ({k: v for k, v in VALID.items() if k != "IMAGEGEN_API_KEYS"}, "IMAGEGEN_API_KEYS"),
+        (VALID | {"IMAGEGEN_CALLBACK_SECRET": "a" * 31}, "IMAGEGEN_CALLBACK_SECRET"),
+        (VALID | {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS}, "IMAGEGEN_CONSOLE_SECRET"),
+        (
+            VALID | {"IMAGEGEN_OPERATOR_KEYS": OPERATOR_KEYS, "IMAGEGEN_CONSOLE_SECRET": "short"},
+            "IMAGEGEN_CONSOLE_SECRET",
+        ),
     ],
-    ids=["http base url", "missing provider key", "unknown storage", "no caller keys"],
+    ids=[
+        "http base url",
+        "missing provider key",
+        "unknown storage",
+        "no caller keys",
+        "short callback secret",
+        "operators without a console secret",
+        "short console secret",
+    ],
 )
 def test_serve_refuses_to_start_with_one_clear_line(
     tmp_path: Path, env: dict[str, str], variable: str
@@ -273,6 +360,7 @@ def test_a_dotenv_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
 
 def test_a_weak_configuration_starts_and_logs_each_weakness_once(tmp_path: Path) -> None:
     env = VALID | {
+        "IMAGEGEN_PROVIDER": "simulator",  # with evolink a short callback secret stops it
         "IMAGEGEN_API_KEYS": "alice:alice-key",
         "IMAGEGEN_CALLBACK_SECRET": "test-secret",
         "IMAGEGEN_DATABASE_URL": f"sqlite:///{tmp_path}/gateway.db",

@@ -28,14 +28,18 @@ FLASH_MAX_AGE = timedelta(minutes=1)
 _KDF_LABEL = b"imagegen-console-v1"
 
 
+# Without IMAGEGEN_CONSOLE_SECRET (simulator mode only; the settings require it with evolink):
+# a random key of this process, so sessions end when it restarts (logged at start).
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
 def signing_key(settings: Settings) -> bytes:
-    """The key that signs console cookies: derived from IMAGEGEN_CALLBACK_SECRET when it is set
-    (the same on every replica), else from the operator keys themselves."""
-    if settings.callback_secret is not None:
-        root = settings.callback_secret.get_secret_value().encode()
+    """The key that signs console cookies: derived from IMAGEGEN_CONSOLE_SECRET (the same on
+    every replica), else random for this process."""
+    if settings.console_secret is not None and settings.console_secret.get_secret_value():
+        root = settings.console_secret.get_secret_value().encode()
     else:
-        pairs = sorted(f"{name}:{key}" for key, name in settings.operators.items())
-        root = hashlib.sha256("\n".join(pairs).encode()).digest()
+        root = _PROCESS_KEY
     return hmac.new(root, _KDF_LABEL, hashlib.sha256).digest()
 
 

@@ -58,6 +58,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console_auth = console_auth.build(settings)
     if app.state.console_auth is None:
         return
+    if settings.console_secret is None or not settings.console_secret.get_secret_value():
+        log.warning(
+            "IMAGEGEN_CONSOLE_SECRET is not set: console sessions are signed with a random key "
+            "of this process, so they end when it restarts and no other process accepts them"
+        )
     app.state.console_throttle = LoginThrottle()
     app.include_router(router)
     app.include_router(tasks_router)
@@ -99,7 +104,8 @@ async def login(
     csrf: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    """Check an operator key and open a session (unless too many sign-ins failed lately)."""
+    """Check an operator key and open a session (unless this address failed too often lately;
+    while many addresses do, every attempt is slowed down but a right key still signs in)."""
     auth = _auth(request)
     throttle: LoginThrottle = request.app.state.console_throttle
     # The peer of the connection: behind a proxy, the proxy's address (docs/console.md).
@@ -111,11 +117,23 @@ async def login(
         return _login_form(
             request, 403, "The form expired or did not come from this page; try again.", next
         )
+    if await throttle.slow_down():
+        # Other attempts of this address may have failed during the wait: checked again, with no
+        # wait from here to counting this one, so an address never gets more than its limit.
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            return _throttled(request, wait)
     session = auth.login(key) if key else None
     if session is None:
+        attacked = throttle.overall_retry_after() is not None
         throttle.failed(client)
         if throttle.retry_after(client) is not None:
             log.warning("console sign-ins throttled", extra={"client": client})
+        overall_wait = throttle.overall_retry_after()
+        if overall_wait is not None:
+            if not attacked:
+                log.warning("console sign-ins slowed down: too many failures from all addresses")
+            return _slowed(request, overall_wait, throttle.delay, next)
         return _login_form(request, 401, "Wrong key: that is not an operator key.", next)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
@@ -131,18 +149,34 @@ async def login(
     return response
 
 
-def _throttled(request: Request, wait: int) -> Response:
+def _in_minutes(wait: int) -> str:
     minutes = max(1, round(wait / 60))
+    return f"{minutes} minute{'s' if minutes > 1 else ''} ({wait} s)"
+
+
+def _throttled(request: Request, wait: int) -> Response:
     response = render(
         request,
         "error.html",
         429,
         status=429,
         message=(
-            "Too many failed sign-ins: the key was not checked. "
-            f"Try again in {minutes} minute{'s' if minutes > 1 else ''} ({wait} s)."
+            "Too many failed sign-ins from this address: the key was not checked. "
+            f"Try again in {_in_minutes(wait)}."
         ),
     )
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _slowed(request: Request, wait: int, delay: float, target: str) -> Response:
+    """A wrong key while many addresses fail: the form again (a right key still signs in)."""
+    message = (
+        "Wrong key: that is not an operator key. Many sign-ins failed lately from all addresses "
+        f"together: for the next {_in_minutes(wait)} every attempt waits {delay:g} s, and an "
+        "operator key still signs in."
+    )
+    response = _login_form(request, 429, message, target)
     response.headers["Retry-After"] = str(wait)
     return response
 

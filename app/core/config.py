@@ -29,9 +29,10 @@ DATABASE_SCHEME_ALIASES = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
 }
-# Below these, a key or secret is accepted but reported at start (`Settings.weaknesses`).
+# Below these, a key or secret is accepted but reported at start (`Settings.weaknesses`); with
+# evolink a callback or console secret shorter than MIN_SECRET_LENGTH stops the process.
 MIN_KEY_LENGTH = 16
-MIN_CALLBACK_SECRET_LENGTH = 32
+MIN_SECRET_LENGTH = 32
 MIN_NOTIFY_SECRET_BYTES = 24
 # Values that look like someone forgot to set a real secret.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     notify_secret: SecretStr | None = None
     operator_keys: SecretStr | None = None
+    console_secret: SecretStr | None = None
     allow_private_networks: bool = False
     poll_after_seconds: Seconds = timedelta(seconds=60)
     run_workers: bool = True
@@ -188,6 +190,18 @@ class Settings(BaseSettings):
             _require(self.provider_api_key, "IMAGEGEN_PROVIDER_API_KEY")
             _require(self.public_base_url, "IMAGEGEN_PUBLIC_BASE_URL")
             _require(self.callback_secret, "IMAGEGEN_CALLBACK_SECRET")
+            if self.operators:
+                _require(
+                    self.console_secret,
+                    "IMAGEGEN_CONSOLE_SECRET",
+                    "required when IMAGEGEN_OPERATOR_KEYS is set with IMAGEGEN_PROVIDER=evolink",
+                )
+            for variable, secret in self._secrets():
+                if len(secret) < MIN_SECRET_LENGTH:
+                    raise ValueError(
+                        f"{variable}: must be at least {MIN_SECRET_LENGTH} characters with "
+                        "IMAGEGEN_PROVIDER=evolink; use random ones (openssl rand -base64 48)"
+                    )
         if self.public_base_url is not None:
             try:
                 check_outbound_url(
@@ -209,7 +223,8 @@ class Settings(BaseSettings):
 
     def weaknesses(self) -> list[str]:
         """Keys and secrets that work but are easy to guess: one line each, naming the variable,
-        for the operator (logged at start; CONTRACT.md sets no minimum, so they do not stop it)."""
+        for the operator (logged at start; they do not stop it, except the callback and console
+        secrets with evolink, see `_coherent`)."""
         found: list[str] = []
         for variable, pairs in (
             ("IMAGEGEN_API_KEYS", self.callers),
@@ -221,13 +236,14 @@ class Settings(BaseSettings):
                     f"{variable}: the keys of {', '.join(short)} are shorter than "
                     f"{MIN_KEY_LENGTH} characters; use long random keys"
                 )
-        if self.callback_secret is not None:
-            secret = self.callback_secret.get_secret_value()
-            if len(secret) < MIN_CALLBACK_SECRET_LENGTH or secret.lower() in PLACEHOLDER_SECRETS:
-                found.append(
-                    f"IMAGEGEN_CALLBACK_SECRET: use at least {MIN_CALLBACK_SECRET_LENGTH} "
-                    "random characters"
-                )
+        for variable, secret in self._secrets():
+            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in PLACEHOLDER_SECRETS:
+                found.append(f"{variable}: use at least {MIN_SECRET_LENGTH} random characters")
+        if self.console_secret is not None and self.console_secret == self.callback_secret:
+            found.append(
+                "IMAGEGEN_CONSOLE_SECRET: the same as IMAGEGEN_CALLBACK_SECRET; give the console "
+                "a secret of its own (its cookies would let visitors test guesses of both)"
+            )
         if self.notify_secret is not None:
             raw = self.notify_secret.get_secret_value().removeprefix("whsec_")
             if len(base64.b64decode(raw)) < MIN_NOTIFY_SECRET_BYTES:
@@ -236,6 +252,17 @@ class Settings(BaseSettings):
                     "bytes after whsec_ (Standard Webhooks suggests 24 to 64)"
                 )
         return found
+
+    def _secrets(self) -> list[tuple[str, str]]:
+        """(variable, value) of the callback and console secrets that are set (not empty)."""
+        return [
+            (variable, secret.get_secret_value())
+            for variable, secret in (
+                ("IMAGEGEN_CALLBACK_SECRET", self.callback_secret),
+                ("IMAGEGEN_CONSOLE_SECRET", self.console_secret),
+            )
+            if secret is not None and secret.get_secret_value()
+        ]
 
     @property
     def callers(self) -> dict[str, str]:
@@ -260,9 +287,11 @@ class Settings(BaseSettings):
         return SIMULATOR_CALLBACK_SECRET.encode()
 
 
-def _require(value: object, variable: str) -> None:
+def _require(
+    value: object, variable: str, why: str = "required when IMAGEGEN_PROVIDER=evolink"
+) -> None:
     if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
-        raise ValueError(f"{variable}: required when IMAGEGEN_PROVIDER=evolink")
+        raise ValueError(f"{variable}: {why}")
 
 
 _FIELD_TO_VARIABLE = {name: f"IMAGEGEN_{name.upper()}" for name in Settings.model_fields}

@@ -3,23 +3,27 @@ caller keys do not open it and its cookie does not open the caller API."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
 
-from app.console.auth import SESSION_COOKIE, ConsoleAuth, build, signing_key
+from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth, build, signing_key
 from app.console.models import ConsoleSignout
 from app.console.web import CONSOLE_MAX_BODY_BYTES
 from app.core.clock import utcnow
 from app.core.config import Settings
-from tests.conftest import ALPHA_KEY, auth, settings_values
+from tests.conftest import ALPHA_KEY, CALLBACK_SECRET, auth, settings_values
 from tests.console.helpers import (
     OPERATOR_KEY,
+    OPERATORS,
     OTHER_OPERATOR_KEY,
     console_settings,
     csrf_of,
@@ -284,6 +288,81 @@ async def test_a_forged_or_tampered_cookie_is_refused(gateway: Gateway) -> None:
         gateway.client.cookies.set(SESSION_COOKIE, value)
         response = await gateway.client.get("/console")
         assert response.status_code == 303, value
+
+
+def derived(root: bytes) -> bytes:
+    """A cookie key derived from `root` the way the console derives its own."""
+    return hmac.new(root, b"imagegen-console-v1", hashlib.sha256).digest()
+
+
+def signs(key: bytes, cookie: str | None, salt: str) -> bool:
+    """Whether `cookie` verifies with `key`: then it can be used to test guesses of `key`."""
+    try:
+        URLSafeTimedSerializer(key, salt=salt).loads(cookie or "")
+    except BadSignature:
+        return False
+    return True
+
+
+async def test_cookies_are_not_signed_with_a_key_of_the_callback_secret(gateway: Gateway) -> None:
+    """Every visitor gets a login cookie: it must not let anyone test guesses of the secret that
+    derives the callback tokens."""
+    await gateway.client.get("/console/login")
+    login_cookie = gateway.client.cookies.get(LOGIN_COOKIE)
+    callback_key = derived(CALLBACK_SECRET.encode())
+    settings: Settings = gateway.app.state.settings
+    forged = ConsoleAuth(settings.operators, callback_key, secure=False).login(OPERATOR_KEY)
+
+    gateway.client.cookies.set(SESSION_COOKIE, forged or "")
+    response = await gateway.client.get("/console")
+
+    assert login_cookie
+    assert not signs(callback_key, login_cookie, "imagegen-console-login")
+    assert response.status_code == 303  # the forged session opens nothing
+
+
+async def test_sessions_follow_the_console_secret_and_not_the_callback_secret(
+    sqlite_database_url: str,
+) -> None:
+    async with running_console(sqlite_database_url) as first:
+        await signed_in(first.client)
+        cookie = first.client.cookies.get(SESSION_COOKIE) or ""
+    other_callback = "another-callback-secret-0123456789abcdefgh"
+    other_console = "another-console-secret-0123456789abcdefghi"
+
+    async with running_console(sqlite_database_url, callback_secret=other_callback) as replica:
+        replica.client.cookies.set(SESSION_COOKIE, cookie)
+        same_console_secret = await replica.client.get("/console")
+    async with running_console(sqlite_database_url, console_secret=other_console) as stranger:
+        stranger.client.cookies.set(SESSION_COOKIE, cookie)
+        same_callback_secret = await stranger.client.get("/console")
+
+    assert same_console_secret.status_code == 200
+    assert same_callback_secret.status_code == 303
+
+
+async def test_without_a_console_secret_in_simulator_mode_the_key_is_random_and_logged(
+    sqlite_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = console_settings(
+        sqlite_database_url, provider="simulator", callback_secret=None, console_secret=None
+    )
+    pairs = "\n".join(sorted(OPERATORS.split(",")))  # the name:key pairs
+    from_operator_keys = derived(hashlib.sha256(pairs.encode()).digest())
+
+    with caplog.at_level(logging.WARNING, logger="app.console.router"):
+        async with running_gateway(settings) as gateway:
+            await signed_in(gateway.client)
+            gateway.client.cookies.clear()
+            await gateway.client.get("/console/login")
+            login_cookie = gateway.client.cookies.get(LOGIN_COOKIE)
+
+    assert login_cookie
+    assert not signs(from_operator_keys, login_cookie, "imagegen-console-login")
+    assert [record.getMessage() for record in caplog.records] == [
+        "IMAGEGEN_CONSOLE_SECRET is not set: console sessions are signed with a random key of "
+        "this process, so they end when it restarts and no other process accepts them"
+    ]
 
 
 class _Yesterday(TimestampSigner):

@@ -37,6 +37,7 @@ CONTRACT_VARIABLES = (
     "IMAGEGEN_ALLOW_PRIVATE_NETWORKS",
     "IMAGEGEN_POLL_AFTER_SECONDS",
     "IMAGEGEN_RUN_WORKERS",
+    "IMAGEGEN_CONSOLE_SECRET",
 )
 # Values that must come from a Secret: every SecretStr setting, the database URL (it carries the
 # password) and the static cloud credentials.
@@ -220,6 +221,7 @@ def test_gateway_containers_get_what_they_need(docs: list[Manifest]) -> None:
     api = env_sources(docs, container(docs, "Deployment", "api"))
     assert "IMAGEGEN_API_KEYS" in api
     assert "IMAGEGEN_OPERATOR_KEYS" in api
+    assert "IMAGEGEN_CONSOLE_SECRET" in api  # required with operators and evolink
 
 
 def test_api_runs_without_workers_and_the_worker_runs_them(docs: list[Manifest]) -> None:
@@ -415,3 +417,11 @@ def test_compose_is_a_production_like_stack() -> None:
         assert services[name]["read_only"] is True
         assert services[name]["cap_drop"] == ["ALL"]
     assert "command" not in api, "the API runs the image's default command"
+    for name in ("migrate", "api", "worker"):  # each container's configuration loads
+        env = services[name]["environment"]
+        values: dict[str, Any] = {
+            key.removeprefix("IMAGEGEN_").lower(): value
+            for key, value in env.items()
+            if key.startswith("IMAGEGEN_")
+        }
+        Settings(_env_file=None, **values)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.callbacks.tokens import callback_token
 from app.core.db import create_engine, create_sessionmaker
 from app.tasks.models import Task
-from tests.conftest import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, auth
+from tests.conftest import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, CONSOLE_SECRET, auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.support.s3 import BUCKET, SECRET, S3Server
 from tests.support.servers import free_port, wait_until_up
@@ -135,6 +135,7 @@ async def test_no_secret_reaches_any_log_line(
         PROVIDER_KEY,
         OPERATOR_KEY,
         CALLBACK_SECRET,
+        CONSOLE_SECRET,
         NOTIFY_SECRET,
         NOTIFY_SECRET.removeprefix("whsec_"),
         SECRET,  # the S3 secret access key
