@@ -93,10 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     if settings.provider == "simulator" and settings.public_base_url is None:
+        # The demo: the built-in simulator calls back where this process listens. Only its own
+        # callbacks and result links go there; callers' notify_url and other downloads keep the
+        # private-address refusal (IMAGEGEN_ALLOW_PRIVATE_NETWORKS is left as it is).
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
-        settings = load_settings(
-            public_base_url=f"http://{host}:{args.port}", allow_private_networks=True
-        )
+        settings = load_settings(public_base_url=f"http://{host}:{args.port}")
     if not settings.callers:
         _fail("IMAGEGEN_API_KEYS: no caller keys configured; every /v1 request would be refused")
     uvicorn.run(

@@ -73,7 +73,11 @@ def create_app(settings: Settings) -> FastAPI:
         from app.provider.simulator.app import Simulator
         from app.provider.simulator.config import SimulatorConfig
 
-        simulator = Simulator(SimulatorConfig(allow_private_callbacks=True))
+        # Its callbacks go to this service's own base URL and nowhere else.
+        config = SimulatorConfig(
+            allow_private_callbacks=True, callback_base_url=settings.public_base_url
+        )
+        simulator = Simulator(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.archive.fetch import FetchPolicy, create_fetch_client
-from app.archive.service import ArchiveContext, Archiver
+from app.archive.service import ArchiveContext, Archiver, OwnImages
 from app.archive.store import ObjectStore
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -65,6 +65,18 @@ class Runtime:
         fetcher = create_fetch_client(policy)
         store = ObjectStore.from_url(settings.storage_url)
         base_url, api_key = provider_origin(settings)
+        own_images = None
+        if settings.provider == "simulator":
+            # The built-in simulator's result links point back into this service: they alone get
+            # a client that may reach its (loopback) origin, one that follows no redirect.
+            own_policy = FetchPolicy(
+                allow_private=True, max_bytes=settings.max_image_bytes, max_redirects=0
+            )
+            own_images = OwnImages(
+                prefix=f"{base_url}/files/",
+                fetcher=create_fetch_client(own_policy),
+                policy=own_policy,
+            )
         provider = EvolinkClient(
             http, base_url, api_key, create_read_timeout=settings.provider_create_timeout_seconds
         )
@@ -82,7 +94,12 @@ class Runtime:
                 callback_base_url=settings.public_base_url or "",
             ),
             archive=ArchiveContext(
-                sessions=sessions, settings=settings, store=store, fetcher=fetcher, policy=policy
+                sessions=sessions,
+                settings=settings,
+                store=store,
+                fetcher=fetcher,
+                policy=policy,
+                own_images=own_images,
             ),
             notify=NotifyContext(
                 sessions=sessions, settings=settings, client=create_notify_client(settings)
@@ -107,6 +124,8 @@ class Runtime:
     async def close(self) -> None:
         """Close clients and connections."""
         await self.fetcher.aclose()
+        if self.archive.own_images is not None:
+            await self.archive.own_images.fetcher.aclose()
         await self.notify.client.aclose()
         await self.http.aclose()
         await self.engine.dispose()

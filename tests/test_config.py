@@ -289,6 +289,23 @@ def test_private_base_url_is_allowed_for_development(monkeypatch: pytest.MonkeyP
     assert settings.public_base_url == "http://127.0.0.1:8000"
 
 
+def test_with_the_built_in_simulator_a_loopback_base_url_allows_no_private_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the built-in simulator calls that URL; callers' URLs keep the refusal."""
+    for key in [k for k in os.environ if k.startswith("IMAGEGEN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("IMAGEGEN_PROVIDER", "simulator")
+    monkeypatch.setenv("IMAGEGEN_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.public_base_url == "http://127.0.0.1:8000"
+    assert settings.allow_private_networks is False
+    message = problem(monkeypatch, IMAGEGEN_PUBLIC_BASE_URL="http://127.0.0.1:8000")
+    assert message.startswith("configuration error: IMAGEGEN_PUBLIC_BASE_URL must use https")
+
+
 def test_secrets_do_not_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)

@@ -67,6 +67,10 @@ class RefusedUrl(FetchError):
     permanent = True
 
 
+class ForbiddenAddress(RefusedUrl):
+    """Every address the host resolves to is one the policy forbids (the reason names them)."""
+
+
 class LinkGone(FetchError):
     """The link answered 404 or 410."""
 
@@ -155,7 +159,7 @@ class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
         allowed = [a for a in found if self._allow_private or not is_forbidden_address(a)]
         if not allowed:
             listed = ", ".join(str(a) for a in found)
-            raise RefusedUrl(f"{host} resolves only to forbidden addresses ({listed})")
+            raise ForbiddenAddress(f"{host} resolves only to forbidden addresses ({listed})")
         return allowed
 
     async def _connect_first(

@@ -31,6 +31,7 @@ from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.urls import is_under
 from app.tasks import events, repository, service
 from app.tasks.events import EventKind
 from app.tasks.models import Task
@@ -51,6 +52,17 @@ def image_key(task_id: str, index: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnImages:
+    """Result links into this very service (the built-in simulator's files): the one place a
+    download may reach the service's own, usually loopback, origin, through a client of its own
+    that follows no redirect. Every other link goes through the generic fetcher and policy."""
+
+    prefix: str  # e.g. http://127.0.0.1:8000/_simulator/files/
+    fetcher: httpx.AsyncClient
+    policy: FetchPolicy
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveContext:
     """What the archive job needs."""
 
@@ -62,6 +74,14 @@ class ArchiveContext:
     retry: RetryStrategy = field(
         default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
     )
+    own_images: OwnImages | None = None
+
+    def source(self, url: str) -> tuple[httpx.AsyncClient, FetchPolicy]:
+        """The client and policy that download `url`."""
+        own = self.own_images
+        if own is not None and is_under(url, own.prefix):
+            return own.fetcher, own.policy
+        return self.fetcher, self.policy
 
 
 def upstream_completed_at(task: Task) -> datetime:
@@ -131,11 +151,12 @@ class Archiver:
     async def _copy(self, task: Task, index: int, url: str, keeper: BodyKeeper) -> ImageInfo:
         """Stream the image at `url` to its key; `keeper` keeps the body when it is small."""
         key = image_key(task.id, index)
+        fetcher, policy = self._ctx.source(url)
         started = time.perf_counter()
         try:
             # One attempt may not hold a worker forever, however slowly the link drips.
             async with asyncio.timeout(COPY_TIMEOUT.total_seconds()):
-                async with open_image(self._ctx.fetcher, url, self._ctx.policy) as download:
+                async with open_image(fetcher, url, policy) as download:
                     await self._ctx.store.put_stream(
                         key, keeper.tee(download.chunks()), content_type=download.content_type
                     )

@@ -27,6 +27,7 @@ class Line:
     summary: str
     outcome: str | None = None
     message: str | None = None
+    operator_message: str | None = None  # what the caller's view of the line leaves out
     duplicate: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
     order: int = 0  # ties: creation first, then events in id order, then deliveries
@@ -65,6 +66,7 @@ def _event_line(event: TaskEvent) -> Line:
         summary=f"{summary} [{event.source}]" if event.source != event.kind else summary,
         outcome=event.outcome,
         message=event.message,
+        operator_message=event.operator_message,
         detail={key: value for key, value in detail.items() if value is not None},
         order=1,
     )

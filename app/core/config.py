@@ -203,10 +203,12 @@ class Settings(BaseSettings):
                         "IMAGEGEN_PROVIDER=evolink; use random ones (openssl rand -base64 48)"
                     )
         if self.public_base_url is not None:
+            # With the built-in simulator only the service itself calls this URL back.
+            own_only = self.provider == "simulator"
             try:
                 check_outbound_url(
                     self.public_base_url,
-                    allow_private=self.allow_private_networks,
+                    allow_private=self.allow_private_networks or own_only,
                     what="IMAGEGEN_PUBLIC_BASE_URL",
                 )
             except UrlPolicyError as exc:

@@ -7,6 +7,8 @@ import re
 import socket
 from urllib.parse import urlsplit
 
+import httpx
+
 
 class UrlPolicyError(ValueError):
     """A URL the service must not use."""
@@ -80,3 +82,20 @@ def check_outbound_url(url: str, *, allow_private: bool, what: str = "URL") -> s
     if address is not None and is_forbidden_address(address):
         raise UrlPolicyError(f"{what} points to a private or internal address")
     return url
+
+
+def is_under(url: str, base: str) -> bool:
+    """Whether `url` lies at or below `base` (an absolute http(s) URL): the same scheme, host and
+    port, no credentials, and a path inside the base's, compared after parsing (dot segments
+    resolved), so neither `http://base@elsewhere` nor `/base/../other` passes."""
+    try:
+        target, root = httpx.URL(url), httpx.URL(base)
+    except (httpx.InvalidURL, ValueError):  # UnicodeError included
+        return False
+    if target.userinfo or (target.scheme, target.host, target.port) != (
+        root.scheme,
+        root.host,
+        root.port,
+    ):
+        return False
+    return target.path.startswith(root.path.rstrip("/") + "/")

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from app.archive import repository as archived
-from app.archive.fetch import FetchPolicy, RefusedUrl, create_fetch_client
+from app.archive.fetch import FetchPolicy, ForbiddenAddress, RefusedUrl, create_fetch_client
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import write_durably
@@ -52,13 +52,28 @@ def create_notify_client(settings: Settings) -> httpx.AsyncClient:
     return create_fetch_client(policy, headers=HEADERS)
 
 
+# Why an attempt failed, as callers read it (task object, /events): nothing about this service's
+# network, neither resolved addresses nor resolver or socket errors. The detail is the operators'.
+NON_PUBLIC = "notify_url resolves to a non-public address"
+REFUSED = "notify_url was refused"
+INVALID_URL = "notify_url is not a valid URL"
+TIMED_OUT = "the notify_url did not answer within the timeout"
+NO_CONNECTION = "could not connect to the notify_url"
+BROKE_OFF = "the connection to the notify_url failed before an answer"
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """How one POST went."""
 
     status_code: int | None = None
-    error: str | None = None
+    error: str | None = None  # the reason callers see
     permanent: bool = False  # retrying cannot help (a refused URL or address)
+    detail: str | None = None  # the reason operators see (console, logs), when it says more
+
+    @property
+    def operator_error(self) -> str | None:
+        return self.detail or self.error
 
     @property
     def delivered(self) -> bool:
@@ -129,8 +144,10 @@ class Notifier:
             allowed = settings.allow_private_networks
             check_outbound_url(url, allow_private=allowed, what="notify_url")
             target = httpx.URL(url)
-        except (UrlPolicyError, httpx.InvalidURL) as exc:
+        except UrlPolicyError as exc:  # about the URL as the caller wrote it
             return Attempt(error=str(exc), permanent=True)
+        except httpx.InvalidURL as exc:
+            return Attempt(error=INVALID_URL, permanent=True, detail=f"{INVALID_URL}: {exc}")
         now = utcnow()
         headers = {
             "webhook-id": webhook_id,
@@ -144,11 +161,15 @@ class Notifier:
                 response = await self._ctx.client.send(request, follow_redirects=False, stream=True)
                 await response.aclose()  # the answer's body is of no interest
         except RefusedUrl as exc:
-            return Attempt(error=f"refused: {exc}", permanent=True)
-        except (TimeoutError, httpx.TimeoutException):
-            return Attempt(error=f"{target.host} did not answer within the timeout")
+            reason = NON_PUBLIC if isinstance(exc, ForbiddenAddress) else REFUSED
+            return Attempt(error=reason, permanent=True, detail=f"refused: {exc}")
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            detail = f"{target.host} did not answer within the timeout ({type(exc).__name__})"
+            return Attempt(error=TIMED_OUT, detail=detail)
         except httpx.TransportError as exc:
-            return Attempt(error=f"cannot reach {target.host}: {exc or type(exc).__name__}")
+            reason = NO_CONNECTION if isinstance(exc, httpx.ConnectError) else BROKE_OFF
+            detail = f"cannot reach {target.host}: {exc or type(exc).__name__}"
+            return Attempt(error=reason, detail=detail)
         if 200 <= response.status_code < 300:
             return Attempt(status_code=response.status_code)
         note = " (redirects are not followed)" if 300 <= response.status_code < 400 else ""
@@ -187,6 +208,7 @@ class Notifier:
                 outcome=outcome,
                 message=attempt.error,
                 detail=_detail(row, attempts, attempt.status_code, values.get("next_attempt_at")),
+                operator_message=attempt.detail,
             )
             await session.commit()
         extra = {
@@ -197,8 +219,10 @@ class Notifier:
             "http_status": attempt.status_code,
             "recorded": kept,
         }
+        if attempt.operator_error is not None:
+            extra["error"] = attempt.operator_error
         if outcome == "given_up":
-            log.warning("notification given up", extra=extra | {"error": attempt.error})
+            log.warning("notification given up", extra=extra)
         else:
             log.info("notification attempt", extra=extra)
 

@@ -45,8 +45,11 @@ class TaskEvent(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str | None] = mapped_column(String(16))
-    message: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)  # shown to the caller (`/events`)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # For operators only (console, never the caller API): what `message` leaves out because it
+    # describes the service's network, e.g. the addresses a notify_url resolved to.
+    operator_message: Mapped[str | None] = mapped_column(Text)
 
 
 async def record(
@@ -61,8 +64,10 @@ async def record(
     to_status: str | None = None,
     message: str | None = None,
     detail: dict[str, Any] | None = None,
+    operator_message: str | None = None,
 ) -> None:
-    """Add a timeline line in the caller's transaction."""
+    """Add a timeline line in the caller's transaction (`operator_message`: for the console
+    only, when it says more than `message`)."""
     session.add(
         TaskEvent(
             task_id=task_id,
@@ -74,6 +79,7 @@ async def record(
             to_status=to_status,
             message=None if message is None else message[:2000],
             detail=detail,
+            operator_message=None if operator_message is None else operator_message[:2000],
         )
     )
     await session.flush()

@@ -217,3 +217,57 @@ async def test_stop_does_not_wait_for_pending_callbacks() -> None:
             await simulator.stop()
     await asyncio.sleep(1.2)
     assert len(receiver.of("never")) == 1
+
+
+async def test_callbacks_ignore_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standalone simulator too: callbacks go straight to their URL."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setenv(name.lower(), "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    receiver = Receiver()
+    config = SimulatorConfig(duration_seconds=0.1, allow_private_callbacks=True)
+    async with (
+        serve(receiver.app, lifespan="off") as hooks,
+        serve(Simulator(config).app) as base,
+        httpx.AsyncClient(base_url=base, headers=AUTH, trust_env=False) as client,
+    ):
+        task_id = await submit(client, f"{hooks}/direct")
+        record = await wait_for_record(client, task_id, callbacks=1)
+
+    [attempt] = record["callbacks"]
+    assert (attempt["status"], attempt["error"]) == (200, None)
+    assert [d.body["id"] for d in receiver.of("direct")] == [task_id]
+
+
+async def test_a_sender_bound_to_a_base_url_sends_nothing_elsewhere() -> None:
+    own, other = Receiver(), Receiver()
+    stats = SimulatorStats()
+    async with (
+        serve(own.app, lifespan="off") as own_url,
+        serve(other.app, lifespan="off") as other_url,
+    ):
+        sender = CallbackSender(stats, only_under=own_url)
+        await sender.start()
+        try:
+            log: list[dict[str, object]] = []
+            body = {"id": "t", "status": "completed"}
+            outcomes = [
+                await sender.deliver(url, body, log)
+                for url in (
+                    f"{other_url}/hook",
+                    other_url.replace("http://", f"http://{own_url.removeprefix('http://')}@")
+                    + "/hook",
+                    f"{own_url}/hook",
+                )
+            ]
+        finally:
+            await sender.aclose()
+
+    assert outcomes == [False, False, True]
+    assert other.deliveries == []
+    assert [d.name for d in own.deliveries] == ["hook"]
+    assert [entry["status"] for entry in log] == [None, None, 200]
+    assert all(str(entry["error"]).startswith("refused: ") for entry in log[:2])
+    assert (stats.callbacks_sent, stats.callbacks_given_up) == (1, 2)

@@ -59,7 +59,9 @@ def api_router(engine: Engine) -> APIRouter:
             raise errors.internal_error()
         try:
             body, params = parse_create(
-                await request.body(), allow_private_callbacks=engine.config.allow_private_callbacks
+                await request.body(),
+                allow_private_callbacks=engine.config.allow_private_callbacks,
+                callback_base_url=engine.config.callback_base_url,
             )
         except errors.ApiError:
             engine.stats.creates_invalid += 1

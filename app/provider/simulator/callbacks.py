@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from app.core.urls import is_under
+
 if TYPE_CHECKING:
     from .stats import SimulatorStats
 
@@ -24,11 +26,22 @@ class CallbackPolicy:
 
 
 class CallbackSender:
-    """POSTs task bodies to callback URLs over one shared client and logs every delivery."""
+    """POSTs task bodies to callback URLs over one shared client and logs every delivery.
 
-    def __init__(self, stats: SimulatorStats, policy: CallbackPolicy | None = None) -> None:
+    The client ignores proxy variables (HTTP(S)_PROXY, ALL_PROXY): callbacks go straight to
+    their URL. With `only_under` (the simulator built into a gateway) a URL elsewhere is never
+    sent to."""
+
+    def __init__(
+        self,
+        stats: SimulatorStats,
+        policy: CallbackPolicy | None = None,
+        *,
+        only_under: str | None = None,
+    ) -> None:
         self.policy = policy or CallbackPolicy()
         self._stats = stats
+        self._only_under = only_under
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -38,6 +51,7 @@ class CallbackSender:
                 timeout=httpx.Timeout(self.policy.timeout),
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
                 follow_redirects=False,
+                trust_env=False,
                 headers={"User-Agent": USER_AGENT},
             )
 
@@ -57,6 +71,19 @@ class CallbackSender:
         stale: dict[str, Any] | None = None,
     ) -> bool:
         """Send `body` until an attempt gets a 2xx or the retries run out; then maybe `stale`."""
+        if self._only_under is not None and not is_under(url, self._only_under):
+            self._stats.callbacks_given_up += 1
+            log.append(
+                {
+                    "at": time.time(),
+                    "attempt": 1,
+                    "status": None,
+                    "error": f"refused: not below {self._only_under}, not sent",
+                    "body_status": body.get("status"),
+                    "elapsed": 0.0,
+                }
+            )
+            return False
         delays = iter(self.policy.retry_delays)
         attempt = 1
         while not await self._attempt(url, body, log, attempt, duplicates):

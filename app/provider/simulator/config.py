@@ -87,6 +87,9 @@ class SimulatorConfig:
     api_keys: tuple[str, ...] = ("sk-evo-simulator",)
     duration_seconds: float = 3.0
     allow_private_callbacks: bool = False
+    # Built into a gateway (IMAGEGEN_PROVIDER=simulator): its base URL, the only place callbacks
+    # may go (checked at create and again before sending). None: anywhere the rules above allow.
+    callback_base_url: str | None = None
     image_format: str = "png"
     image_noise: float = 0.0  # fraction of each image's rows that are incompressible noise
     seed: int | None = None

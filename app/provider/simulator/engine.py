@@ -44,7 +44,7 @@ class Engine:
         self.stats = SimulatorStats()
         self.tasks: dict[str, SimTask] = {}
         self.images = ImageCache()
-        self.callbacks = CallbackSender(self.stats)
+        self.callbacks = CallbackSender(self.stats, only_under=config.callback_base_url)
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._wakeup: asyncio.Event | None = None

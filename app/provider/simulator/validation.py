@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.core.urls import is_forbidden_address
+from app.core.urls import is_forbidden_address, is_under
 from app.provider.types import MAX_CALLBACK_URL_LENGTH, MAX_IMAGE_URLS, MODEL, QUALITIES, SIZES
 
 from .errors import invalid_request
@@ -46,9 +46,10 @@ def count_tokens(text: str) -> int:
 
 
 def parse_create(
-    raw: bytes, *, allow_private_callbacks: bool
+    raw: bytes, *, allow_private_callbacks: bool, callback_base_url: str | None = None
 ) -> tuple[dict[str, Any], CreateParams]:
-    """Decode and check a create body; raises ApiError 400 naming the first bad field."""
+    """Decode and check a create body; raises ApiError 400 naming the first bad field.
+    `callback_base_url`: when set, the only place a callback_url may point below."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -62,7 +63,9 @@ def parse_create(
         size=_choice(body.get("size"), "size", SIZES, DEFAULT_SIZE),
         quality=_choice(body.get("quality"), "quality", QUALITIES, DEFAULT_QUALITY),
         image_urls=_image_urls(body.get("image_urls")),
-        callback_url=_callback_url(body.get("callback_url"), allow_private_callbacks),
+        callback_url=_callback_url(
+            body.get("callback_url"), allow_private_callbacks, callback_base_url
+        ),
     )
     _n(body.get("n"))
     return body, params
@@ -114,7 +117,7 @@ def _n(value: object) -> None:
         raise invalid_request("n must be 1: only one image per task is supported", "n")
 
 
-def _callback_url(value: object, allow_private: bool) -> str | None:
+def _callback_url(value: object, allow_private: bool, only_under: str | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
@@ -136,6 +139,10 @@ def _callback_url(value: object, allow_private: bool) -> str | None:
         raise invalid_request("callback_url must name a host", "callback_url")
     if not allow_private and is_internal_host(host):
         raise invalid_request("callback_url must not point to an internal address", "callback_url")
+    if only_under is not None and not is_under(value, only_under):
+        raise invalid_request(
+            "callback_url must point to the service this simulator is built into", "callback_url"
+        )
     return value
 
 
