@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.archive.fetch import FetchPolicy, create_fetch_client
 from app.archive.service import ArchiveContext, Archiver
 from app.archive.store import ObjectStore
+from app.archive.thumbnails import Thumbnailer
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
@@ -82,7 +83,12 @@ class Runtime:
                 callback_base_url=settings.public_base_url or "",
             ),
             archive=ArchiveContext(
-                sessions=sessions, settings=settings, store=store, fetcher=fetcher, policy=policy
+                sessions=sessions,
+                settings=settings,
+                store=store,
+                fetcher=fetcher,
+                policy=policy,
+                thumbnails=Thumbnailer(store),
             ),
             notify=NotifyContext(
                 sessions=sessions, settings=settings, client=create_notify_client(settings)
@@ -105,7 +111,8 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        """Close clients and connections."""
+        """Close clients and connections, end the thumbnail decoder process."""
+        await self.archive.thumbnails.aclose()
         await self.fetcher.aclose()
         await self.notify.client.aclose()
         await self.http.aclose()
