@@ -142,12 +142,15 @@ class Decoder:
         if self._process is not None and self._process.returncode is None:
             return self._process
         await self._stop()  # one that ended while idle
-        self._process = await asyncio.create_subprocess_exec(
-            *self._command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:  # no process to be had (out of memory or process slots)
+            raise ThumbnailRefused(f"cannot start the decoder process: {exc}") from None
         assert self._process.stdout is not None
         try:
             async with asyncio.timeout(START_DEADLINE.total_seconds()):

@@ -74,7 +74,7 @@ async def test_a_decode_past_its_deadline_is_killed_and_frees_the_slot(decoder_p
         )
 
         failed = await hostile
-        [hung] = pids(decoder_pids)
+        hung = pids(decoder_pids)[0]
         hung_alive, queued_done = running(hung), queued.done()
         made = await queued
         after = await thumbnailer.store_thumbnail("tasks/c/images/0", "image/png", GOOD, (1, 1))
@@ -115,6 +115,24 @@ async def test_a_decode_nobody_stops_ends_at_its_own_cpu_limit(
     assert (failed.error or "").startswith("the decoder process died (exit status ")
     assert made.key == thumbnail_key("t/b")
     assert len(pids(decoder_pids)) == 2
+
+
+async def test_a_decoder_that_cannot_start_costs_only_the_thumbnail(tmp_path: Path) -> None:
+    store = ObjectStore.from_url("memory://")
+    missing = Thumbnailer(store, command=[str(tmp_path / "no-such-python")])
+    silent = Thumbnailer(store, command=[sys.executable, "-c", "pass"])
+    try:
+        results = [
+            await thumbnailer.store_thumbnail("t/a", "image/png", GOOD, (300, 200))
+            for thumbnailer in (missing, silent)
+        ]
+    finally:
+        await missing.aclose()
+        await silent.aclose()
+
+    assert [result.key for result in results] == [None, None]
+    assert (results[0].error or "").startswith("cannot start the decoder process: ")
+    assert results[1].error == "the decoder process did not start (exit status 0)"
 
 
 @pytest.fixture
