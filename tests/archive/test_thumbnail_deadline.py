@@ -132,7 +132,8 @@ async def test_a_decoder_that_cannot_start_costs_only_the_thumbnail(tmp_path: Pa
 
     assert [result.key for result in results] == [None, None]
     assert (results[0].error or "").startswith("cannot start the decoder process: ")
-    assert results[1].error == "the decoder process did not start (exit status 0)"
+    # Exit status 0, or 255 when asyncio's child watcher lost it (see the CPU limit's test).
+    assert (results[1].error or "").startswith("the decoder process did not start (exit status ")
 
 
 @pytest.fixture
