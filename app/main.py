@@ -23,6 +23,7 @@ from app.core.auth import KeyRing
 from app.core.config import Settings
 from app.core.db import asyncpg_dsn
 from app.core.errors import install_error_handlers
+from app.core.headers import with_nosniff
 from app.health import router as health_router
 from app.metrics import router as metrics_router
 from app.runtime import SIMULATOR_MOUNT, Runtime
@@ -32,12 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with provider callbacks answered before the framework's stack."""
+    """FastAPI, with provider callbacks answered before the framework's stack, and the headers
+    every answer carries (`X-Content-Type-Options: nosniff`) added to all of them here."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        send = with_nosniff(send)
         target = callback_target(scope)
         if target is not None:
             started = time.perf_counter()

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.archive.fetch import FetchPolicy, create_fetch_client
 from app.archive.service import ArchiveContext, Archiver, OwnImages
 from app.archive.store import ObjectStore
+from app.archive.thumbnails import Thumbnailer
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
@@ -100,6 +101,7 @@ class Runtime:
                 fetcher=fetcher,
                 policy=policy,
                 own_images=own_images,
+                thumbnails=Thumbnailer(store),
             ),
             notify=NotifyContext(
                 sessions=sessions, settings=settings, client=create_notify_client(settings)
@@ -122,7 +124,8 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        """Close clients and connections."""
+        """Close clients and connections, end the thumbnail decoder process."""
+        await self.archive.thumbnails.aclose()
         await self.fetcher.aclose()
         if self.archive.own_images is not None:
             await self.archive.own_images.fetcher.aclose()

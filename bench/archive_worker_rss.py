@@ -84,9 +84,13 @@ async def copy(
             key, keeper.tee(download.chunks()), content_type=download.content_type
         )
     info = download.info
-    thumbnail = await Thumbnailer(store).store_thumbnail(
-        key, info.content_type, keeper.take(), (info.width, info.height)
-    )
+    thumbnailer = Thumbnailer(store)  # the decode itself runs in its own process
+    try:
+        thumbnail = await thumbnailer.store_thumbnail(
+            key, info.content_type, keeper.take(), (info.width, info.height)
+        )
+    finally:
+        await thumbnailer.aclose()
     return info, thumbnail
 
 

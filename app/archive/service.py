@@ -71,6 +71,7 @@ class ArchiveContext:
     store: ObjectStore
     fetcher: httpx.AsyncClient
     policy: FetchPolicy
+    thumbnails: Thumbnailer  # one per process: it bounds the decodes of the whole process
     retry: RetryStrategy = field(
         default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
     )
@@ -95,7 +96,7 @@ class Archiver:
 
     def __init__(self, context: ArchiveContext) -> None:
         self._ctx = context
-        self._thumbnails = Thumbnailer(context.store)
+        self._thumbnails = context.thumbnails
 
     async def __call__(self, job: Job) -> Outcome:
         async with self._ctx.sessions() as session:

@@ -1,55 +1,49 @@
 """Thumbnails of archived images: one small WebP per image, made at archive time, stored beside it.
 
-Result bodies are hostile input, so decoding is bounded before any pixel is decoded: only bodies
-the copy kept in memory anyway (those the store takes in one put, at most 5 MiB) are decoded,
-never one read back; the pixel count, read from the header, must fit a decode budget; Pillow's
-decompression-bomb check is set to the same bound and its warning is an error. JPEGs are decoded
-at a reduced scale (`draft`), the others are reduced (`reduce`) before the final resample. A
-thumbnail that cannot be made leaves the image archived without one, with the reason."""
+Result bodies are hostile input. Only bodies the copy kept in memory anyway (those the store
+takes in one put, at most 5 MiB) are decoded, never one read back, and only when the header's
+pixel count fits the decode budget (app/archive/decoding.py). Decoding runs in a child process,
+one at a time per service process, under a deadline: a decode that passes it (a hostile image,
+a decoder bug) gets its process killed, which frees the slot and the CPU, and the next
+thumbnail starts a fresh process. A thumbnail that cannot be made leaves the image archived
+without one, with the reason."""
 
 from __future__ import annotations
 
 import asyncio
-import io
-import warnings
-from collections.abc import AsyncIterator
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final
 
-from PIL import Image, ImageOps
-
+from app.archive.decoding import (
+    ANSWER,
+    READY,
+    REFUSED,
+    REQUEST,
+    THUMBNAIL,
+    ThumbnailRefused,
+    check_pixels,
+    pillow_format,
+)
 from app.archive.store import ObjectStore, StoreError
 
-THUMBNAIL_SIZE: Final = 256  # fits within THUMBNAIL_SIZE x THUMBNAIL_SIZE, aspect kept
-THUMBNAIL_QUALITY: Final = 80
 THUMBNAIL_CONTENT_TYPE: Final = "image/webp"
-_MIB: Final = 1024 * 1024
 # The store buffers bodies up to one cloud part for a single put: keeping their chunks until the
 # thumbnail is made costs no memory beyond the copy's own. Larger bodies get no thumbnail.
-MAX_SOURCE_BYTES: Final = 5 * _MIB
-# Peak memory of one decode, bounded through the pixel count. Bytes per pixel measured with
-# Pillow 13 (decode, reduce, resample, encode): PNG about 6 (RGBA), JPEG less (draft), WebP about
-# 13 (libwebp's canvas, the frame's copy, the image). The provider makes at most 1536x1024
-# (1.57 Mpx): the budget admits that in every format, PNG and JPEG up to 4.2 Mpx.
-DECODE_BUDGET: Final = 24 * _MIB
-_BYTES_PER_PIXEL: Final = {"PNG": 6, "JPEG": 6, "WEBP": 13}
-MAX_PIXELS: Final = {name: DECODE_BUDGET // cost for name, cost in _BYTES_PER_PIXEL.items()}
-_PILLOW_FORMATS: Final = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
-THUMBNAILS_AT_ONCE: Final = 1  # decodes per process: the budget above holds per process
-
-# Deliberate, process-wide: Pillow refuses to open anything larger than the largest budget
-# (DecompressionBombError above twice this, the warning above it, made an error here).
-Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS.values())
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+MAX_SOURCE_BYTES: Final = 5 * 1024 * 1024
+THUMBNAILS_AT_ONCE: Final = 1  # decoder processes per service process: the budget holds per one
+# The largest allowed image decodes in well under a second; ten leave room for a loaded host.
+DECODE_DEADLINE: Final = timedelta(seconds=10)
+START_DEADLINE: Final = timedelta(seconds=30)  # the decoder process's start (Pillow's import)
+DECODER_COMMAND: Final = (sys.executable, "-m", "app.archive.decoding")
 
 
 def thumbnail_key(image_key: str) -> str:
     """Where the thumbnail of the image at `image_key` lives (the same for every attempt)."""
     return f"{image_key}.thumb.webp"
-
-
-class ThumbnailRefused(Exception):
-    """No thumbnail for this image; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,57 +86,116 @@ class BodyKeeper:
         return body
 
 
-def pillow_format(content_type: str) -> str:
-    """Pillow's name of an archived image's format."""
-    name = _PILLOW_FORMATS.get(content_type)
-    if name is None:
-        raise ThumbnailRefused(f"no thumbnails of {content_type}")
-    return name
+class Decoder:
+    """A decoder process making one thumbnail at a time: started on first use, killed when a
+    decode passes `deadline` or the process misbehaves, started afresh on the next use."""
 
+    def __init__(self, deadline: timedelta, command: Sequence[str]) -> None:
+        self._deadline = deadline.total_seconds()
+        self._command = tuple(command)
+        self._process: asyncio.subprocess.Process | None = None
 
-def check_pixels(name: str, width: int, height: int) -> None:
-    """Refuse an image whose decode would pass the budget."""
-    if width * height > MAX_PIXELS[name]:
-        raise ThumbnailRefused(
-            f"{width}x{height} pixels is more than the {MAX_PIXELS[name]} a {name} thumbnail "
-            "may decode"
-        )
+    async def thumbnail(self, body: bytes, content_type: str) -> bytes:
+        """The WebP thumbnail of `body`; ThumbnailRefused says why there is none."""
+        process = await self._started()
+        assert process.stdin is not None
+        assert process.stdout is not None
+        encoded = content_type.encode()
+        try:
+            async with asyncio.timeout(self._deadline):
+                process.stdin.write(REQUEST.pack(len(encoded), len(body)) + encoded)
+                process.stdin.write(body)
+                await process.stdin.drain()
+                status, length = ANSWER.unpack(await process.stdout.readexactly(ANSWER.size))
+                payload = await process.stdout.readexactly(length)
+        except TimeoutError:
+            await self._stop()
+            raise ThumbnailRefused(
+                f"decoding took longer than {self._deadline:g} s; the decoder was stopped"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            code = await self._stop()
+            raise ThumbnailRefused(f"the decoder process died (exit status {code})") from None
+        except BaseException:  # cancelled halfway: what the process would answer next is unknown
+            await self._stop()
+            raise
+        if status == THUMBNAIL:
+            return payload
+        if status == REFUSED:
+            raise ThumbnailRefused(payload.decode(errors="replace"))
+        await self._stop()
+        raise ThumbnailRefused(f"the decoder process answered status {status}")
 
+    async def aclose(self) -> None:
+        """Let the process end (its input ends), killing it if it does not at once."""
+        process = self._process
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await process.wait()
+        await self._stop()
 
-def make_thumbnail(body: bytes, content_type: str) -> bytes:
-    """Encode the WebP thumbnail of an image; ThumbnailRefused says why not. CPU-bound."""
-    name = pillow_format(content_type)
-    try:
-        with Image.open(io.BytesIO(body), formats=[name]) as image:
-            check_pixels(name, *image.size)
-            source: Image.Image = image
-            if source.mode in ("1", "P"):  # resampled properly, not nearest-neighbour
-                source = source.convert("RGBA" if source.has_transparency_data else "RGB")
-            # thumbnail() drafts a JPEG first (decoded at 1/2, 1/4 or 1/8 scale, at least
-            # twice the target size), reduces the others by an integer factor, then resamples.
-            source.thumbnail(
-                (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0
+    async def _started(self) -> asyncio.subprocess.Process:
+        if self._process is not None and self._process.returncode is None:
+            return self._process
+        await self._stop()  # one that ended while idle
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
-            small = ImageOps.exif_transpose(source)  # as browsers show the full image
-        if small.mode not in ("RGB", "RGBA"):
-            small = small.convert("RGBA" if small.has_transparency_data else "RGB")
-        out = io.BytesIO()
-        small.save(out, "WEBP", quality=THUMBNAIL_QUALITY)
-        return out.getvalue()
-    except ThumbnailRefused:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ThumbnailRefused(f"decompression bomb: {exc}") from None
-    except Exception as exc:  # any failure of a decoder on hostile input
-        raise ThumbnailRefused(f"undecodable {name}: {type(exc).__name__}: {exc}") from None
+        except OSError as exc:  # no process to be had (out of memory or process slots)
+            raise ThumbnailRefused(f"cannot start the decoder process: {exc}") from None
+        assert self._process.stdout is not None
+        try:
+            async with asyncio.timeout(START_DEADLINE.total_seconds()):
+                ready = await self._process.stdout.readexactly(len(READY))
+        except (TimeoutError, asyncio.IncompleteReadError):
+            code = await self._stop()
+            raise ThumbnailRefused(
+                f"the decoder process did not start (exit status {code})"
+            ) from None
+        except BaseException:
+            await self._stop()
+            raise
+        if ready != READY:
+            await self._stop()
+            raise ThumbnailRefused("the decoder process did not start (it said something else)")
+        return self._process
+
+    async def _stop(self) -> int | None:
+        """Kill the process (if any, if still running) and wait for it; its exit status."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        return await process.wait()
 
 
 class Thumbnailer:
-    """Makes and stores thumbnails, a bounded number at a time (one per process and loop)."""
+    """Makes and stores thumbnails, a bounded number at a time, each in a decoder process with
+    a deadline. One per service process; `aclose()` ends its decoder processes."""
 
-    def __init__(self, store: ObjectStore, at_once: int = THUMBNAILS_AT_ONCE) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        at_once: int = THUMBNAILS_AT_ONCE,
+        *,
+        deadline: timedelta = DECODE_DEADLINE,
+        command: Sequence[str] = DECODER_COMMAND,
+    ) -> None:
         self._store = store
-        self._gate = asyncio.Semaphore(at_once)
+        self._decoders = [Decoder(deadline, command) for _ in range(at_once)]
+        self._idle: asyncio.Queue[Decoder] = asyncio.Queue()  # the free slots
+        for decoder in self._decoders:
+            self._idle.put_nowait(decoder)
 
     async def store_thumbnail(
         self,
@@ -160,13 +213,21 @@ class Thumbnailer:
             width, height = size
             if width is not None and height is not None:  # the header, as the copy read it
                 check_pixels(pillow_format(content_type), width, height)
-            async with self._gate:
-                data = await asyncio.to_thread(make_thumbnail, body, content_type)
+            decoder = await self._idle.get()
+            try:
+                data = await decoder.thumbnail(body, content_type)
+            finally:
+                self._idle.put_nowait(decoder)
             del body
             await self._store.put_stream(key, _once(data), content_type=THUMBNAIL_CONTENT_TYPE)
         except (ThumbnailRefused, StoreError) as exc:
             return ThumbnailResult(key=None, error=str(exc)[:200])
         return ThumbnailResult(key=key, error=None)
+
+    async def aclose(self) -> None:
+        """End the decoder processes (a later thumbnail would start them again)."""
+        for decoder in self._decoders:
+            await decoder.aclose()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -17,8 +17,13 @@ class UrlPolicyError(ValueError):
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
-# IPv6 ranges that carry or reach IPv4 addresses, or are deprecated local scopes.
-_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 ranges whose last 32 bits are an IPv4 address that the packet reaches: judged by it.
+_CARRY_IPV4 = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped (RFC 4291)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765, RFC 6145 SIIT)
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+)
+# IPv6 ranges that reach IPv4 addresses in other ways, or are deprecated local scopes.
 _FORBIDDEN_V6 = (
     ipaddress.IPv6Network("64:ff9b:1::/48"),  # NAT64 for local use (RFC 8215)
     ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated)
@@ -29,12 +34,17 @@ _FORBIDDEN_V6 = (
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-Fx.]+")
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, translated, NAT64, 6to4), if any."""
+    if any(address in net for net in _CARRY_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
 def is_forbidden_address(address: IPAddress) -> bool:
     """True for every address a request from this service must never reach without permission."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64_WELL_KNOWN:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        embedded = embedded_ipv4(address)
         if embedded is not None:
             return is_forbidden_address(embedded)
         if address.teredo is not None or any(address in net for net in _FORBIDDEN_V6):

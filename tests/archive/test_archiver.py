@@ -17,7 +17,12 @@ from app.archive.fetch import FetchPolicy, create_fetch_client
 from app.archive.models import TaskImage
 from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore, StoredObject, StoreError
-from app.archive.thumbnails import MAX_SOURCE_BYTES, THUMBNAIL_CONTENT_TYPE, thumbnail_key
+from app.archive.thumbnails import (
+    MAX_SOURCE_BYTES,
+    THUMBNAIL_CONTENT_TYPE,
+    Thumbnailer,
+    thumbnail_key,
+)
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -87,10 +92,12 @@ async def run(
         store=setup.store,
         fetcher=fetcher,
         policy=policy,
+        thumbnails=Thumbnailer(setup.store),
     )
     try:
         return await Archiver(context)(Job(kind=JobKind.ARCHIVE, task_id=task.id, attempts=1))
     finally:
+        await context.thumbnails.aclose()
         await fetcher.aclose()
 
 

@@ -156,6 +156,8 @@ async def test_the_certificate_is_checked_against_the_url_host(
         "[::]",
         "[::ffff:127.0.0.1]",
         "[::ffff:169.254.169.254]",
+        "[::ffff:0:7f00:1]",
+        "[::ffff:0:169.254.169.254]",
         "[fe80::1]",
         "[fd00::1]",
         "[2002:7f00:1::1]",
@@ -199,6 +201,8 @@ async def test_odd_spellings_of_loopback_are_refused(
         ["::1"],
         ["::ffff:127.0.0.1"],
         ["::ffff:10.0.0.1"],
+        ["::ffff:0:7f00:1"],
+        ["::ffff:0:a9fe:a9fe"],
         ["2002:a9fe:a9fe::1"],
         ["2001::1"],
         ["fd12:3456::1"],
@@ -226,6 +230,19 @@ async def test_internal_answers_are_dropped_and_the_public_one_used(
     ) as strict:
         assert await fetch(strict, f"{public}/img/jpg") == IMAGES["jpg"]
     assert dialer.attempts == [(PUBLIC_IP, httpx.URL(public).port)]
+
+
+@pytest.mark.parametrize("answer", ["::ffff:93.184.215.14", "::ffff:0:5db8:d70e"])
+async def test_a_name_resolving_to_an_ipv6_form_of_a_public_ipv4_address_is_dialled(
+    answer: str,
+) -> None:
+    dns = FakeDns({"v6.test": [["::ffff:0:7f00:1", answer]]})
+    offline = Dialer(offline=True)
+    async with create_fetch_client(STRICT, resolver=dns, network_backend=offline) as strict:
+        with pytest.raises(TransientFetchError, match="offline"):
+            await fetch(strict, "https://v6.test:8443/img.png")
+    # The loopback form dropped, the public one tried.
+    assert offline.attempts == [(str(ipaddress.ip_address(answer)), 8443)]
 
 
 async def test_a_name_is_resolved_once_per_connection(

@@ -11,14 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from PIL import Image
 
-from app.archive.thumbnails import (
-    MAX_PIXELS,
-    THUMBNAIL_SIZE,
-    BodyKeeper,
-    ThumbnailRefused,
-    make_thumbnail,
-    thumbnail_key,
-)
+from app.archive.decoding import MAX_PIXELS, THUMBNAIL_SIZE, ThumbnailRefused, make_thumbnail
+from app.archive.thumbnails import BodyKeeper, thumbnail_key
 
 FORMATS = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
 

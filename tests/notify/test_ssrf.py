@@ -41,6 +41,7 @@ def public_settings(database_url: str, **overrides: object) -> Settings:
         "https://127.0.0.1/hook",
         "https://10.1.2.3/hook",
         "https://[::ffff:192.168.0.1]/hook",
+        "https://[::ffff:0:c0a8:1]/hook",
         "https://169.254.169.254/latest/meta-data",
         "https://localhost/hook",
         "https://2130706433/hook",

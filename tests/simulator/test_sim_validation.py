@@ -62,6 +62,7 @@ INVALID: list[tuple[str, object, str]] = [
     ("callback_url", "https://0.0.0.0/cb", "callback_url"),
     ("callback_url", "https://[::1]/cb", "callback_url"),
     ("callback_url", "https://[::ffff:10.0.0.1]/cb", "callback_url"),
+    ("callback_url", "https://[::ffff:0:a00:1]/cb", "callback_url"),
     ("callback_url", "https://[fe80::1]/cb", "callback_url"),
     ("callback_url", "https:///cb", "callback_url"),
     ("callback_url", "https://hooks.example.com:99999/cb", "callback_url"),
@@ -192,6 +193,10 @@ def test_count_tokens(text: str, tokens: int) -> None:
         ("100.64.0.1", True),  # shared address space (carrier-grade NAT): not public
         ("198.18.0.1", True),  # benchmarking range
         ("[::ffff:10.0.0.1]", True),
+        ("[::ffff:0:a00:1]", True),  # IPv4-translated (RFC 6145)
+        ("::ffff:0:127.0.0.1", True),
+        ("[::ffff:8.8.8.8]", False),
+        ("[::ffff:0:808:808]", False),
         ("::1", True),
         ("[fd00::1]", True),
         ("8.8.8.8", False),

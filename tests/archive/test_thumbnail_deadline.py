@@ -1,0 +1,213 @@
+"""A decode that passes its deadline is stopped: its process is killed (freeing the CPU and the
+thumbnail slot), the image is archived without a thumbnail (the console shows a placeholder),
+and the next thumbnail is made by a fresh decoder process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.models import TaskImage
+from app.archive.service import ArchiveContext, Archiver, image_key
+from app.archive.store import ObjectStore
+from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
+from app.tasks import repository
+from app.workers.models import Job, JobKind
+from tests.archive.hanging_decoder import MARK
+from tests.archive.test_fetch_support import ImageServer, serve
+from tests.archive.test_thumbnails import encoded, opened, picture
+from tests.console.helpers import running_console, signed_in
+from tests.support.gateway import Gateway
+from tests.support.rows import make_task
+
+HANGING = (sys.executable, str(Path(__file__).with_name("hanging_decoder.py")))
+DEADLINE = timedelta(seconds=2)  # a good decode takes milliseconds; the hostile one never ends
+GOOD = encoded(picture((300, 200)), "PNG")
+HOSTILE = GOOD + MARK  # a valid PNG (trailing bytes are ignored) that the decoder spins on
+
+
+@pytest.fixture
+def decoder_pids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file where each hanging decoder process notes its pid."""
+    path = tmp_path / "decoder-pids"
+    path.touch()
+    monkeypatch.setenv("HANGING_DECODER_PIDS", str(path))
+    return path
+
+
+def pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists (a killed child is reaped before its slot is freed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def read(store: ObjectStore, key: str) -> bytes:
+    found = await store.open(key)
+    assert found is not None
+    return b"".join([chunk async for chunk in found[1]])
+
+
+async def test_a_decode_past_its_deadline_is_killed_and_frees_the_slot(decoder_pids: Path) -> None:
+    store = ObjectStore.from_url("memory://")
+    thumbnailer = Thumbnailer(store, deadline=DEADLINE, command=HANGING)
+    try:
+        hostile = asyncio.create_task(
+            thumbnailer.store_thumbnail("tasks/a/images/0", "image/png", HOSTILE, (300, 200))
+        )
+        queued = asyncio.create_task(  # waits for the one slot
+            thumbnailer.store_thumbnail("tasks/b/images/0", "image/png", GOOD, (300, 200))
+        )
+
+        failed = await hostile
+        hung = pids(decoder_pids)[0]
+        hung_alive, queued_done = running(hung), queued.done()
+        made = await queued
+        after = await thumbnailer.store_thumbnail("tasks/c/images/0", "image/png", GOOD, (1, 1))
+    finally:
+        await thumbnailer.aclose()
+
+    assert failed == ThumbnailResult(
+        key=None, error="decoding took longer than 2 s; the decoder was stopped"
+    )
+    assert not hung_alive  # killed and reaped: no CPU spent on it any more
+    assert not queued_done  # it had waited for the slot, which the deadline freed
+    assert made == ThumbnailResult(key=thumbnail_key("tasks/b/images/0"), error=None)
+    assert opened(await read(store, "tasks/b/images/0.thumb.webp")).size == (256, 171)
+    assert after.key == thumbnail_key("tasks/c/images/0")
+    assert len(pids(decoder_pids)) == 2  # a fresh process after the kill, then reused
+    assert await store.list_keys() == [
+        "tasks/b/images/0.thumb.webp",
+        "tasks/c/images/0.thumb.webp",
+    ]
+
+
+async def test_a_decode_nobody_stops_ends_at_its_own_cpu_limit(
+    decoder_pids: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service's deadline is out of reach here, as if the service had crashed mid-decode.
+    monkeypatch.setenv("HANGING_DECODER_CPU_SECONDS", "1")
+    store = ObjectStore.from_url("memory://")
+    thumbnailer = Thumbnailer(store, deadline=timedelta(minutes=1), command=HANGING)
+    try:
+        failed = await thumbnailer.store_thumbnail("t/a", "image/png", HOSTILE, (300, 200))
+        made = await thumbnailer.store_thumbnail("t/b", "image/png", GOOD, (300, 200))
+    finally:
+        await thumbnailer.aclose()
+
+    assert failed.key is None
+    # Killed by SIGXCPU (-24), or 255 when asyncio's child watcher lost the status to another
+    # waitpid() in the test process; either way the process is gone and the next one works.
+    assert (failed.error or "").startswith("the decoder process died (exit status ")
+    assert made.key == thumbnail_key("t/b")
+    assert len(pids(decoder_pids)) == 2
+
+
+async def test_a_decoder_that_cannot_start_costs_only_the_thumbnail(tmp_path: Path) -> None:
+    store = ObjectStore.from_url("memory://")
+    missing = Thumbnailer(store, command=[str(tmp_path / "no-such-python")])
+    silent = Thumbnailer(store, command=[sys.executable, "-c", "pass"])
+    try:
+        results = [
+            await thumbnailer.store_thumbnail("t/a", "image/png", GOOD, (300, 200))
+            for thumbnailer in (missing, silent)
+        ]
+    finally:
+        await missing.aclose()
+        await silent.aclose()
+
+    assert [result.key for result in results] == [None, None]
+    assert (results[0].error or "").startswith("cannot start the decoder process: ")
+    # Exit status 0, or 255 when asyncio's child watcher lost it (see the CPU limit's test).
+    assert (results[1].error or "").startswith("the decoder process did not start (exit status ")
+
+
+@pytest.fixture
+async def gateway(database_url: str) -> AsyncIterator[Gateway]:
+    async with running_console(database_url) as gateway:
+        await signed_in(gateway.client)
+        yield gateway
+
+
+async def test_an_image_whose_decode_hangs_is_archived_and_shown_with_a_placeholder(
+    gateway: Gateway, decoder_pids: Path
+) -> None:
+    server = ImageServer()
+    server.files["hostile"], server.files["good"] = HOSTILE, GOOD
+    policy = FetchPolicy(allow_private=True)
+    fetcher = create_fetch_client(policy)
+    context = ArchiveContext(
+        sessions=gateway.sessions,
+        settings=gateway.app.state.settings,
+        store=gateway.app.state.store,
+        fetcher=fetcher,
+        policy=policy,
+        thumbnails=Thumbnailer(gateway.app.state.store, deadline=DEADLINE, command=HANGING),
+    )
+    tasks = {name: await make_task(gateway.sessions) for name in ("hostile", "good")}
+    try:
+        async with serve(server) as port:
+            for name, task in tasks.items():
+                await archiving(gateway, task.id, f"http://127.0.0.1:{port}/file/{name}")
+                await Archiver(context)(Job(kind=JobKind.ARCHIVE, task_id=task.id, attempts=1))
+    finally:
+        await context.thumbnails.aclose()
+        await fetcher.aclose()
+    async with gateway.sessions() as session:
+        rows = {
+            name: await session.scalar(select(TaskImage).where(TaskImage.task_id == task.id))
+            for name, task in tasks.items()
+        }
+        statuses = {name: await repository.get(session, t.id) for name, t in tasks.items()}
+    pages = {
+        name: await gateway.client.get(f"/console/tasks/{task.id}/images/0/thumbnail")
+        for name, task in tasks.items()
+    }
+
+    assert {name: row and row.status for name, row in statuses.items()} == {
+        "hostile": "succeeded",  # the image is safe, thumbnail or not
+        "good": "succeeded",
+    }
+    hostile, good = rows["hostile"], rows["good"]
+    assert hostile is not None
+    assert good is not None
+    assert hostile.thumbnail_key is None
+    assert "decoding took longer than 2 s" in (hostile.thumbnail_error or "")
+    assert (good.thumbnail_key, good.thumbnail_error) == (
+        thumbnail_key(image_key(tasks["good"].id, 0)),
+        None,
+    )
+    assert pages["hostile"].status_code == pages["good"].status_code == 200
+    assert pages["hostile"].headers["content-type"].startswith("image/svg+xml")  # placeholder
+    assert pages["good"].headers["content-type"] == "image/webp"
+    assert opened(pages["good"].content).size == (256, 171)
+
+
+async def archiving(gateway: Gateway, task_id: str, url: str) -> None:
+    """Make the task one whose result at `url` is to be archived."""
+    async with gateway.sessions() as session:
+        await repository.update_fields(
+            session,
+            task_id,
+            {
+                "status": "archiving",
+                "progress": 100,
+                "provider_task_id": f"task-unified-{task_id}",
+                "result_urls": [url],
+            },
+        )
+        await session.commit()
