@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.core.migrate import upgrade
-from bench.callback_ack import ROOT, SECRET, process, seed_tasks, wait_up
+from bench.callback_ack import ROOT, SECRET, cpu_seconds, process, seed_tasks, wait_up
 from bench.loadgen import Request, saturate
 from tests.support import databases
 from tests.support.servers import free_port
@@ -63,21 +63,23 @@ async def one_shot(base_url: str, request: Request) -> int:
 
 async def big_bodies(
     base_url: str, requests: list[Request], connections: int, seconds: float
-) -> float:
-    """Refusals per second of nearly 1 MiB bodies, `connections` clients in closed loops."""
+) -> tuple[float, int]:
+    """Refusals per second of nearly 1 MiB bodies, `connections` clients in closed loops; and
+    how many requests were sent."""
     cursor = iter(requests)
-    refused = 0
+    refused = sent = 0
     deadline = time.perf_counter() + seconds
 
     async def loop() -> None:
-        nonlocal refused
+        nonlocal refused, sent
         while time.perf_counter() < deadline and (request := next(cursor, None)) is not None:
+            sent += 1
             if await one_shot(base_url, request) in (401, 404):
                 refused += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(connections)))
-    return refused / (time.perf_counter() - started)
+    return refused / (time.perf_counter() - started), sent
 
 
 async def main(seconds: float, connections: int, tasks: int) -> None:
@@ -105,24 +107,28 @@ async def main(seconds: float, connections: int, tasks: int) -> None:
             "IMAGEGEN_LOG_LEVEL": "WARNING",
         }
         command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-        with process(command, env, logs / "gateway-refusals.log"):
+        with process(command, env, logs / "gateway-refusals.log") as gateway:
             base_url = f"http://127.0.0.1:{port}"
             await wait_up(f"{base_url}/healthz")
             await saturate(base_url, requests[:300], connections=connections, seconds=1)
             # Refusals change nothing: the same requests can be sent again and again.
+            cpu = cpu_seconds([gateway.pid])
             small = await saturate(
                 base_url, requests * 50, connections=connections, seconds=seconds
             )
+            small_cpu = (cpu_seconds([gateway.pid]) - cpu) * 1e6 / max(small.sent, 1)
             big = [Request(r.path, padded(r.body, BIG)) for r in requests[:200]] * 50
-            big_rate = await big_bodies(base_url, big, min(connections, 8), seconds)
+            cpu = cpu_seconds([gateway.pid])
+            big_rate, big_sent = await big_bodies(base_url, big, min(connections, 8), seconds)
+            big_cpu = (cpu_seconds([gateway.pid]) - cpu) * 1e6 / max(big_sent, 1)
         print(f"\nwrong-token callbacks on PostgreSQL ({connections} connections, {seconds:.0f}s)")
-        print("| body | refusals/s | p50 ms | p99 ms |")
-        print("|------|-----------:|-------:|-------:|")
+        print("| body | refusals/s | p50 ms | p99 ms | server CPU us/req |")
+        print("|------|-----------:|-------:|-------:|------------------:|")
         print(
             f"| {len(requests[0].body)} B, keep-alive | {small.sent / small.seconds:.0f} "
-            f"| {small.p50 * 1000:.1f} | {small.percentile(0.99) * 1000:.1f} |"
+            f"| {small.p50 * 1000:.1f} | {small.percentile(0.99) * 1000:.1f} | {small_cpu:.0f} |"
         )
-        print(f"| {BIG} B, new connection each | {big_rate:.0f} | | |")
+        print(f"| {BIG} B, new connection each | {big_rate:.0f} | | | {big_cpu:.0f} |")
     finally:
         await databases.admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if server is not None:

@@ -16,7 +16,7 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
-from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService
+from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService, Hold
 from app.callbacks.tokens import CALLBACK_PREFIX
 from app.core import metrics
 
@@ -26,6 +26,9 @@ MAX_BODY_BYTES = 1024 * 1024
 ANSWER_WITHIN_SECONDS = 8.0
 # The whole body must arrive within this long: a client trickling bytes cannot hold a connection.
 BODY_WITHIN_SECONDS = 10.0
+# The database connection of the URL check is kept for the delivery if the body is in this soon
+# (it normally came with the head); otherwise it goes back to the pool while the body comes.
+HOLD_SECONDS = 0.05
 TOO_LARGE = Answer(
     413,
     {"error": {"code": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}},
@@ -87,9 +90,12 @@ async def handle_callback(
             # Decided from the path: the body stays unread (the server discards it unparsed).
             answer = admitted
         else:
-            body = await read_capped(scope, receive, MAX_BODY_BYTES, BODY_WITHIN_SECONDS)
-            async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
-                answer = await service.record(admitted, body)
+            try:
+                body = await _read_body(scope, receive, admitted.snapshot.hold)
+                async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
+                    answer = await service.record(admitted, body)
+            finally:
+                await admitted.snapshot.hold.drop()
     except BodyTooLarge:
         answer = TOO_LARGE
     except BodyTooSlow:  # stop listening to a client that trickles
@@ -115,30 +121,54 @@ def _count(answer: Answer) -> None:
         metrics.CALLBACK_REJECTED.inc()
 
 
-async def read_capped(scope: Scope, receive: Receive, limit: int, seconds: float) -> bytes:
-    """The request body, refusing more than `limit` bytes whatever Content-Length says, and a
-    body not complete within `seconds`."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    break
-    except TimeoutError:
-        raise BodyTooSlow from None
-    return b"".join(chunks)
+async def _read_body(scope: Scope, receive: Receive, hold: Hold) -> bytes:
+    """The body within BODY_WITHIN_SECONDS; the held connection is dropped if it is slow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_WITHIN_SECONDS
+    body = BodyReader(scope, receive, MAX_BODY_BYTES)
+    if await body.read_until(min(loop.time() + HOLD_SECONDS, deadline)):
+        return body.content()
+    await hold.drop()
+    if await body.read_until(deadline):
+        return body.content()
+    raise BodyTooSlow
+
+
+class BodyReader:
+    """Reads a request body in steps, refusing more than `limit` bytes whatever Content-Length
+    says; what a step read is kept when its time runs out."""
+
+    def __init__(self, scope: Scope, receive: Receive, limit: int) -> None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise BodyTooLarge
+        self._receive = receive
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._complete = False
+
+    async def read_until(self, when: float) -> bool:
+        """Read until the body is complete (True) or the loop time `when` (False)."""
+        try:
+            async with asyncio.timeout_at(when):
+                while not self._complete:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        self._complete = True
+                        break
+                    chunk = message.get("body", b"")
+                    self._size += len(chunk)
+                    if self._size > self._limit:
+                        raise BodyTooLarge
+                    self._chunks.append(chunk)
+                    self._complete = not message.get("more_body")
+        except TimeoutError:
+            return False
+        return True
+
+    def content(self) -> bytes:
+        return b"".join(self._chunks)
 
 
 async def respond(send: Send, answer: Answer, *, close: bool = False) -> None:

@@ -44,6 +44,7 @@ from app.callbacks.service import (
     UNSTORED,
     Answer,
     Delivery,
+    Hold,
     TaskSnapshot,
 )
 from app.callbacks.store import snapshot_of
@@ -216,16 +217,25 @@ class PostgresCallbackStore:
         self._pool = pool
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None:
-        async with self._pool.acquire() as connection:
+        """The task's snapshot, holding its connection for the delivery that follows."""
+        connection = await self._pool.acquire()
+        try:
             row = await connection.fetchrow(SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": task_id}))
-        return None if row is None else snapshot_of(row)
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        if row is None:
+            await self._pool.release(connection)
+            return None
+        return snapshot_of(row, Hold(connection, self._pool.release))
 
     async def receive(self, delivery: Delivery) -> Answer | None:
         news = delivery.news
         if news is None:
             return None
         snapshot: TaskSnapshot | None = delivery.snapshot
-        async with self._pool.acquire() as connection:
+        connection = delivery.snapshot.hold.take() or await self._pool.acquire()
+        try:
             for attempt in range(10):
                 if attempt:  # the task moved since it was read: decide again
                     row = await connection.fetchrow(
@@ -254,6 +264,8 @@ class PostgresCallbackStore:
                     ),
                 )
                 return _REFUSALS.get(first or "", DUPLICATE)
+        finally:
+            await self._pool.release(connection)
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
 
 

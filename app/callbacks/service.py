@@ -9,8 +9,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -46,6 +46,26 @@ MALFORMED = Answer(400, {"error": {"code": "bad_request", "message": "the body i
 MISMATCH = Answer(400, {"error": {"code": "bad_request", "message": "the body names another task"}})
 
 
+@dataclass(slots=True)
+class Hold:
+    """A database connection a store keeps from the URL check to the delivery, while the body
+    comes in promptly (one pool checkout instead of two); dropped if the body is slow."""
+
+    connection: Any = None
+    give_back: Callable[[Any], Awaitable[object]] | None = None
+
+    def take(self) -> Any:
+        """The connection, now the taker's to give back; None when there is none."""
+        connection, self.connection = self.connection, None
+        return connection
+
+    async def drop(self) -> None:
+        """Give the connection back, if it is still held."""
+        connection = self.take()
+        if connection is not None and self.give_back is not None:
+            await self.give_back(connection)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSnapshot:
     """What the intake reads about a task before the body: the nonce its URL is checked with,
@@ -55,6 +75,7 @@ class TaskSnapshot:
     state: TaskState
     provider_task_id: str | None
     notify_url: str | None
+    hold: Hold = field(default_factory=Hold, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +153,7 @@ class CallbackService:
         if snapshot is None:
             return self._refuse(NOT_FOUND, "unknown_task")
         if not token_matches(self._secret, task_id, snapshot.nonce, token):
+            await snapshot.hold.drop()
             return self._refuse(UNAUTHORIZED, "bad_token")
         return Admitted(task_id, snapshot)
 
@@ -167,7 +189,10 @@ class CallbackService:
         admitted = await self.admit(task_id, token)
         if isinstance(admitted, Answer):
             return admitted
-        return await self.record(admitted, body)
+        try:
+            return await self.record(admitted, body)
+        finally:
+            await admitted.snapshot.hold.drop()
 
     @staticmethod
     def _log(delivery: Delivery, answer: Answer) -> None:

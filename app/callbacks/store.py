@@ -23,6 +23,7 @@ from app.callbacks.service import (
     UNSTORED,
     Answer,
     Delivery,
+    Hold,
     TaskSnapshot,
 )
 from app.provider.types import ProviderTask, is_provider_task_id
@@ -96,10 +97,12 @@ class OrmCallbackStore:
         return ACCEPTED if stored else UNSTORED
 
 
-def snapshot_of(row: Mapping[Any, Any]) -> TaskSnapshot:
+def snapshot_of(row: Mapping[Any, Any], hold: Hold | None = None) -> TaskSnapshot:
     """The admission snapshot of a row of `snapshot_statement` (by column name)."""
     state = TaskState(TaskStatus(row["status"]), row["progress"], final_claimed=row["claimed"])
-    return TaskSnapshot(row["callback_nonce"], state, row["provider_task_id"], row["notify_url"])
+    return TaskSnapshot(
+        row["callback_nonce"], state, row["provider_task_id"], row["notify_url"], hold or Hold()
+    )
 
 
 async def _belongs(session: AsyncSession, task: Task, news: ProviderTask, now: datetime) -> bool:
