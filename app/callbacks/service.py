@@ -120,9 +120,10 @@ class RefusalLog:
         self._counts[reason] += 1
         now = time.monotonic()
         if now >= self._next:
+            # The message of every refusal; this line sums up those of the last period.
             log.warning(
-                "callbacks refused from their URL",
-                extra={"refused": dict(self._counts), "within_seconds": self._period},
+                "callback refused",
+                extra={"refused_by_url": dict(self._counts), "within_seconds": self._period},
             )
             self._counts.clear()
             self._next = now + self._period
