@@ -1,7 +1,12 @@
 """The PostgreSQL fast path for the common callback: an authentic body about the task's own
-upstream id. Two round trips on a dedicated asyncpg pool, each statement its own transaction:
-read the task, then one statement that records the delivery, applies the decision and enqueues
-the follow-up job, all or nothing.
+upstream id. On a dedicated asyncpg pool, each statement its own transaction: the task was read
+when the URL was admitted; one statement then records the delivery, applies the decision and
+enqueues the follow-up job, all or nothing.
+
+That statement is composed from the very statements the ORM store runs one by one (the inbox
+insert, the guarded task update, the job upsert; app/callbacks/repository.py,
+app/tasks/repository.py, app/workers/repository.py) and the values come from the same functions
+(`transition_values`, `transition_event`, `job_for`). It is compiled once per shape.
 
 Why no explicit row lock: the task's state only ever grows (status rank, progress, the final
 claim; terminal states absorb), and `decide` is a pure function of (state, news). So
@@ -11,103 +16,186 @@ claim; terminal states absorb), and `decide` is a pure function of (state, news)
 - a decision that changes nothing stays right on any later state, so recording the delivery
   needs no guard.
 
-Anything unusual (unknown task, a body about another upstream id, malformed JSON) answers None
-and goes to the general ORM store."""
+Anything unusual (a body about another upstream id, malformed JSON) answers None and goes to the
+general ORM store."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlalchemy import ClauseElement, and_, bindparam, exists, func, insert, or_, select, true
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
-from app.callbacks.models import DeliveryOutcome
+from app.callbacks import repository as inbox
+from app.callbacks.models import CallbackDelivery, DeliveryOutcome
 from app.callbacks.service import (
     ACCEPTED,
     DUPLICATE,
+    MALFORMED,
+    MISMATCH,
     NOT_FOUND,
-    UNAUTHORIZED,
+    UNSTORED,
     Answer,
-    Authenticate,
     Delivery,
+    Hold,
+    TaskSnapshot,
 )
-from app.tasks.service import job_for
-from app.tasks.states import Decision, ProviderNews, TaskState, TaskStatus, decide
+from app.callbacks.store import snapshot_of
+from app.tasks.events import TaskEvent
+from app.tasks.models import Task
+from app.tasks.repository import update_if_state_statement
+from app.tasks.service import job_for, transition_event, transition_values
+from app.tasks.states import Decision, ProviderNews, TaskState, decide
+from app.workers.models import Job
+from app.workers.repository import enqueue_statement
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT = """
-SELECT callback_nonce, status, progress, final_claimed_at IS NOT NULL AS claimed,
-       provider_task_id, notify_url
-FROM tasks WHERE id = $1
-"""
+_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+_EVENT_COLUMNS = ("kind", "from_status", "to_status", "message", "detail")
 
-_INBOX = """
-    INSERT INTO callback_deliveries
-        (task_id, digest, body, outcome, reported_status, deliveries, received_at,
-         last_received_at)
-    SELECT {source}, $2, $3, $4, $5, 1, $6, $6 {where}
-    ON CONFLICT (task_id, digest) DO NOTHING
-    RETURNING task_id
-"""
-_JOB = """
-    INSERT INTO jobs (kind, task_id, state, run_at, attempts, created_at, updated_at)
-    SELECT $7::text, task_id, 'queued', $6, 0, $6, $6 FROM ins WHERE $7::text IS NOT NULL
-    ON CONFLICT (kind, task_id) WHERE state = 'queued'
-    DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
-"""
 
-# $1 task id, $2 digest, $3 body, $4 outcome, $5 reported status, $6 now, $7 job kind or null.
-RECORD = """
-WITH ins AS (
-    INSERT INTO callback_deliveries
-        (task_id, digest, body, outcome, reported_status, deliveries, received_at,
-         last_received_at)
-    VALUES ($1, $2, $3, $4, $5, 1, $6, $6)
-    ON CONFLICT (task_id, digest) DO NOTHING
-    RETURNING task_id
-), job AS (
-    INSERT INTO jobs (kind, task_id, state, run_at, attempts, created_at, updated_at)
-    SELECT $7::text, task_id, 'queued', $6, 0, $6, $6 FROM ins WHERE $7::text IS NOT NULL
-    ON CONFLICT (kind, task_id) WHERE state = 'queued'
-    DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A statement compiled once for asyncpg: its SQL and how to order its arguments."""
+
+    sql: str
+    names: tuple[str, ...]  # the named parameters, in $n order
+    fixed: tuple[Any, ...]  # processed values of the literals, None where a name goes
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def of(cls, statement: ClauseElement, names: set[str]) -> Compiled:
+        compiled: Any = statement.compile(dialect=_DIALECT)  # a SQLCompiler
+        order = tuple(compiled.positiontup or ())
+        binds = [compiled.binds[name] for name in order]
+        processors = tuple(b.type.dialect_impl(_DIALECT).bind_processor(_DIALECT) for b in binds)
+        fixed = tuple(
+            None if name in names else (p(b.value) if p else b.value)
+            for name, b, p in zip(order, binds, processors, strict=True)
+        )
+        missing = names - set(order)
+        assert not missing, f"parameters not in the statement: {missing}"
+        return cls(str(compiled), order, fixed, processors)
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for `values` by parameter name."""
+        return [
+            (fixed if name not in values else (p(values[name]) if p else values[name]))
+            for name, fixed, p in zip(self.names, self.fixed, self.processors, strict=True)
+        ]
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+_TASK_ID = _param("task_id", Task.id)
+_DIGEST = _param("digest", CallbackDelivery.digest)
+_NOW = _param("now", CallbackDelivery.received_at)
+SNAPSHOT = Compiled.of(inbox.snapshot_statement(_TASK_ID), {"task_id"})
+COUNT_REPEAT = Compiled.of(
+    inbox.count_repeat_statement(_TASK_ID, _DIGEST, _NOW), {"task_id", "digest", "now"}
 )
-SELECT 1 AS guarded, (SELECT count(*) FROM ins) AS inserted
-"""
 
-# ... and $8/$9/$10 the state the decision was made on, $11..$14 the new state, $15 claim now,
-# $16 whether to record a transition event, $17 its detail.
-CHANGE = """
-WITH upd AS (
-    UPDATE tasks SET status = $11, progress = $12, error_code = $13, error_message = $14,
-        updated_at = $6, last_news_at = $6,
-        final_claimed_at = CASE WHEN $15::boolean THEN $6 ELSE final_claimed_at END
-    WHERE id = $1 AND status = $8 AND progress = $9 AND (final_claimed_at IS NOT NULL) = $10
-    RETURNING id
-), ins AS (
-    INSERT INTO callback_deliveries
-        (task_id, digest, body, outcome, reported_status, deliveries, received_at,
-         last_received_at)
-    SELECT id, $2, $3, $4, $5, 1, $6, $6 FROM upd
-    ON CONFLICT (task_id, digest) DO NOTHING
-    RETURNING task_id
-), event AS (
-    INSERT INTO task_events (task_id, at, kind, source, from_status, to_status, detail)
-    SELECT id, $6, 'transition', 'callback', $8, $11, $17::json FROM upd WHERE $16::boolean
-), job AS (
-    INSERT INTO jobs (kind, task_id, state, run_at, attempts, created_at, updated_at)
-    SELECT $7::text, task_id, 'queued', $6, 0, $6, $6 FROM ins WHERE $7::text IS NOT NULL
-    ON CONFLICT (kind, task_id) WHERE state = 'queued'
-    DO UPDATE SET run_at = LEAST(jobs.run_at, EXCLUDED.run_at)
-)
-SELECT (SELECT count(*) FROM upd) AS guarded, (SELECT count(*) FROM ins) AS inserted
-"""
 
-COUNT_REPEAT = """
-UPDATE callback_deliveries SET deliveries = deliveries + 1, last_received_at = $3
-WHERE task_id = $1 AND digest = $2
-"""
+@functools.cache
+def record_statement(changes: tuple[str, ...] | None, moved: bool, with_job: bool) -> Compiled:
+    """Record a new delivery, apply a decision and enqueue its job, in one statement.
+
+    `changes`: the task columns the decision writes (None: it changes nothing); `moved`: a
+    transition line goes to the timeline; `with_job`: the decision implies a job.
+    Returns guarded (false when the task moved since it was read), inserted (the body was new
+    and is now stored), known (the body was stored before), full (the inbox of the task was
+    full: a new body is applied without being stored)."""
+    names = {"task_id", "digest", "body", "outcome", "reported_status", "now"}
+    # The task's inbox as the statement found it, read once: how many bodies, and this one?
+    seen = (
+        select(
+            func.count().label("stored"),
+            func.coalesce(func.bool_or(CallbackDelivery.digest == _DIGEST), False).label("known"),
+        )
+        .where(CallbackDelivery.task_id == _TASK_ID)
+        .cte("seen")
+    )
+    stored = select(seen.c.stored).scalar_subquery()
+    known = select(seen.c.known).scalar_subquery()
+    full = stored >= inbox.MAX_BODIES_PER_TASK
+    ctes: list[Any] = [seen]
+    applies: Any = ~known
+    guarded: Any = true()
+    if changes is not None:
+        names |= {"expected_status", "expected_progress", "expected_claimed"}
+        names |= {f"set_{column}" for column in changes}
+        update = update_if_state_statement(
+            _TASK_ID,
+            status=_param("expected_status", Task.status),
+            progress=_param("expected_progress", Task.progress),
+            final_claimed=bindparam("expected_claimed", type_=postgresql.BOOLEAN()),
+            values={c: _param(f"set_{c}", getattr(Task, c)) for c in changes},
+        )
+        # A body stored before changes nothing again (it was refused, or already applied).
+        upd = update.where(~known).returning(Task.id).cte("upd")
+        ctes.append(upd)
+        applies = exists(select(upd.c.id))
+        guarded = or_(applies, known)
+    ins = inbox.record_if_new_statement(
+        postgresql.insert,
+        task_id=_TASK_ID,
+        digest=_DIGEST,
+        body=_param("body", CallbackDelivery.body),
+        outcome=_param("outcome", CallbackDelivery.outcome),
+        reported_status=_param("reported_status", CallbackDelivery.reported_status),
+        now=_NOW,
+        when=applies if changes is not None else None,
+        stored=stored,
+    ).cte("ins")
+    ctes.append(ins)
+    inserted = exists(select(ins.c.task_id))
+    if moved:
+        names |= {f"event_{column}" for column in _EVENT_COLUMNS}
+        line = select(
+            _TASK_ID,
+            _NOW,
+            _param("source", TaskEvent.source),
+            *(_param(f"event_{c}", getattr(TaskEvent, c)) for c in _EVENT_COLUMNS),
+        ).where(applies)
+        columns = ["task_id", "at", "source", *_EVENT_COLUMNS]
+        ctes.append(insert(TaskEvent).from_select(columns, line).cte("event"))
+        names.add("source")
+    if with_job:
+        names.add("job_kind")
+        job = enqueue_statement(
+            postgresql.insert,
+            _param("job_kind", Job.kind),
+            _TASK_ID,
+            _NOW,
+            # A new body, stored or (the inbox full) not: the job is due.
+            when=or_(inserted, and_(applies, full)),
+        )
+        ctes.append(job.cte("job"))
+    result = select(
+        guarded.label("guarded"),
+        inserted.label("inserted"),
+        known.label("known"),
+        full.label("full"),
+    ).add_cte(*ctes)
+    return Compiled.of(result, names)
+
+
+async def _setup(connection: asyncpg.Connection) -> None:
+    """JSON parameters as the compiled statements give them (text), as SQLAlchemy does."""
+    await connection.set_type_codec(
+        "json", encoder=lambda text: text, decoder=json.loads, schema="pg_catalog"
+    )
 
 
 async def _no_reset(_connection: asyncpg.Connection) -> None:
@@ -117,7 +205,7 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, max_size: int = 20) -> asyncpg.Pool:
     """The dedicated pool of the callback intake."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, reset=_no_reset
+        dsn, min_size=1, max_size=max_size, reset=_no_reset, init=_setup
     )
     return pool
 
@@ -128,71 +216,89 @@ class PostgresCallbackStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def receive(self, delivery: Delivery, authentic: Authenticate) -> Answer | None:
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        """The task's snapshot, holding its connection for the delivery that follows."""
+        connection = await self._pool.acquire()
+        try:
+            row = await connection.fetchrow(SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": task_id}))
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        if row is None:
+            await self._pool.release(connection)
+            return None
+        return snapshot_of(row, Hold(connection, self._pool.release))
+
+    async def receive(self, delivery: Delivery) -> Answer | None:
         news = delivery.news
         if news is None:
             return None
-        async with self._pool.acquire() as connection:
-            for _ in range(10):
-                row = await connection.fetchrow(SNAPSHOT, delivery.task_id)
-                if row is None:
+        snapshot: TaskSnapshot | None = delivery.snapshot
+        connection = delivery.snapshot.hold.take() or await self._pool.acquire()
+        try:
+            for attempt in range(10):
+                if attempt:  # the task moved since it was read: decide again
+                    row = await connection.fetchrow(
+                        SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": delivery.task_id})
+                    )
+                    snapshot = None if row is None else snapshot_of(row)
+                if snapshot is None:
                     return NOT_FOUND
-                if not authentic(delivery.task_id, row["callback_nonce"], delivery.token):
-                    return UNAUTHORIZED
-                if row["provider_task_id"] != news.id:
+                if snapshot.provider_task_id != news.id:
                     return None
-                current = TaskState(
-                    TaskStatus(row["status"]), row["progress"], final_claimed=row["claimed"]
-                )
-                decision = decide(current, ProviderNews(news, confirmed=False))
-                statement, arguments = _statement(delivery, current, decision, row["notify_url"])
-                result = await connection.fetchrow(statement, *arguments)
+                decision = decide(snapshot.state, ProviderNews(news, confirmed=False))
+                statement, values = _record(delivery, snapshot.state, decision, snapshot)
+                result = await connection.fetchrow(statement.sql, *statement.arguments(values))
                 assert result is not None
                 if not result["guarded"]:
-                    continue  # the task moved since it was read: decide again
+                    continue
                 if result["inserted"]:
                     return ACCEPTED
-                if decision.changed:  # impossible while the state only grows; see above
-                    log.error(
-                        "a repeated delivery changed a task", extra={"task_id": delivery.task_id}
-                    )
-                await connection.execute(
-                    COUNT_REPEAT, delivery.task_id, delivery.digest, delivery.received_at
+                if result["full"] and not result["known"]:
+                    return UNSTORED
+                first = await connection.fetchval(
+                    COUNT_REPEAT.sql,
+                    *COUNT_REPEAT.arguments(
+                        {"task_id": delivery.task_id, "digest": delivery.digest}
+                        | {"now": delivery.received_at}
+                    ),
                 )
-                return DUPLICATE
+                return _REFUSALS.get(first or "", DUPLICATE)
+        finally:
+            await self._pool.release(connection)
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
 
 
-def _statement(
-    delivery: Delivery, current: TaskState, decision: Decision, notify_url: str | None
-) -> tuple[str, list[Any]]:
-    kinds = [kind for e in decision.effects if (kind := job_for(e, notify_url)) is not None]
+def _record(
+    delivery: Delivery, current: TaskState, decision: Decision, snapshot: TaskSnapshot
+) -> tuple[Compiled, dict[str, Any]]:
+    news = delivery.news
+    assert news is not None
+    now = delivery.received_at
+    kinds = [k for e in decision.effects if (k := job_for(e, snapshot.notify_url)) is not None]
     assert len(kinds) <= 1, "a callback implies at most one follow-up job"
-    assert delivery.news is not None
-    arguments: list[Any] = [
-        delivery.task_id,
-        delivery.digest,
-        delivery.body,
-        DeliveryOutcome.APPLIED,
-        delivery.news.raw_status,
-        delivery.received_at,
-        kinds[0] if kinds else None,
-    ]
+    values: dict[str, Any] = {
+        "task_id": delivery.task_id,
+        "digest": delivery.digest,
+        "body": delivery.body,
+        "outcome": DeliveryOutcome.APPLIED,
+        "reported_status": news.raw_status,
+        "now": now,
+    }
+    if kinds:
+        values["job_kind"] = kinds[0]
     new = decision.state
     if new is None:
-        return RECORD, arguments
-    moved = (new.status, new.progress) != (current.status, current.progress)
-    detail = json.dumps({"progress": new.progress, "error_code": new.error_code}) if moved else None
-    return CHANGE, [
-        *arguments,
-        current.status.value,
-        current.progress,
-        current.final_claimed,
-        new.status.value,
-        new.progress,
-        new.error_code,
-        new.error_message,
-        new.final_claimed and not current.final_claimed,
-        moved,
-        detail,
-    ]
+        return record_statement(None, False, bool(kinds)), values
+    changes = transition_values(current, new, now=now, extra={"last_news_at": now})
+    values |= {f"set_{column}": value for column, value in changes.items()}
+    values |= {
+        "expected_status": current.status.value,
+        "expected_progress": current.progress,
+        "expected_claimed": current.final_claimed,
+    }
+    line = transition_event(current, new)
+    if line is not None:
+        values["source"] = "callback"
+        values |= {f"event_{column}": line[column] for column in _EVENT_COLUMNS}
+    return record_statement(tuple(sorted(changes)), line is not None, bool(kinds)), values

@@ -6,7 +6,9 @@ task, adopting the upstream id of a submission whose answer was lost)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,16 +20,17 @@ from app.callbacks.service import (
     MALFORMED,
     MISMATCH,
     NOT_FOUND,
-    UNAUTHORIZED,
+    UNSTORED,
     Answer,
-    Authenticate,
     Delivery,
+    Hold,
+    TaskSnapshot,
 )
 from app.provider.types import ProviderTask, is_provider_task_id
 from app.tasks import repository as tasks
 from app.tasks import service
 from app.tasks.models import SubmitState, Task
-from app.tasks.states import ProviderNews
+from app.tasks.states import ProviderNews, TaskState, TaskStatus
 from app.workers import repository as jobs
 from app.workers.models import JobKind
 
@@ -43,33 +46,40 @@ class OrmCallbackStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def receive(self, delivery: Delivery, authentic: Authenticate) -> Answer:
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        async with self._sessions() as session:
+            row = (await session.execute(inbox.snapshot_statement(task_id))).one_or_none()
+        return None if row is None else snapshot_of(row._mapping)
+
+    async def receive(self, delivery: Delivery) -> Answer:
         now = delivery.received_at
         async with self._sessions() as session:
             task = await tasks.get(session, delivery.task_id)
-            if task is None:
+            if task is None:  # gone since the URL was admitted
                 return NOT_FOUND
-            if not authentic(task.id, task.callback_nonce, delivery.token):
-                return UNAUTHORIZED
             key = (task.id, delivery.digest)
-            is_new = await inbox.record_if_new(
+            stored = await inbox.record_if_new(
                 session, task_id=task.id, digest=delivery.digest, body=delivery.body, now=now
             )
-            if not is_new:
+            if not stored:
                 first = await inbox.count_repeat(
                     session, task_id=task.id, digest=delivery.digest, now=now
                 )
-                await session.commit()
-                # The same body gets the same answer: a refused one is refused again.
-                return _REFUSALS.get(first or "", DUPLICATE)
+                if first is not None:
+                    await session.commit()
+                    # The same body gets the same answer: a refused one is refused again.
+                    return _REFUSALS.get(first, DUPLICATE)
+                # Not stored and not seen: the task's inbox is full. Handled all the same.
             news = delivery.news
             if news is None:
-                await inbox.set_outcome(session, *key, DeliveryOutcome.MALFORMED, None)
-                await session.commit()
+                if stored:
+                    await inbox.set_outcome(session, *key, DeliveryOutcome.MALFORMED, None)
+                    await session.commit()
                 return MALFORMED
             if not await _belongs(session, task, news, now):
-                outcome = DeliveryOutcome.MISMATCH
-                await inbox.set_outcome(session, *key, outcome, news.raw_status)
+                if stored:
+                    outcome = DeliveryOutcome.MISMATCH
+                    await inbox.set_outcome(session, *key, outcome, news.raw_status)
                 await session.commit()
                 return MISMATCH
             await service.apply_event(
@@ -80,10 +90,19 @@ class OrmCallbackStore:
                 source="callback",
                 extra={"last_news_at": now},
             )
-            outcome = DeliveryOutcome.APPLIED
-            await inbox.set_outcome(session, *key, outcome, news.raw_status)
+            if stored:
+                outcome = DeliveryOutcome.APPLIED
+                await inbox.set_outcome(session, *key, outcome, news.raw_status)
             await session.commit()
-        return ACCEPTED
+        return ACCEPTED if stored else UNSTORED
+
+
+def snapshot_of(row: Mapping[Any, Any], hold: Hold | None = None) -> TaskSnapshot:
+    """The admission snapshot of a row of `snapshot_statement` (by column name)."""
+    state = TaskState(TaskStatus(row["status"]), row["progress"], final_claimed=row["claimed"])
+    return TaskSnapshot(
+        row["callback_nonce"], state, row["provider_task_id"], row["notify_url"], hold or Hold()
+    )
 
 
 async def _belongs(session: AsyncSession, task: Task, news: ProviderTask, now: datetime) -> bool:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import ColumnElement, DateTime, MetaData, event, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -147,6 +147,12 @@ def upsert_insert(session: AsyncSession) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert
     return sqlite.insert
+
+
+def as_expression(value: Any, column: Any) -> Any:
+    """A SQL expression (a bound parameter, a column) as is; a plain value as a literal of the
+    column's type. Lets one statement builder serve values and compiled-once parameters."""
+    return value if isinstance(value, ColumnElement) else literal(value, column.type)
 
 
 def asyncpg_dsn(url: str) -> str:

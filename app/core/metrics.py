@@ -70,6 +70,14 @@ CALLBACK_ACCEPTED = CALLBACKS.labels("accepted")
 CALLBACK_DUPLICATE = CALLBACKS.labels("duplicate")
 CALLBACK_REJECTED = CALLBACKS.labels("rejected")
 CALLBACK_UNAVAILABLE = CALLBACKS.labels("unavailable")
+CALLBACK_REFUSALS_BY_REASON = Counter(
+    "imagegen_callback_refusals_total",
+    "Provider callbacks refused from their URL alone, before the body was read.",
+    ["reason"],
+)
+CALLBACK_REFUSALS = {
+    reason: CALLBACK_REFUSALS_BY_REASON.labels(reason) for reason in ("unknown_task", "bad_token")
+}
 CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{token}"
 _CALLBACK_SECONDS = HTTP_REQUEST_SECONDS.labels("POST", CALLBACK_ROUTE, "2xx")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, Update, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import upsert_insert
@@ -85,20 +85,32 @@ async def update_if_state(
     values: dict[str, Any],
 ) -> bool:
     """Write `values` only if the row still has the expected status and progress."""
-    result = await session.execute(
+    statement = update_if_state_statement(
+        task_id,
+        status=expected.status.value,
+        progress=expected.progress,
+        final_claimed=expected.final_claimed,
+        values=values,
+    )
+    result = await session.execute(statement.execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def update_if_state_statement(
+    task_id: Any, *, status: Any, progress: Any, final_claimed: Any, values: Mapping[str, Any]
+) -> Update:
+    """The guarded UPDATE of a transition (values or bound parameters): it writes only if the
+    row still has the state the decision was made on. The callback fast path composes it too."""
+    return (
         update(Task)
         .where(
             Task.id == task_id,
-            Task.status == expected.status.value,
-            Task.progress == expected.progress,
-            Task.final_claimed_at.is_not(None)
-            if expected.final_claimed
-            else Task.final_claimed_at.is_(None),
+            Task.status == status,
+            Task.progress == progress,
+            Task.final_claimed_at.is_not(None) == final_claimed,
         )
         .values(**values)
-        .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
 
 
 async def update_fields(

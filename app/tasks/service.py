@@ -112,23 +112,11 @@ async def apply_event(
             await _write_effects(session, task, decision, now)
             return decision
         new = decision.state
-        values: dict[str, Any] = {
-            "status": new.status.value,
-            "progress": new.progress,
-            "error_code": new.error_code,
-            "error_message": new.error_message,
-            "updated_at": now,
-            **(extra or {}),
-        }
-        if new.status.is_terminal:
-            values["completed_at"] = now
-        elif current.status.is_terminal:  # a redrive
-            values["completed_at"] = None
-        if new.final_claimed and not current.final_claimed:
-            values["final_claimed_at"] = now
+        values = transition_values(current, new, now=now, extra=extra)
         if await repository.update_if_state(session, task.id, expected=current, values=values):
-            if (new.status, new.progress) != (current.status, current.progress):
-                await _record_transition(session, task, current, new, source=source, now=now)
+            if (line := transition_event(current, new)) is not None:
+                _log_transition(task, current, new, source)
+                await events.record(session, task.id, source=source, at=now, **line)
             await repository.get(session, task.id)  # refreshes `task` in place
             await _write_effects(session, task, decision, now)
             return decision
@@ -152,15 +140,43 @@ async def apply_alone(
         return decision
 
 
-async def _record_transition(
-    session: AsyncSession,
-    task: Task,
-    current: TaskState,
-    new: TaskState,
-    *,
-    source: str,
-    now: datetime,
-) -> None:
+def transition_values(
+    current: TaskState, new: TaskState, *, now: datetime, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The columns a transition from `current` to `new` writes (every path writes these)."""
+    values: dict[str, Any] = {
+        "status": new.status.value,
+        "progress": new.progress,
+        "error_code": new.error_code,
+        "error_message": new.error_message,
+        "updated_at": now,
+        **(extra or {}),
+    }
+    if new.status.is_terminal:
+        values["completed_at"] = now
+    elif current.status.is_terminal:  # a redrive
+        values["completed_at"] = None
+    if new.final_claimed and not current.final_claimed:
+        values["final_claimed_at"] = now
+    return values
+
+
+def transition_event(current: TaskState, new: TaskState) -> dict[str, Any] | None:
+    """The timeline line of a transition (without task, source and time); None when neither
+    status nor progress moved."""
+    if (new.status, new.progress) == (current.status, current.progress):
+        return None
+    message = new.error_message if new.status.is_terminal else None
+    return {
+        "kind": EventKind.TRANSITION,
+        "from_status": current.status.value,
+        "to_status": new.status.value,
+        "message": None if message is None else message[:2000],
+        "detail": {"progress": new.progress, "error_code": new.error_code},
+    }
+
+
+def _log_transition(task: Task, current: TaskState, new: TaskState, source: str) -> None:
     log.info(
         "task transition",
         extra={
@@ -172,17 +188,6 @@ async def _record_transition(
             "progress": new.progress,
             "source": source,
         },
-    )
-    await events.record(
-        session,
-        task.id,
-        kind=EventKind.TRANSITION,
-        source=source,
-        at=now,
-        from_status=current.status.value,
-        to_status=new.status.value,
-        message=new.error_message if new.status.is_terminal else None,
-        detail={"progress": new.progress, "error_code": new.error_code},
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import ColumnElement, case, func, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
-from app.core.db import upsert_insert
+from app.core.db import as_expression, upsert_insert
 from app.workers.models import Job, JobState
 
 
@@ -39,17 +40,41 @@ Outcome = Done | RetryAt | GiveUp
 
 async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: datetime) -> None:
     """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
-    insert = upsert_insert(session)
-    statement = insert(Job).values(
-        kind=kind,
-        task_id=task_id,
-        state=JobState.QUEUED,
-        run_at=run_at,
-        attempts=0,
-        created_at=run_at,
-        updated_at=run_at,
-    )
-    statement = statement.on_conflict_do_update(
+    await session.execute(enqueue_statement(upsert_insert(session), kind, task_id, run_at))
+
+
+def enqueue_statement(
+    insert: Any,
+    kind: Any,
+    task_id: Any,
+    run_at: Any,
+    *,
+    when: ColumnElement[bool] | None = None,
+) -> Any:
+    """The upsert of an open job (values or bound parameters), made only `when` holds: the one
+    statement that enqueues, for the ORM paths and composed into the callback fast path."""
+    rows = select(
+        as_expression(kind, Job.kind),
+        as_expression(task_id, Job.task_id),
+        literal(JobState.QUEUED, Job.state.type),
+        as_expression(run_at, Job.run_at),
+        literal(0, Job.attempts.type),
+        as_expression(run_at, Job.created_at),
+        as_expression(run_at, Job.updated_at),
+        literal(False, Job.rerun.type),
+    ).where(true() if when is None else when)  # a WHERE also keeps SQLite's parser off ON
+    columns = [
+        "kind",
+        "task_id",
+        "state",
+        "run_at",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "rerun",
+    ]
+    statement = insert(Job).from_select(columns, rows)
+    return statement.on_conflict_do_update(
         index_elements=[Job.kind, Job.task_id],
         index_where=text("state = 'queued'"),
         set_={
@@ -61,7 +86,6 @@ async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: dateti
             "rerun": or_(Job.lease_owner.is_not(None), Job.rerun),
         },
     )
-    await session.execute(statement)
 
 
 async def claim(
