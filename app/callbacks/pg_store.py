@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = """
 SELECT callback_nonce, status, progress, final_claimed_at IS NOT NULL AS claimed,
-       provider_task_id, notify_url
+       provider_task_id, notify_url, caller
 FROM tasks WHERE id = $1
 """
 
@@ -150,6 +150,8 @@ class PostgresCallbackStore:
                 assert result is not None
                 if not result["guarded"]:
                     continue  # the task moved since it was read: decide again
+                if decision.state is not None:  # each statement commits: the change is in
+                    _log_transition(delivery.task_id, row, current, decision.state)
                 if result["inserted"]:
                     return ACCEPTED
                 if decision.changed:  # impossible while the state only grows; see above
@@ -161,6 +163,24 @@ class PostgresCallbackStore:
                 )
                 return DUPLICATE
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
+
+
+def _log_transition(task_id: str, row: asyncpg.Record, current: TaskState, new: TaskState) -> None:
+    """The line apply_event writes for a transition (a final claim alone is not one)."""
+    if (new.status, new.progress) == (current.status, current.progress):
+        return
+    log.info(
+        "task transition",
+        extra={
+            "task_id": task_id,
+            "caller": row["caller"],
+            "provider_task_id": row["provider_task_id"],
+            "from_status": current.status.value,
+            "to_status": new.status.value,
+            "progress": new.progress,
+            "source": "callback",
+        },
+    )
 
 
 def _statement(

@@ -5,6 +5,7 @@ task, adopting the upstream id of a submission whose answer was lost)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 
@@ -23,6 +24,7 @@ from app.callbacks.service import (
     Authenticate,
     Delivery,
 )
+from app.core.db import after_commit
 from app.provider.types import ProviderTask, is_provider_task_id
 from app.tasks import repository as tasks
 from app.tasks import service
@@ -109,9 +111,13 @@ async def _belongs(session: AsyncSession, task: Task, news: ProviderTask, now: d
         provider_task_id=None,
     )
     if adopted:
-        log.warning(
-            "adopted the upstream task of a submission whose answer was lost",
-            extra={"task_id": task.id, "provider_task_id": news.id},
+        after_commit(
+            session,
+            functools.partial(
+                log.warning,
+                "adopted the upstream task of a submission whose answer was lost",
+                extra={"task_id": task.id, "provider_task_id": news.id},
+            ),
         )
         await jobs.enqueue(session, JobKind.POLL, task.id, now)
         await tasks.get(session, task.id)

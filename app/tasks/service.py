@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.archive.models import TaskImage
 from app.callbacks.tokens import new_nonce
 from app.core.clock import utcnow
+from app.core.db import after_commit
 from app.core.errors import ApiProblem
 from app.notify import repository as notifications
 from app.notify.models import Notification, event_type
@@ -161,18 +163,18 @@ async def _record_transition(
     source: str,
     now: datetime,
 ) -> None:
-    log.info(
-        "task transition",
-        extra={
-            "task_id": task.id,
-            "caller": task.caller,
-            "provider_task_id": task.provider_task_id,
-            "from_status": current.status.value,
-            "to_status": new.status.value,
-            "progress": new.progress,
-            "source": source,
-        },
-    )
+    extra = {
+        "task_id": task.id,
+        "caller": task.caller,
+        "provider_task_id": task.provider_task_id,
+        "from_status": current.status.value,
+        "to_status": new.status.value,
+        "progress": new.progress,
+        "source": source,
+    }
+    # Logged once committed: a line for a transition that was rolled back (a killed worker, a
+    # lost connection) would tell the operator of a state the task never had.
+    after_commit(session, functools.partial(log.info, "task transition", extra=extra))
     await events.record(
         session,
         task.id,
