@@ -43,7 +43,7 @@ import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     worker_killed_at: float | None = None  # wall clock of the SIGKILL
+    killed_worker_url: str | None = None  # its public base URL, which its callback URLs start with
     duplicates: int = 0
     losses: int = 0
 
@@ -605,6 +606,7 @@ async def _drive(
     async def restart_worker() -> int:
         pid = workers[0].popen.pid
         report.worker_killed_at = time.time()
+        report.killed_worker_url = worker_env[0]["IMAGEGEN_PUBLIC_BASE_URL"]
         await asyncio.to_thread(workers[0].kill)
         workers[0] = children.gateway("worker0", ["worker"], worker_env[0])
         return pid
@@ -676,6 +678,58 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A worker's SIGKILL: when (wall clock), and the public base URL of that worker, on which
+    it built the callback URLs of the creates it sent."""
+
+    at: float
+    worker_url: str
+
+
+CUT_BEFORE_ACCEPTANCE = "cut before the provider accepted it"
+LOST_AFTER_ACCEPTANCE = "accepted upstream, the answer died with the worker, no callback"
+
+
+def kill_casualty(
+    row: Mapping[str, Any], upstream: Sequence[Mapping[str, Any]], kill: Kill | None
+) -> str | None:
+    """Which of the two outcomes a worker's SIGKILL may leave `row` with, when the evidence
+    proves one; None otherwise (and then a task that did not complete is a loss).
+
+    Both: the task failed `provider_timeout` without ever learning an upstream id, and its
+    create started before the kill. Either no upstream task carries its id (the kill cut the
+    create before the provider took it), or exactly one does, and that one was accepted
+    before the kill, sent by the killed worker (its callback URL is on that worker's base
+    URL), and its callback was never sent (dropped by the simulator): the provider's answer
+    was in the killed worker's memory, not yet committed, and no callback could tell the id.
+    The provider has no idempotency key and no search, so nothing else can recover it."""
+    if kill is None:
+        return None
+    if (row["status"], row["error_code"], row["provider_task_id"]) != (
+        "failed",
+        "provider_timeout",
+        None,
+    ):
+        return None
+    started = row["submit_started_at"]
+    if started is None or started.timestamp() > kill.at:
+        return None
+    if not upstream:
+        return CUT_BEFORE_ACCEPTANCE
+    if len(upstream) > 1:
+        return None
+    [sim_task] = upstream
+    if (
+        sim_task["accepted_at"] <= kill.at
+        and str(sim_task["callback_url"]).startswith(f"{kill.worker_url}/callbacks/")
+        and sim_task["callback_dropped"]
+        and not sim_task["callbacks"]
+    ):
+        return LOST_AFTER_ACCEPTANCE
+    return None
+
+
 async def _check(
     config: SoakConfig,
     report: Report,
@@ -692,7 +746,7 @@ async def _check(
     rows = await _fetch(
         db,
         "SELECT id, idempotency_key, status, error_code, provider_task_id, notify_url,"
-        " completed_at, submit_started_at FROM tasks",
+        " completed_at, submit_started_at, submitted_at FROM tasks",
     )
     images = await _fetch(db, "SELECT task_id, index, sha256 FROM task_images")
     async with httpx.AsyncClient(timeout=60.0) as client:
@@ -739,22 +793,19 @@ async def _check(
         upstream_by_task[match.group(1) if match else "?"].append(sim_task)
     extra_upstream = sum(len(found) - 1 for found in upstream_by_task.values() if len(found) > 1)
     extra_upstream += sum(len(found) for t, found in upstream_by_task.items() if t not in by_id)
-    # A create whose HTTP exchange the SIGKILL cut has an outcome no one can know (the provider
-    # offers no idempotency key and no search): the service never resubmits it (at most one
-    # upstream task) and fails it `provider_timeout`. Such a task is counted apart, and only
-    # when the row proves it: its create started before the kill and it was never accepted.
-    killed_at = report.worker_killed_at
-    cut_by_kill = [
-        row
+    # A worker's SIGKILL in the middle of a create leaves an outcome the service cannot learn
+    # (kill_casualty): the task is never resubmitted (at most one upstream task) and fails
+    # `provider_timeout`. Such a task is counted apart, and only when the evidence proves it.
+    kill = None
+    if report.worker_killed_at is not None and report.killed_worker_url is not None:
+        kill = Kill(report.worker_killed_at, report.killed_worker_url)
+    casualties = {
+        row["id"]: kind
         for row in rows
-        if not upstream_by_task.get(row["id"])
-        and (row["status"], row["error_code"], row["provider_task_id"])
-        == ("failed", "provider_timeout", None)
-        and killed_at is not None
-        and row["submit_started_at"] is not None
-        and row["submit_started_at"].timestamp() <= killed_at
-    ]
-    cut_ids = {row["id"] for row in cut_by_kill}
+        if (kind := kill_casualty(row, upstream_by_task.get(row["id"], []), kill)) is not None
+    }
+    cut_ids = {task_id for task_id, kind in casualties.items() if kind == CUT_BEFORE_ACCEPTANCE}
+    lost_ids = {task_id for task_id, kind in casualties.items() if kind == LOST_AFTER_ACCEPTANCE}
     without_upstream = [
         row
         for row in rows
@@ -770,11 +821,13 @@ async def _check(
     losses["tasks never sent upstream"] = len(without_upstream)
     report.check(
         "exactly one upstream task per task",
-        len(upstream) == len(rows) - len(cut_by_kill) and not extra_upstream
+        len(upstream) == len(rows) - len(cut_ids) and not extra_upstream
         and not without_upstream and not mismatched,
         f"{len(upstream)} upstream for {len(rows)} tasks; {extra_upstream} extra, "
         f"{len(without_upstream)} missing, {len(mismatched)} with another provider id, "
-        f"{len(cut_by_kill)} creates cut by the SIGKILL (failed provider_timeout, not resent)",
+        f"{len(cut_ids)} creates cut by the SIGKILL before the provider took them and "
+        f"{len(lost_ids)} whose answer died with the killed worker, no callback (each failed "
+        "provider_timeout, not resent)",
     )  # fmt: skip
 
     # Outcomes and bytes: failed exactly when failed upstream; the rest succeeded with the
@@ -786,7 +839,9 @@ async def _check(
     for row in rows:
         found = sim_by_id.get(row["provider_task_id"] or "")
         if found is None:
-            if upstream_by_task.get(row["id"]):  # sent upstream, but the id was never adopted
+            # Sent upstream, but the id was never adopted (unless the answer died with the
+            # SIGKILLed worker and no callback came).
+            if upstream_by_task.get(row["id"]) and row["id"] not in lost_ids:
                 wrong_outcome.append(f"{row['id']}: {row['status']} {row['error_code']}")
             continue
         sim_task = found
@@ -895,6 +950,13 @@ async def _check(
         and sim_by_id.get(row["provider_task_id"] or "", {}).get("final_status") != "failed"
     )
     answered_503 = sum(d.answered != 204 for d in deliveries)
+    # The window in which a SIGKILL loses an accepted create's answer: from the provider's
+    # acceptance to the start of the write of the id (that write's own commit comes on top).
+    windows = [
+        row["submitted_at"].timestamp() - sim_by_id[row["provider_task_id"]]["accepted_at"]
+        for row in rows
+        if row["submitted_at"] is not None and row["provider_task_id"] in sim_by_id
+    ]
     notified = f"{len(deliveries)} / {answered_503}" if receiver else "not checked (no app.notify)"
     report.figures += [
         ("tasks", f"{len(submissions)}, {config.rate:g}/s over {submitted_at - started:.0f} s"),
@@ -906,7 +968,12 @@ async def _check(
         ("upstream completion -> succeeded, p99", _seconds(latencies, 0.99)),
         ("upstream completion -> succeeded, max", _seconds(latencies, 1.0)),
         ("creates retried by the client (same key)", str(len(retried))),
-        ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_by_kill))),
+        ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_ids))),
+        ("answers lost with the SIGKILLed worker (accepted, no callback)", str(len(lost_ids))),
+        (
+            "provider acceptance -> id recorded, p50 / p99",
+            f"{_ms(windows, 0.5)} / {_ms(windows, 0.99)}",
+        ),
         ("callbacks dropped / sent", f"{stats['callbacks_dropped']} / {stats['callbacks_sent']}"),
         ("stale callbacks after final", str(stats["callbacks_stale"])),
         ("creates answered 429", str(stats["creates_rejected_429"])),
@@ -920,6 +987,10 @@ async def _check(
 
 def _seconds(values: list[float], fraction: float) -> str:
     return f"{percentile(values, fraction):.2f} s" if values else "-"
+
+
+def _ms(values: list[float], fraction: float) -> str:
+    return f"{percentile(values, fraction) * 1000:.1f} ms" if values else "-"
 
 
 def _counts(counts: Counter[str]) -> str:
