@@ -149,6 +149,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     worker_killed_at: float | None = None  # wall clock of the SIGKILL
+    worker_replaced_at: float | None = None  # the killed worker is dead; its replacement starts
     killed_worker_url: str | None = None  # its public base URL, which its callback URLs start with
     duplicates: int = 0
     losses: int = 0
@@ -608,6 +609,7 @@ async def _drive(
         report.worker_killed_at = time.time()
         report.killed_worker_url = worker_env[0]["IMAGEGEN_PUBLIC_BASE_URL"]
         await asyncio.to_thread(workers[0].kill)
+        report.worker_replaced_at = time.time()
         workers[0] = children.gateway("worker0", ["worker"], worker_env[0])
         return pid
 
@@ -680,10 +682,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @dataclass(frozen=True)
 class Kill:
-    """A worker's SIGKILL: when (wall clock), and the public base URL of that worker, on which
-    it built the callback URLs of the creates it sent."""
+    """A worker's SIGKILL (wall clock): sent `at`; the worker was dead and its replacement not
+    yet started at `replaced_at`. `worker_url` is the worker's public base URL, on which it
+    built the callback URLs of the creates it sent (and so will its replacement)."""
 
     at: float
+    replaced_at: float
     worker_url: str
 
 
@@ -699,9 +703,10 @@ def kill_casualty(
 
     Both: the task failed `provider_timeout` without ever learning an upstream id, and its
     create started before the kill. Either no upstream task carries its id (the kill cut the
-    create before the provider took it), or exactly one does, and that one was accepted
-    before the kill, sent by the killed worker (its callback URL is on that worker's base
-    URL), and its callback was never sent (dropped by the simulator): the provider's answer
+    create before the provider took it), or exactly one does, and that one was sent by the
+    killed worker (its callback URL is on that worker's base URL, and it was accepted before
+    the replacement started: a create sent as the kill landed may be accepted just after it),
+    and its callback was never sent (dropped by the simulator): the provider's answer
     was in the killed worker's memory, not yet committed, and no callback could tell the id.
     The provider has no idempotency key and no search, so nothing else can recover it."""
     if kill is None:
@@ -721,7 +726,7 @@ def kill_casualty(
         return None
     [sim_task] = upstream
     if (
-        sim_task["accepted_at"] <= kill.at
+        sim_task["accepted_at"] <= kill.replaced_at
         and str(sim_task["callback_url"]).startswith(f"{kill.worker_url}/callbacks/")
         and sim_task["callback_dropped"]
         and not sim_task["callbacks"]
@@ -797,8 +802,12 @@ async def _check(
     # (kill_casualty): the task is never resubmitted (at most one upstream task) and fails
     # `provider_timeout`. Such a task is counted apart, and only when the evidence proves it.
     kill = None
-    if report.worker_killed_at is not None and report.killed_worker_url is not None:
-        kill = Kill(report.worker_killed_at, report.killed_worker_url)
+    if (
+        report.worker_killed_at is not None
+        and report.worker_replaced_at is not None
+        and report.killed_worker_url is not None
+    ):
+        kill = Kill(report.worker_killed_at, report.worker_replaced_at, report.killed_worker_url)
     casualties = {
         row["id"]: kind
         for row in rows

@@ -144,9 +144,9 @@ async def blocked_by(admin: asyncpg.Connection, database: str) -> int:
 
 async def kill_worker_blocked(
     admin: asyncpg.Connection, database_url: str, worker: Process, sim_url: str
-) -> float:
+) -> tuple[float, float]:
     """Wait until the provider accepted the create and the worker waits for a lock `admin`
-    holds; SIGKILL it there; returns the wall clock of the kill."""
+    holds; SIGKILL it there; returns the wall clock before the kill and after its death."""
     async with httpx.AsyncClient() as client:
         await eventually(
             lambda: get_json(client, f"{sim_url}/_sim/tasks"), lambda tasks: len(tasks) == 1
@@ -155,7 +155,7 @@ async def kill_worker_blocked(
     await eventually(lambda: blocked_by(admin, database), lambda waiting: waiting > 0)
     killed_at = time.time()
     worker.kill()
-    return killed_at
+    return killed_at, time.time()
 
 
 async def test_worker_killed_after_the_id_is_recorded_completes_the_task_without_callback(
@@ -239,7 +239,7 @@ async def test_worker_killed_before_the_id_is_recorded_logs_nothing_and_fails_ho
                 "SELECT 1 FROM jobs WHERE task_id = $1 AND kind = 'poll' FOR UPDATE", created["id"]
             )
             first = processes.start("worker", ["worker"], env)
-            killed_at = await kill_worker_blocked(admin, pg_database_url, first, sim_url)
+            killed_at, dead_at = await kill_worker_blocked(admin, pg_database_url, first, sim_url)
             await hold.rollback()
             processes.start("worker", ["worker"], env)
 
@@ -265,8 +265,11 @@ async def test_worker_killed_before_the_id_is_recorded_logs_nothing_and_fails_ho
     assert "not submitted again" in task["error"]["message"]
     # The soak counts exactly this case apart, from this evidence, and nothing else.
     assert row is not None
-    kill = Kill(killed_at, api_url)
+    kill = Kill(killed_at, dead_at, api_url)
     assert kill_casualty(row, upstream, kill) == LOST_AFTER_ACCEPTANCE
-    assert kill_casualty(row, upstream, Kill(upstream[0]["accepted_at"] - 0.001, api_url)) is None
-    assert kill_casualty(row, upstream, Kill(killed_at, "http://127.0.0.1:1")) is None
+    accepted_at = upstream[0]["accepted_at"]
+    assert kill_casualty(row, upstream, Kill(killed_at, accepted_at - 0.001, api_url)) is None
+    assert kill_casualty(row, upstream, Kill(killed_at, dead_at, "http://127.0.0.1:1")) is None
+    started_at = row["submit_started_at"].timestamp()
+    assert kill_casualty(row, upstream, Kill(started_at - 0.001, dead_at, api_url)) is None
     assert kill_casualty(row, [upstream[0] | {"callback_dropped": False}], kill) is None
