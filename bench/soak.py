@@ -131,6 +131,7 @@ class Delivery:
     answered: int
     verified: bool
     after_success: bool
+    at: float = 0.0  # wall clock of the answer
 
 
 @dataclass
@@ -328,6 +329,7 @@ class Receiver:
                 answer,
                 verified,
                 webhook_id in self.delivered,
+                time.time(),
             )
         )
         if answer == 204:
@@ -735,6 +737,26 @@ def kill_casualty(
     return None
 
 
+def resent_after_kill(
+    posts: Sequence[Delivery], recorded_attempts: int | None, kill: Kill | None
+) -> bool:
+    """Whether a notification sent again after a 2xx is the one a worker's SIGKILL explains:
+    the attempt answered 2xx was never recorded (the receiver got one POST more than the
+    database counts; the record rides out database errors, so only the death of its sender
+    between the answer and the commit loses it), that answer came before the killed worker's
+    replacement started, and every later POST came after the kill (the job taken over once
+    its lease expired). A receiver sees the same webhook-id again (Standard Webhooks: it
+    dedupes on it); no sender can avoid this window."""
+    if kill is None or recorded_attempts is None or len(posts) != recorded_attempts + 1:
+        return False
+    ordered = sorted(posts, key=lambda post: post.at)
+    first = next((i for i, post in enumerate(ordered) if 200 <= post.answered < 300), None)
+    if first is None or ordered[first].at > kill.replaced_at:
+        return False
+    later = ordered[first + 1 :]
+    return bool(later) and all(post.at >= kill.at for post in later)
+
+
 async def _check(
     config: SoakConfig,
     report: Report,
@@ -924,7 +946,20 @@ async def _check(
         not_notified = [r for r in notified_tasks if not ids_by_task.get(r["id"])]
         several = [t for t, found in ids_by_task.items() if len(found) > 1]
         undelivered = {d.webhook_id for d in deliveries} - receiver.delivered
-        after_success = [d for d in deliveries if d.after_success]
+        notes = await _fetch(db, "SELECT id, attempts FROM notifications")
+        recorded = {str(note["id"]): int(note["attempts"]) for note in notes}
+        posts_by_id: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in deliveries:
+            posts_by_id[delivery.webhook_id].append(delivery)
+        resent_ids = {
+            webhook_id
+            for webhook_id, posts in posts_by_id.items()
+            if any(post.after_success for post in posts)
+            and resent_after_kill(posts, recorded.get(webhook_id), kill)
+        }
+        after_success = [
+            d for d in deliveries if d.after_success and d.webhook_id not in resent_ids
+        ]
         wrong_type = [
             d
             for d in deliveries
@@ -941,9 +976,12 @@ async def _check(
             f"{len(receiver.delivered)} delivered for {len(notified_tasks)} tasks in "
             f"{len(deliveries)} POSTs ({sum(d.answered != 204 for d in deliveries)} answered 503"
             f" and retried); {len(not_notified)} missing, {len(several)} with several ids, "
-            f"{len(after_success)} after a 2xx, {len(wrong_type)} wrong type, "
+            f"{len(after_success)} after a 2xx ({len(resent_ids)} more sent again because the "
+            f"SIGKILL cut the record of their 2xx), {len(wrong_type)} wrong type, "
             f"{len(unverified)} bad signatures",
         )  # fmt: skip
+    else:
+        resent_ids = set()
     report.duplicates = sum(duplicates.values())
     report.losses = sum(losses.values())
     report.check("duplicates", report.duplicates == 0, _counts(duplicates))
@@ -979,6 +1017,7 @@ async def _check(
         ("creates retried by the client (same key)", str(len(retried))),
         ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_ids))),
         ("answers lost with the SIGKILLed worker (accepted, no callback)", str(len(lost_ids))),
+        ("notifications sent again: SIGKILL between the 2xx and its record", str(len(resent_ids))),
         (
             "provider acceptance -> id recorded, p50 / p99",
             f"{_ms(windows, 0.5)} / {_ms(windows, 0.99)}",
