@@ -43,7 +43,7 @@ import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,7 @@ class Delivery:
     answered: int
     verified: bool
     after_success: bool
+    at: float = 0.0  # wall clock of the answer
 
 
 @dataclass
@@ -149,6 +150,8 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     worker_killed_at: float | None = None  # wall clock of the SIGKILL
+    worker_replaced_at: float | None = None  # the killed worker is dead; its replacement starts
+    killed_worker_url: str | None = None  # its public base URL, which its callback URLs start with
     duplicates: int = 0
     losses: int = 0
 
@@ -326,6 +329,7 @@ class Receiver:
                 answer,
                 verified,
                 webhook_id in self.delivered,
+                time.time(),
             )
         )
         if answer == 204:
@@ -605,7 +609,9 @@ async def _drive(
     async def restart_worker() -> int:
         pid = workers[0].popen.pid
         report.worker_killed_at = time.time()
+        report.killed_worker_url = worker_env[0]["IMAGEGEN_PUBLIC_BASE_URL"]
         await asyncio.to_thread(workers[0].kill)
+        report.worker_replaced_at = time.time()
         workers[0] = children.gateway("worker0", ["worker"], worker_env[0])
         return pid
 
@@ -676,6 +682,81 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A worker's SIGKILL (wall clock): sent `at`; the worker was dead and its replacement not
+    yet started at `replaced_at`. `worker_url` is the worker's public base URL, on which it
+    built the callback URLs of the creates it sent (and so will its replacement)."""
+
+    at: float
+    replaced_at: float
+    worker_url: str
+
+
+CUT_BEFORE_ACCEPTANCE = "cut before the provider accepted it"
+LOST_AFTER_ACCEPTANCE = "accepted upstream, the answer died with the worker, no callback"
+
+
+def kill_casualty(
+    row: Mapping[str, Any], upstream: Sequence[Mapping[str, Any]], kill: Kill | None
+) -> str | None:
+    """Which of the two outcomes a worker's SIGKILL may leave `row` with, when the evidence
+    proves one; None otherwise (and then a task that did not complete is a loss).
+
+    Both: the task failed `provider_timeout` without ever learning an upstream id, and its
+    create started before the kill. Either no upstream task carries its id (the kill cut the
+    create before the provider took it), or exactly one does, and that one was sent by the
+    killed worker (its callback URL is on that worker's base URL, and it was accepted before
+    the replacement started: a create sent as the kill landed may be accepted just after it),
+    and its callback was never sent (dropped by the simulator): the provider's answer
+    was in the killed worker's memory, not yet committed, and no callback could tell the id.
+    The provider has no idempotency key and no search, so nothing else can recover it."""
+    if kill is None:
+        return None
+    if (row["status"], row["error_code"], row["provider_task_id"]) != (
+        "failed",
+        "provider_timeout",
+        None,
+    ):
+        return None
+    started = row["submit_started_at"]
+    if started is None or started.timestamp() > kill.at:
+        return None
+    if not upstream:
+        return CUT_BEFORE_ACCEPTANCE
+    if len(upstream) > 1:
+        return None
+    [sim_task] = upstream
+    if (
+        sim_task["accepted_at"] <= kill.replaced_at
+        and str(sim_task["callback_url"]).startswith(f"{kill.worker_url}/callbacks/")
+        and sim_task["callback_dropped"]
+        and not sim_task["callbacks"]
+    ):
+        return LOST_AFTER_ACCEPTANCE
+    return None
+
+
+def resent_after_kill(
+    posts: Sequence[Delivery], recorded_attempts: int | None, kill: Kill | None
+) -> bool:
+    """Whether a notification sent again after a 2xx is the one a worker's SIGKILL explains:
+    the attempt answered 2xx was never recorded (the receiver got one POST more than the
+    database counts; the record rides out database errors, so only the death of its sender
+    between the answer and the commit loses it), that answer came before the killed worker's
+    replacement started, and every later POST came after the kill (the job taken over once
+    its lease expired). A receiver sees the same webhook-id again (Standard Webhooks: it
+    dedupes on it); no sender can avoid this window."""
+    if kill is None or recorded_attempts is None or len(posts) != recorded_attempts + 1:
+        return False
+    ordered = sorted(posts, key=lambda post: post.at)
+    first = next((i for i, post in enumerate(ordered) if 200 <= post.answered < 300), None)
+    if first is None or ordered[first].at > kill.replaced_at:
+        return False
+    later = ordered[first + 1 :]
+    return bool(later) and all(post.at >= kill.at for post in later)
+
+
 async def _check(
     config: SoakConfig,
     report: Report,
@@ -692,7 +773,7 @@ async def _check(
     rows = await _fetch(
         db,
         "SELECT id, idempotency_key, status, error_code, provider_task_id, notify_url,"
-        " completed_at, submit_started_at FROM tasks",
+        " completed_at, submit_started_at, submitted_at FROM tasks",
     )
     images = await _fetch(db, "SELECT task_id, index, sha256 FROM task_images")
     async with httpx.AsyncClient(timeout=60.0) as client:
@@ -739,22 +820,23 @@ async def _check(
         upstream_by_task[match.group(1) if match else "?"].append(sim_task)
     extra_upstream = sum(len(found) - 1 for found in upstream_by_task.values() if len(found) > 1)
     extra_upstream += sum(len(found) for t, found in upstream_by_task.items() if t not in by_id)
-    # A create whose HTTP exchange the SIGKILL cut has an outcome no one can know (the provider
-    # offers no idempotency key and no search): the service never resubmits it (at most one
-    # upstream task) and fails it `provider_timeout`. Such a task is counted apart, and only
-    # when the row proves it: its create started before the kill and it was never accepted.
-    killed_at = report.worker_killed_at
-    cut_by_kill = [
-        row
+    # A worker's SIGKILL in the middle of a create leaves an outcome the service cannot learn
+    # (kill_casualty): the task is never resubmitted (at most one upstream task) and fails
+    # `provider_timeout`. Such a task is counted apart, and only when the evidence proves it.
+    kill = None
+    if (
+        report.worker_killed_at is not None
+        and report.worker_replaced_at is not None
+        and report.killed_worker_url is not None
+    ):
+        kill = Kill(report.worker_killed_at, report.worker_replaced_at, report.killed_worker_url)
+    casualties = {
+        row["id"]: kind
         for row in rows
-        if not upstream_by_task.get(row["id"])
-        and (row["status"], row["error_code"], row["provider_task_id"])
-        == ("failed", "provider_timeout", None)
-        and killed_at is not None
-        and row["submit_started_at"] is not None
-        and row["submit_started_at"].timestamp() <= killed_at
-    ]
-    cut_ids = {row["id"] for row in cut_by_kill}
+        if (kind := kill_casualty(row, upstream_by_task.get(row["id"], []), kill)) is not None
+    }
+    cut_ids = {task_id for task_id, kind in casualties.items() if kind == CUT_BEFORE_ACCEPTANCE}
+    lost_ids = {task_id for task_id, kind in casualties.items() if kind == LOST_AFTER_ACCEPTANCE}
     without_upstream = [
         row
         for row in rows
@@ -770,11 +852,13 @@ async def _check(
     losses["tasks never sent upstream"] = len(without_upstream)
     report.check(
         "exactly one upstream task per task",
-        len(upstream) == len(rows) - len(cut_by_kill) and not extra_upstream
+        len(upstream) == len(rows) - len(cut_ids) and not extra_upstream
         and not without_upstream and not mismatched,
         f"{len(upstream)} upstream for {len(rows)} tasks; {extra_upstream} extra, "
         f"{len(without_upstream)} missing, {len(mismatched)} with another provider id, "
-        f"{len(cut_by_kill)} creates cut by the SIGKILL (failed provider_timeout, not resent)",
+        f"{len(cut_ids)} creates cut by the SIGKILL before the provider took them and "
+        f"{len(lost_ids)} whose answer died with the killed worker, no callback (each failed "
+        "provider_timeout, not resent)",
     )  # fmt: skip
 
     # Outcomes and bytes: failed exactly when failed upstream; the rest succeeded with the
@@ -786,7 +870,9 @@ async def _check(
     for row in rows:
         found = sim_by_id.get(row["provider_task_id"] or "")
         if found is None:
-            if upstream_by_task.get(row["id"]):  # sent upstream, but the id was never adopted
+            # Sent upstream, but the id was never adopted (unless the answer died with the
+            # SIGKILLed worker and no callback came).
+            if upstream_by_task.get(row["id"]) and row["id"] not in lost_ids:
                 wrong_outcome.append(f"{row['id']}: {row['status']} {row['error_code']}")
             continue
         sim_task = found
@@ -860,7 +946,20 @@ async def _check(
         not_notified = [r for r in notified_tasks if not ids_by_task.get(r["id"])]
         several = [t for t, found in ids_by_task.items() if len(found) > 1]
         undelivered = {d.webhook_id for d in deliveries} - receiver.delivered
-        after_success = [d for d in deliveries if d.after_success]
+        notes = await _fetch(db, "SELECT id, attempts FROM notifications")
+        recorded = {str(note["id"]): int(note["attempts"]) for note in notes}
+        posts_by_id: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in deliveries:
+            posts_by_id[delivery.webhook_id].append(delivery)
+        resent_ids = {
+            webhook_id
+            for webhook_id, posts in posts_by_id.items()
+            if any(post.after_success for post in posts)
+            and resent_after_kill(posts, recorded.get(webhook_id), kill)
+        }
+        after_success = [
+            d for d in deliveries if d.after_success and d.webhook_id not in resent_ids
+        ]
         wrong_type = [
             d
             for d in deliveries
@@ -877,9 +976,12 @@ async def _check(
             f"{len(receiver.delivered)} delivered for {len(notified_tasks)} tasks in "
             f"{len(deliveries)} POSTs ({sum(d.answered != 204 for d in deliveries)} answered 503"
             f" and retried); {len(not_notified)} missing, {len(several)} with several ids, "
-            f"{len(after_success)} after a 2xx, {len(wrong_type)} wrong type, "
+            f"{len(after_success)} after a 2xx ({len(resent_ids)} more sent again because the "
+            f"SIGKILL cut the record of their 2xx), {len(wrong_type)} wrong type, "
             f"{len(unverified)} bad signatures",
         )  # fmt: skip
+    else:
+        resent_ids = set()
     report.duplicates = sum(duplicates.values())
     report.losses = sum(losses.values())
     report.check("duplicates", report.duplicates == 0, _counts(duplicates))
@@ -895,6 +997,13 @@ async def _check(
         and sim_by_id.get(row["provider_task_id"] or "", {}).get("final_status") != "failed"
     )
     answered_503 = sum(d.answered != 204 for d in deliveries)
+    # The window in which a SIGKILL loses an accepted create's answer: from the provider's
+    # acceptance to the start of the write of the id (that write's own commit comes on top).
+    windows = [
+        row["submitted_at"].timestamp() - sim_by_id[row["provider_task_id"]]["accepted_at"]
+        for row in rows
+        if row["submitted_at"] is not None and row["provider_task_id"] in sim_by_id
+    ]
     notified = f"{len(deliveries)} / {answered_503}" if receiver else "not checked (no app.notify)"
     report.figures += [
         ("tasks", f"{len(submissions)}, {config.rate:g}/s over {submitted_at - started:.0f} s"),
@@ -906,7 +1015,13 @@ async def _check(
         ("upstream completion -> succeeded, p99", _seconds(latencies, 0.99)),
         ("upstream completion -> succeeded, max", _seconds(latencies, 1.0)),
         ("creates retried by the client (same key)", str(len(retried))),
-        ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_by_kill))),
+        ("creates cut by the worker's SIGKILL (not resent)", str(len(cut_ids))),
+        ("answers lost with the SIGKILLed worker (accepted, no callback)", str(len(lost_ids))),
+        ("notifications sent again: SIGKILL between the 2xx and its record", str(len(resent_ids))),
+        (
+            "provider acceptance -> id recorded, p50 / p99",
+            f"{_ms(windows, 0.5)} / {_ms(windows, 0.99)}",
+        ),
         ("callbacks dropped / sent", f"{stats['callbacks_dropped']} / {stats['callbacks_sent']}"),
         ("stale callbacks after final", str(stats["callbacks_stale"])),
         ("creates answered 429", str(stats["creates_rejected_429"])),
@@ -920,6 +1035,10 @@ async def _check(
 
 def _seconds(values: list[float], fraction: float) -> str:
     return f"{percentile(values, fraction):.2f} s" if values else "-"
+
+
+def _ms(values: list[float], fraction: float) -> str:
+    return f"{percentile(values, fraction) * 1000:.1f} ms" if values else "-"
 
 
 def _counts(counts: Counter[str]) -> str:

@@ -214,9 +214,9 @@ class Archiver:
         return Done()
 
     async def _fail(self, task: Task, code: str, message: str) -> Outcome:
-        log.warning("archive failed", extra=_ids(task) | {"error_code": code})
         failure = ServiceFailure(code, message)
         await service.apply_alone(self._ctx.sessions, task.id, failure, source="archive")
+        log.warning("archive failed", extra=_ids(task) | {"error_code": code})
         return Done()
 
     async def _note(self, task: Task, index: int, outcome: str, message: str) -> None:

@@ -51,7 +51,12 @@ from app.callbacks.store import snapshot_of
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.tasks.repository import update_if_state_statement
-from app.tasks.service import job_for, transition_event, transition_values
+from app.tasks.service import (
+    job_for,
+    transition_event,
+    transition_log_fields,
+    transition_values,
+)
 from app.tasks.states import Decision, ProviderNews, TaskState, decide
 from app.workers.models import Job
 from app.workers.repository import enqueue_statement
@@ -252,6 +257,9 @@ class PostgresCallbackStore:
                 assert result is not None
                 if not result["guarded"]:
                     continue
+                if decision.state is not None and not result["known"]:
+                    # Each statement commits: the change is in, so it may be logged.
+                    _log_transition(delivery.task_id, snapshot, decision.state)
                 if result["inserted"]:
                     return ACCEPTED
                 if result["full"] and not result["known"]:
@@ -267,6 +275,17 @@ class PostgresCallbackStore:
         finally:
             await self._pool.release(connection)
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
+
+
+def _log_transition(task_id: str, snapshot: TaskSnapshot, new: TaskState) -> None:
+    """The line apply_event writes for a transition (a final claim alone is not one)."""
+    current = snapshot.state
+    if transition_event(current, new) is None:
+        return
+    fields = transition_log_fields(
+        task_id, snapshot.caller, snapshot.provider_task_id, current, new, "callback"
+    )
+    log.info("task transition", extra=fields)
 
 
 def _record(

@@ -18,7 +18,9 @@ from app.tasks.models import Task
 MAX_BODIES_PER_TASK = 16
 
 
-def snapshot_statement(task_id: Any) -> Select[str, str, int, bool, str | None, str | None]:
+def snapshot_statement(
+    task_id: Any,
+) -> Select[str, str, int, bool, str | None, str | None, str]:
     """What admitting a callback reads about its task."""
     return select(
         Task.callback_nonce,
@@ -27,6 +29,7 @@ def snapshot_statement(task_id: Any) -> Select[str, str, int, bool, str | None, 
         Task.final_claimed_at.is_not(None).label("claimed"),
         Task.provider_task_id,
         Task.notify_url,
+        Task.caller,
     ).where(Task.id == task_id)
 
 

@@ -75,6 +75,7 @@ class TaskSnapshot:
     state: TaskState
     provider_task_id: str | None
     notify_url: str | None
+    caller: str
     hold: Hold = field(default_factory=Hold, compare=False)
 
 

@@ -5,6 +5,7 @@ task, adopting the upstream id of a submission whose answer was lost)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -26,6 +27,7 @@ from app.callbacks.service import (
     Hold,
     TaskSnapshot,
 )
+from app.core.db import after_commit
 from app.provider.types import ProviderTask, is_provider_task_id
 from app.tasks import repository as tasks
 from app.tasks import service
@@ -101,7 +103,12 @@ def snapshot_of(row: Mapping[Any, Any], hold: Hold | None = None) -> TaskSnapsho
     """The admission snapshot of a row of `snapshot_statement` (by column name)."""
     state = TaskState(TaskStatus(row["status"]), row["progress"], final_claimed=row["claimed"])
     return TaskSnapshot(
-        row["callback_nonce"], state, row["provider_task_id"], row["notify_url"], hold or Hold()
+        row["callback_nonce"],
+        state,
+        row["provider_task_id"],
+        row["notify_url"],
+        row["caller"],
+        hold or Hold(),
     )
 
 
@@ -128,9 +135,13 @@ async def _belongs(session: AsyncSession, task: Task, news: ProviderTask, now: d
         provider_task_id=None,
     )
     if adopted:
-        log.warning(
-            "adopted the upstream task of a submission whose answer was lost",
-            extra={"task_id": task.id, "provider_task_id": news.id},
+        after_commit(
+            session,
+            functools.partial(
+                log.warning,
+                "adopted the upstream task of a submission whose answer was lost",
+                extra={"task_id": task.id, "provider_task_id": news.id},
+            ),
         )
         await jobs.enqueue(session, JobKind.POLL, task.id, now)
         await tasks.get(session, task.id)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,30 @@ async def query_deadline(session: AsyncSession, seconds: float) -> AsyncIterator
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded attributes after commit."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+_AFTER_COMMIT = "imagegen_after_commit"
+
+
+def after_commit(session: AsyncSession | Session, action: Callable[[], None]) -> None:
+    """Run `action` once the session's current transaction has committed; never if it ends
+    otherwise (rollback, close, a lost connection). For logs that state what was written."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, ()):
+        try:
+            action()
+        except Exception:  # the commit stands: an action must not make it look failed
+            log.exception("an after-commit action failed")
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended without a commit
+        session.info.pop(_AFTER_COMMIT, None)
 
 
 def upsert_insert(session: AsyncSession) -> Any:

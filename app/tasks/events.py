@@ -85,6 +85,16 @@ async def record(
     await session.flush()
 
 
+async def exists(session: AsyncSession, task_id: str, *, kind: str, outcome: str) -> bool:
+    """Whether the task's timeline has a line of this kind and outcome."""
+    found = await session.scalar(
+        select(TaskEvent.id)
+        .where(TaskEvent.task_id == task_id, TaskEvent.kind == kind, TaskEvent.outcome == outcome)
+        .limit(1)
+    )
+    return found is not None
+
+
 async def note(
     sessions: async_sessionmaker[AsyncSession], task_id: str, *, kind: str, **line: Any
 ) -> None:

@@ -6,6 +6,7 @@ a notification is reopened with a conditional update of its own."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.service import LINK_LIFETIME, upstream_completed_at
+from app.core.db import after_commit
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type
 from app.tasks import events, service
@@ -146,4 +148,5 @@ async def _record(
         outcome=step,
         detail=detail,
     )
-    log.info("task step retried", extra={"task_id": task.id, "caller": task.caller, "step": step})
+    extra = {"task_id": task.id, "caller": task.caller, "step": step}
+    after_commit(session, functools.partial(log.info, "task step retried", extra=extra))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.archive.models import TaskImage
 from app.callbacks.tokens import new_nonce
 from app.core.clock import utcnow
+from app.core.db import after_commit
 from app.core.errors import ApiProblem
 from app.notify import repository as notifications
 from app.notify.models import Notification, event_type
@@ -115,7 +117,7 @@ async def apply_event(
         values = transition_values(current, new, now=now, extra=extra)
         if await repository.update_if_state(session, task.id, expected=current, values=values):
             if (line := transition_event(current, new)) is not None:
-                _log_transition(task, current, new, source)
+                _log_transition(session, task, current, new, source)
                 await events.record(session, task.id, source=source, at=now, **line)
             await repository.get(session, task.id)  # refreshes `task` in place
             await _write_effects(session, task, decision, now)
@@ -176,19 +178,35 @@ def transition_event(current: TaskState, new: TaskState) -> dict[str, Any] | Non
     }
 
 
-def _log_transition(task: Task, current: TaskState, new: TaskState, source: str) -> None:
-    log.info(
-        "task transition",
-        extra={
-            "task_id": task.id,
-            "caller": task.caller,
-            "provider_task_id": task.provider_task_id,
-            "from_status": current.status.value,
-            "to_status": new.status.value,
-            "progress": new.progress,
-            "source": source,
-        },
+def transition_log_fields(
+    task_id: str,
+    caller: str,
+    provider_task_id: str | None,
+    current: TaskState,
+    new: TaskState,
+    source: str,
+) -> dict[str, Any]:
+    """The fields of the 'task transition' log line, the same on every path."""
+    return {
+        "task_id": task_id,
+        "caller": caller,
+        "provider_task_id": provider_task_id,
+        "from_status": current.status.value,
+        "to_status": new.status.value,
+        "progress": new.progress,
+        "source": source,
+    }
+
+
+def _log_transition(
+    session: AsyncSession, task: Task, current: TaskState, new: TaskState, source: str
+) -> None:
+    fields = transition_log_fields(
+        task.id, task.caller, task.provider_task_id, current, new, source
     )
+    # Logged once committed: a line for a transition that was rolled back (a killed worker, a
+    # lost connection) would tell the operator of a state the task never had.
+    after_commit(session, functools.partial(log.info, "task transition", extra=fields))
 
 
 def job_for(effect: Effect, notify_url: str | None) -> str | None:

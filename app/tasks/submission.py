@@ -136,7 +136,11 @@ class Submitter:
             )
             task.submit_state = SubmitState.UNCERTAIN
             return await self._outcome_unknown(task, utcnow(), reason=exc.message)
-        return await self._durably(task, lambda: self._accept(task, accepted))
+        if await self._durably(task, lambda: self._record_answer(task, accepted)):
+            # The id is safe from here on: should this worker die now, the poll job written
+            # with it moves the task on.
+            await self._durably(task, lambda: self._accept(task, accepted))
+        return Done()
 
     async def _durably(self, task: Task, write: Callable[[], Awaitable[T]]) -> T:
         """Record the provider's answer, riding out database errors (it exists only here)."""
@@ -144,7 +148,11 @@ class Submitter:
             write, what="the provider's answer to the submission", extra={"task_id": task.id}
         )
 
-    async def _accept(self, task: Task, accepted: ProviderTask) -> Outcome:
+    async def _record_answer(self, task: Task, accepted: ProviderTask) -> bool:
+        """Write the upstream id and the poll job that follows it up, and nothing more: until
+        this commits, the id is only in this process's memory, and a SIGKILL loses it (the
+        provider offers no other way to learn it than the task's callback). True when the
+        task is this upstream task's, and the acceptance is to be recorded."""
         now = utcnow()
         async with self._ctx.sessions() as session:
             recorded = await repository.update_fields(
@@ -159,43 +167,47 @@ class Submitter:
                 },
                 provider_task_id=None,
             )
-            if not recorded:
-                current = await repository.get(session, task.id)
-                if current is not None and current.provider_task_id == accepted.id:
-                    # Recorded already: by its callback, or by a commit whose answer was lost.
-                    return Done()
-                log.error(
-                    "task already had a provider task id; second upstream task ignored",
-                    extra={
-                        "task_id": task.id,
-                        "caller": task.caller,
-                        "provider_task_id": accepted.id,
-                    },
+            if recorded:
+                await jobs.enqueue(
+                    session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
                 )
-                return Done()
+                await session.commit()
+                return True
+            current = await repository.get(session, task.id)
+        if current is not None and current.provider_task_id == accepted.id:
+            # Recorded already: by its callback, or by a commit whose answer was lost.
+            return True
+        log.error(
+            "task already had a provider task id; second upstream task ignored",
+            extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},
+        )
+        return False
+
+    async def _accept(self, task: Task, accepted: ProviderTask) -> None:
+        """The timeline line and the transition the create's answer implies (idempotent)."""
+        now = utcnow()
+        async with self._ctx.sessions() as session:
             fresh = await repository.get(session, task.id)
-            assert fresh is not None
-            await events.record(
-                session,
-                task.id,
-                kind=EventKind.SUBMIT,
-                source="submit",
-                at=now,
-                outcome="accepted",
-                detail={"provider_task_id": accepted.id},
-            )
+            if fresh is None:
+                return
+            if not await events.exists(session, task.id, kind=EventKind.SUBMIT, outcome="accepted"):
+                await events.record(
+                    session,
+                    task.id,
+                    kind=EventKind.SUBMIT,
+                    source="submit",
+                    at=now,
+                    outcome="accepted",
+                    detail={"provider_task_id": accepted.id},
+                )
             await service.apply_event(
                 session, fresh, ProviderNews(accepted, confirmed=True), now=now, source="submit"
-            )
-            await jobs.enqueue(
-                session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
             )
             await session.commit()
         log.info(
             "submitted upstream",
             extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},
         )
-        return Done()
 
     async def _outcome_unknown(self, task: Task, now: datetime, *, reason: str | None) -> Outcome:
         started = task.submit_started_at or task.updated_at

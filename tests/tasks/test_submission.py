@@ -14,7 +14,6 @@ from app.provider.types import ProviderTask
 from app.tasks.models import SubmitState, Task
 from app.tasks.submission import Submitter
 from app.workers.models import JobKind
-from app.workers.repository import Outcome
 from tests.support.stack import eventually, running_stack
 
 ACCEPTED = ("pending", "processing", "archiving", "succeeded")
@@ -188,17 +187,17 @@ async def test_a_database_error_recording_an_accepted_create_is_ridden_out(
 ) -> None:
     # The upstream id exists only in the worker's memory: losing it to a killed database
     # connection would leave the task uncertain (and, without a callback, failed).
-    original = Submitter._accept
+    original = Submitter._record_answer
     calls = 0
 
-    async def failing_once(self: Submitter, task: Task, accepted: ProviderTask) -> Outcome:
+    async def failing_once(self: Submitter, task: Task, accepted: ProviderTask) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OperationalError("UPDATE tasks", {}, ConnectionResetError("connection closed"))
         return await original(self, task, accepted)
 
-    monkeypatch.setattr(Submitter, "_accept", failing_once)
+    monkeypatch.setattr(Submitter, "_record_answer", failing_once)
     config = SimulatorConfig(duration_seconds=0.3, faults=SimulatorFaults(callback_drop_rate=1.0))
     async with running_stack(database_url, config) as stack:
         created = await stack.create()

@@ -31,6 +31,7 @@ def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
         "final_status": task.final_status,
         "error_code": task.error_code,
         "created": task.created,
+        "accepted_at": task.accepted_at,
         "final_at": final_at,
         "request": task.request,
         "size": task.params.size,

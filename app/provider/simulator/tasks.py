@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,8 @@ class SimTask:
     image_format: str
     image_noise: float
     error_code: str | None = None
+    # Wall-clock time (epoch seconds) at which the create was accepted, before it was answered.
+    accepted_at: float = field(default_factory=time.time)
     image_sha256: str | None = None
     image_bytes: int | None = None
     finalized: bool = False
