@@ -1,4 +1,4 @@
-"""The soak of bench/soak.py at CI size: 60 tasks with the same faults and disruptions (a
+"""The soak of bench/soak/ at CI size: 60 tasks with the same faults and disruptions (a
 worker SIGKILLed, every database connection killed, S3 cut off for 10 s); every check holds."""
 
 from __future__ import annotations

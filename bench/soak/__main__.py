@@ -1,0 +1,5 @@
+"""`python -m bench.soak`."""
+
+from .cli import main
+
+main()
