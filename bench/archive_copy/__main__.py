@@ -1,0 +1,5 @@
+"""`python -m bench.archive_copy`."""
+
+from .cli import main
+
+main()
