@@ -15,7 +15,7 @@ from .run import run_soak
 def main(argv: list[str] | None = None) -> None:
     # prog: the name the usage line showed when the soak was one module, bench/soak.py.
     description = (soak.__doc__ or "").split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog="soak.py", description=description)
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=description)
     defaults = SoakConfig()
     parser.add_argument("--tasks", type=int, default=defaults.tasks)
     parser.add_argument("--rate", type=float, default=defaults.rate, help="tasks per second")
