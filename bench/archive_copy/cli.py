@@ -35,7 +35,9 @@ async def run_benchmark(
 
 def main(argv: list[str] | None = None) -> None:
     # prog: the name the usage line showed when the benchmark was one module.
-    parser = argparse.ArgumentParser(prog="python -m bench.archive_copy", description=archive_copy.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.archive_copy", description=archive_copy.__doc__
+    )
     parser.add_argument("--images", type=int, default=60, help="copies per path and round")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
