@@ -24,7 +24,8 @@ from tests.support.gateway import running_gateway
 from tests.support.proxy import cuttable
 from tests.support.queries import ENDLESS
 from tests.support.rows import make_task
-from tests.support.stack import eventually, running_stack
+from tests.support.stack import running_stack
+from tests.support.waiting import eventually
 
 FAMILIES = {
     "imagegen_http_request_duration_seconds": "histogram",

@@ -14,7 +14,7 @@ from app.core.db import create_engine, create_sessionmaker, query_deadline
 from app.tasks import repository
 from tests.support.queries import ENDLESS
 from tests.support.rows import make_task
-from tests.support.stack import eventually
+from tests.support.waiting import eventually
 
 FIVE_MILLION = text(
     "WITH RECURSIVE series(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM series WHERE n < 5000000) "

@@ -20,6 +20,7 @@ import uvicorn
 from PIL import Image
 
 from app.archive.fetch import IPAddress
+from tests.support.waiting import until
 
 PUBLIC_IP = "93.184.215.14"  # a global address; the Dialer routes it to 127.0.0.1
 ZEROS = bytes(64 * 1024)
@@ -216,11 +217,10 @@ async def serve(app: ImageServer, tls_dir: Path | None = None) -> AsyncIterator[
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started or task.done(), what="uvicorn to start", interval=0.01)
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped before it started")
         yield sock.getsockname()[1]
     finally:
         app.release.set()

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from app.archive.store import ObjectStore, StoreError
+from tests.support.waiting import until
 
 BUCKET = "imagegen-test"
 FAKE_KEY_ID = "AKIAFAKEFAKEFAKE0000"
@@ -160,13 +161,6 @@ async def read_all(target: Target, key: str = KEY) -> bytes | None:
     return data
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail after `seconds`."""
-    async with asyncio.timeout(seconds):
-        while not await condition():
-            await asyncio.sleep(0.01)
-
-
 class Boom(Exception):
     """The source stream failed (say, the download broke)."""
 
@@ -240,7 +234,7 @@ async def test_source_error_mid_stream_leaves_nothing(target: Target) -> None:
     async def source() -> AsyncIterator[bytes]:
         async for chunk in chunked(pattern(7 * MIB)):
             yield chunk
-        await wait_until(target.partly_uploaded)
+        await until(target.partly_uploaded, what="a part uploaded", timeout=10, interval=0.01)
         assert await target.store.head(KEY) is None, "an unfinished upload is invisible"
         assert await target.store.list_keys() == []
         raise Boom
@@ -273,7 +267,7 @@ async def test_cancelled_while_the_source_waits_leaves_nothing(target: Target) -
         try:
             async for chunk in chunked(pattern(7 * MIB)):
                 yield chunk
-            await wait_until(target.partly_uploaded)
+            await until(target.partly_uploaded, what="a part uploaded", timeout=10, interval=0.01)
             stalled.set()
             await asyncio.Event().wait()  # a download that hangs
             yield b"never"

@@ -25,7 +25,7 @@ Index (case -> expected answer -> where it is tested; "here" is this package):
 | caller | the same key with another body | 422 `idempotency_key_reused` | here; tests/tasks/test_api.py |
 | caller | task id not a UUID, unknown, upper case, suffixed, 2000 chars, NUL, traversal; events/retry/image of such ids | 404 `not_found` | here: PATHS |
 | caller | image index -1, 16, huge, not a number, 1.5 | 422 `validation_error` | here: PATHS |
-| caller | retry of a task with nothing to retry; wrong method; unknown route | 409 `not_retryable`; 405; 404 | here: PATHS; tests/notify/test_redrive.py |
+| caller | retry of a task with nothing to retry; wrong method; unknown route | 409 `not_retryable`; 405; 404 | here: PATHS; tests/tasks/test_redrive.py |
 | caller | limit 0/101/-1/huge/x/1e3/empty, status unknown/upper case/empty, cursor garbage/too long/NUL/not JSON/not a pair/not a date/naive/bad id | 422 naming the parameter | here: QUERIES; tests/tasks/test_api.py |
 | caller | a well-formed cursor pointing at another caller's task | 200, the caller's own tasks only | here |
 | caller | anything generated from the OpenAPI document | no 5xx, every answer documented | tests/test_fuzz_api.py |

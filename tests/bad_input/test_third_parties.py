@@ -47,7 +47,7 @@ from tests.conftest import auth
 from tests.support.callbacks import callback_path
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.servers import serve_app
-from tests.support.stack import eventually
+from tests.support.waiting import eventually
 
 MAX_IMAGE_BYTES = 256 * 1024
 

@@ -3,8 +3,6 @@ simulator. Each page is saved as a screenshot in var/screenshots/."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,21 +11,24 @@ from playwright.async_api import Locator, Page, expect
 
 from tests.notify.receiver import Receiver
 from tests.support.browser import ALPHA_KEY, OPERATOR_KEY, Service, screenshot
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.browser
 
 WAIT_MS = 30_000  # a task takes about 3 s upstream in the simulator, plus the archive copy
 
 
-async def until(
+async def wait_for_task(
     service: Service, task_id: str, predicate: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     """The task (REST API) once `predicate` holds for it."""
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while not predicate(task := await service.task(task_id)):
-        assert time.monotonic() < deadline, f"condition not met; task: {task}"
-        await asyncio.sleep(0.1)
-    return task
+    return await eventually(
+        lambda: service.task(task_id),
+        predicate,
+        WAIT_MS / 1000,
+        what=f"task {task_id}",
+        interval=0.1,
+    )
 
 
 def status_count(page: Page, status: str) -> Locator:
@@ -87,7 +88,7 @@ async def test_operator_console_flow(page: Page, service: Service, receiver: Rec
     # Tasks arrive while the overview is open: its counts follow without a reload.
     await service.set_faults(fail_rate=1.0)
     failed = await service.create({"prompt": "a paper boat in a storm, ink", "size": "1:1"})
-    await until(service, failed["id"], lambda t: t["provider_task_id"] is not None)
+    await wait_for_task(service, failed["id"], lambda t: t["provider_task_id"] is not None)
     await service.set_faults(fail_rate=0.0)
     notified = await service.create(
         {
@@ -101,7 +102,7 @@ async def test_operator_console_flow(page: Page, service: Service, receiver: Rec
     await expect(status_count(page, "succeeded")).to_have_text("2", timeout=WAIT_MS)
     await expect(status_count(page, "failed")).to_have_text("1", timeout=WAIT_MS)
     assert await page.evaluate("window.openedOnce === true")  # refreshed by its script
-    task = await until(
+    task = await wait_for_task(
         service, notified["id"], lambda t: (t["notification"] or {}).get("status") == "failed"
     )
     await page.reload()
@@ -173,7 +174,7 @@ async def test_operator_console_flow(page: Page, service: Service, receiver: Rec
         "Retried: the notification step runs again."
     )
     await screenshot(page, "task-retried")
-    await until(
+    await wait_for_task(
         service, notified["id"], lambda t: (t["notification"] or {}).get("status") == "delivered"
     )
     await page.reload()

@@ -11,7 +11,8 @@ from tests.conftest import settings_values
 from tests.support.callbacks import accepted_task, body, callback_path
 from tests.support.gateway import running_gateway
 from tests.support.proxy import cuttable
-from tests.support.stack import eventually, running_stack
+from tests.support.stack import running_stack
+from tests.support.waiting import eventually
 
 PROVIDER_ID = "task-unified-1-abcd1234"
 JSON = {"Content-Type": "application/json"}

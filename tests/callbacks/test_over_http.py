@@ -11,7 +11,8 @@ from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.tasks.events import EventKind, TaskEvent
 from app.workers.models import Job, JobKind, JobState
 from tests.support.callbacks import body, callback_path
-from tests.support.stack import Stack, eventually, running_stack
+from tests.support.stack import Stack, running_stack
+from tests.support.waiting import eventually
 
 JSON = {"Content-Type": "application/json"}
 
@@ -132,6 +133,7 @@ async def test_a_quiet_task_is_polled_every_poll_after_seconds_not_less_often(
         )
 
     # Due 0.3 s after the sixth answer; a backoff growing from 0.3 s by 1.5x would be 2.3 s.
+    assert job is not None
     assert (job.run_at - polls[-1].at).total_seconds() < 1.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import os
@@ -9,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support.servers import ROOT, Process, free_port
+from tests.support.waiting import wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -64,24 +65,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     process = Process(["serve", "--port", str(port)], env, directory / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(f"{url}/healthz", process)
+        asyncio.run(wait_until_up(f"{url}/healthz", process, timeout=60))
         yield Service(url, directory / "images")
     finally:
         process.stop(timeout=10)
-
-
-def _wait_until_up(url: str, process: Process, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"serve exited early:\n{process.output()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not come up:\n{process.output()}")
 
 
 def client_env(service: Service, **extra: str) -> dict[str, str]:

@@ -3,7 +3,6 @@ lease expires, and each image ends up stored once and recorded once."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from app.tasks.events import EventKind, TaskEvent
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.support.s3 import BUCKET, S3Server
-from tests.support.servers import free_port, wait_until_up
-from tests.support.stack import eventually
+from tests.support.servers import free_port
+from tests.support.waiting import eventually, until, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -74,15 +73,20 @@ async def test_a_copy_killed_midway_is_finished_by_another_worker_exactly_once(
             tasks: list[dict[str, Any]] = (await client.get(f"{sim_url}/_sim/tasks")).json()
             return tasks[0] if tasks else {}
 
-        await eventually(sim_task, lambda t: t.get("downloads", 0) >= 1, timeout=30)
-        await asyncio.sleep(1.0)  # well into the copy
-        first.kill()
-        processes.start("worker", ["worker"], env)
-
         async def task() -> dict[str, Any]:
             answer = await client.get(f"{api_url}/v1/tasks/{created['id']}", headers=auth())
             result: dict[str, Any] = answer.json()
             return result
+
+        async def copying() -> bool:
+            """The download has begun and nothing is stored yet: the copy is in flight."""
+            upstream, ours = await sim_task(), await task()
+            in_flight = ours["status"] == "archiving" and not ours.get("images")
+            return upstream.get("downloads", 0) >= 1 and in_flight
+
+        await until(copying, what="the first worker midway through the copy", timeout=30)
+        first.kill()
+        processes.start("worker", ["worker"], env)
 
         finished = await eventually(task, lambda t: t["status"] == "succeeded", timeout=60)
         served = await client.get(f"{api_url}/v1/tasks/{created['id']}/images/0", headers=auth())

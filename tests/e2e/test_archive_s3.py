@@ -15,7 +15,8 @@ from app.tasks.events import EventKind, TaskEvent
 from tests.conftest import auth
 from tests.support.proxy import CuttableProxy, started
 from tests.support.s3 import BUCKET, S3Server
-from tests.support.stack import Stack, eventually, running_stack
+from tests.support.stack import Stack, running_stack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

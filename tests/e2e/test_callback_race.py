@@ -18,7 +18,8 @@ from app.tasks.models import Task
 from app.workers.models import Job, JobKind, JobState
 from tests.e2e.conftest import Processes, gateway_env
 from tests.support.callbacks import accepted_task, body, callback_path
-from tests.support.servers import free_port, wait_until_up
+from tests.support.servers import free_port
+from tests.support.waiting import until, wait_until_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -52,8 +53,10 @@ async def fire(urls: list[str], path: str, content: bytes) -> list[int]:
         # Open every connection first so the posts leave together.
         await asyncio.gather(*(client.get("/healthz") for client in clients))
         go = asyncio.Event()
+        ready: list[httpx.AsyncClient] = []
 
         async def post(client: httpx.AsyncClient) -> int:
+            ready.append(client)
             await go.wait()
             response = await client.post(
                 path, content=content, headers={"Content-Type": "application/json"}
@@ -61,7 +64,7 @@ async def fire(urls: list[str], path: str, content: bytes) -> list[int]:
             return response.status_code
 
         posts = [asyncio.create_task(post(client)) for client in clients]
-        await asyncio.sleep(0.05)
+        await until(lambda: len(ready) == len(clients), what="every post waiting to leave")
         go.set()
         return list(await asyncio.gather(*posts))
     finally:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.support import databases
-from tests.support.servers import ROOT, Process, free_port, wait_until_up
+from tests.support.servers import ROOT, Process, free_port
+from tests.support.waiting import wait_until_up
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from app.tasks.models import Task
 from tests.conftest import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, CONSOLE_SECRET, auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.support.s3 import BUCKET, SECRET, S3Server
-from tests.support.servers import free_port, wait_until_up
-from tests.support.stack import eventually
+from tests.support.servers import free_port
+from tests.support.waiting import eventually, wait_until_up
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from app.notify.models import Notification
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.notify.receiver import receiving
-from tests.support.servers import free_port, wait_until_up
-from tests.support.stack import eventually
+from tests.support.servers import free_port
+from tests.support.waiting import eventually, wait_until_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -19,8 +19,8 @@ from app.workers.models import Job, JobKind, JobState
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.support.s3 import BUCKET, S3Server
-from tests.support.servers import Process, free_port, wait_until_up
-from tests.support.stack import eventually
+from tests.support.servers import Process, free_port
+from tests.support.waiting import eventually, wait_until_up
 
 pytestmark = pytest.mark.e2e
 

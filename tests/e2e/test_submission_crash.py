@@ -17,8 +17,8 @@ from app.core.db import asyncpg_dsn
 from bench.soak import LOST_AFTER_ACCEPTANCE, Kill, kill_casualty
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
-from tests.support.servers import Process, free_port, wait_until_up
-from tests.support.stack import eventually
+from tests.support.servers import Process, free_port
+from tests.support.waiting import eventually, wait_until_up
 
 pytestmark = pytest.mark.e2e
 

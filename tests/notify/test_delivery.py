@@ -12,7 +12,8 @@ from app.notify.sender import Attempt, Notifier
 from app.workers.models import Job, JobKind, JobState
 from tests.conftest import NOTIFY_SECRET, auth
 from tests.notify.receiver import HANG, receiving, signature_is_valid
-from tests.support.stack import Stack, eventually, running_stack
+from tests.support.stack import Stack, running_stack
+from tests.support.waiting import eventually
 
 FAST: dict[str, Any] = {"notify_retry_schedule": "0.2,0.2,0.2,0.2", "notify_timeout_seconds": 0.5}
 

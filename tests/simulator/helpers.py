@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.provider.simulator import Simulator, SimulatorConfig
+from app.provider.simulator import Simulator, SimulatorConfig, inspection
+from app.provider.simulator.engine import Engine
 from app.provider.types import MODEL
+from tests.support.waiting import eventually, until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -55,6 +58,27 @@ def assert_error(
     assert error["message"]
 
 
+class ManualClock:
+    """The simulator's clocks (its monotonic one and the wall clock of `final_at`), installed
+    with `monkeypatch` and moved only by `advance`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monotonic = 1_000.0
+        self.wall = 1_700_000_000.0
+        monkeypatch.setattr(Engine, "now", staticmethod(self.now))
+        monkeypatch.setattr(inspection, "time", self)
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+
+    def now(self) -> float:
+        return self.monotonic
+
+    def time(self) -> float:
+        return self.wall
+
+
 @asynccontextmanager
 async def running(config: SimulatorConfig) -> AsyncIterator[tuple[Simulator, httpx.AsyncClient]]:
     """A started simulator and an in-process client authenticated with the default key."""
@@ -81,11 +105,10 @@ async def serve(
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before starting")
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started or task.done(), what="uvicorn to start", interval=0.01)
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before starting")
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -95,30 +118,38 @@ async def serve(
 
 async def wait_until_final(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
     """Poll the query endpoint until the task is completed or failed."""
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+
+    async def query() -> dict[str, Any]:
         response = await client.get(f"/v1/tasks/{task_id}")
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
-        if body["status"] in FINAL:
-            return body
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{task_id} did not finish")
+        return body
+
+    return await eventually(
+        query,
+        lambda body: body["status"] in FINAL,
+        10.0,
+        what=f"{task_id} to finish",
+        interval=0.02,
+    )
 
 
 async def wait_for_record(
     client: httpx.AsyncClient, task_id: str, *, callbacks: int = 0, dropped: bool = False
 ) -> dict[str, Any]:
     """Poll `/_sim/tasks/{id}` until `callbacks` deliveries are logged (or the drop is)."""
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline:
-        record: dict[str, Any] = (await client.get(f"/_sim/tasks/{task_id}")).json()
-        if dropped and record["callback_dropped"]:
-            return record
-        if not dropped and record["callbacks"] and len(record["callbacks"]) >= callbacks:
-            return record
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{task_id}: callbacks not logged in time")
+
+    async def record() -> dict[str, Any]:
+        found: dict[str, Any] = (await client.get(f"/_sim/tasks/{task_id}")).json()
+        return found
+
+    def logged(record: dict[str, Any]) -> bool:
+        if dropped:
+            return bool(record["callback_dropped"])
+        return bool(record["callbacks"]) and len(record["callbacks"]) >= callbacks
+
+    awaited = "its callback dropped" if dropped else f"{callbacks} callbacks logged"
+    return await eventually(record, logged, 15.0, what=f"{task_id}: {awaited}", interval=0.02)
 
 
 @dataclass
@@ -139,7 +170,6 @@ class Receiver:
         self.deliveries: list[Delivery] = []
         self.scripts: dict[str, list[int]] = {}
         self.delays: dict[str, float] = {}
-        self._arrived = asyncio.Event()
         self.app = Starlette(routes=[Route("/{name}", self._handle, methods=["POST"])])
 
     async def _handle(self, request: Request) -> Response:
@@ -150,7 +180,6 @@ class Receiver:
         status = script.pop(0) if len(script) > 1 else script[0]
         await asyncio.sleep(self.delays.get(name, 0.0))
         self.deliveries.append(Delivery(name, started, time.monotonic(), status, body))
-        self._arrived.set()
         return Response(status_code=status)
 
     def of(self, name: str) -> list[Delivery]:
@@ -159,8 +188,10 @@ class Receiver:
 
     async def wait_for(self, name: str, count: int, timeout: float = 15.0) -> list[Delivery]:
         """Wait until `/{name}` received at least `count` deliveries."""
-        async with asyncio.timeout(timeout):
-            while len(self.of(name)) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
+        await until(
+            lambda: len(self.of(name)) >= count,
+            what=f"{count} deliveries to /{name}",
+            timeout=timeout,
+            interval=0.01,
+        )
         return self.of(name)

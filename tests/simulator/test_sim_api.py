@@ -19,7 +19,7 @@ from app.provider.types import (
     TRANSIENT_ERROR_CODES,
 )
 
-from .helpers import CREATE, assert_error, create_body, running, wait_until_final
+from .helpers import CREATE, ManualClock, assert_error, create_body, running, wait_until_final
 
 ID_RE = re.compile(r"task-unified-(\d+)-[a-z0-9]{8}")
 DOCUMENTED_CODES = set(CALLER_ERROR_CODES + TRANSIENT_ERROR_CODES + OTHER_ERROR_CODES)
@@ -256,14 +256,18 @@ async def test_mounted_under_a_prefix_links_use_the_mount_path() -> None:
         await simulator.stop()
 
 
-async def test_final_at_is_the_wall_clock_time_of_the_final_status() -> None:
-    config = SimulatorConfig(duration_seconds=0.3)
-    async with running(config) as (_, client):
-        before = time.time()
+async def test_final_at_is_the_wall_clock_time_of_the_final_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(monkeypatch)
+    async with running(SimulatorConfig(duration_seconds=0.3)) as (_, client):
+        created = clock.wall
         task_id = (await client.post(CREATE, json=create_body())).json()["id"]
+        clock.advance(0.29)
         assert (await client.get(f"/_sim/tasks/{task_id}")).json()["final_at"] is None
-        await asyncio.sleep(0.5)
+        clock.advance(0.21)
         final_at = (await client.get(f"/_sim/tasks/{task_id}")).json()["final_at"]
+        clock.advance(60.0)
         again = (await client.get("/_sim/tasks")).json()[0]["final_at"]
-    assert before + 0.3 <= final_at <= before + 0.45
-    assert abs(again - final_at) < 0.01  # the same moment, whenever it is asked
+    assert final_at == pytest.approx(created + 0.3, abs=1e-6)
+    assert again == pytest.approx(final_at, abs=1e-6)  # the same moment, whenever it is asked

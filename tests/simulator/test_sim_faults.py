@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from app.provider.simulator import Simulator, SimulatorConfig, SimulatorFaults
+from tests.support.waiting import eventually
 
 from .helpers import AUTH, CREATE, assert_error, create_body, running, serve
 
@@ -179,7 +181,6 @@ def test_fault_and_config_validation() -> None:
 
 
 async def test_throttled_downloads_take_their_time_and_are_counted() -> None:
-    import asyncio
     import time
 
     import httpx
@@ -200,8 +201,14 @@ async def test_throttled_downloads_take_their_time_and_are_counted() -> None:
                 headers=headers,
             )
             task_id = created.json()["id"]
-            await asyncio.sleep(0.2)
-            done = (await client.get(f"/v1/tasks/{task_id}", headers=headers)).json()
+
+            async def query() -> dict[str, Any]:
+                body: dict[str, Any] = (
+                    await client.get(f"/v1/tasks/{task_id}", headers=headers)
+                ).json()
+                return body
+
+            done = await eventually(query, lambda body: body["status"] == "completed", 10.0)
             started = time.perf_counter()
             image = await client.get(done["results"][0].replace("http://sim", ""))
             elapsed = time.perf_counter() - started

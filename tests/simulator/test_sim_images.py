@@ -14,7 +14,7 @@ from app.provider.simulator import SimulatorConfig, SimulatorFaults
 from app.provider.simulator.images import ImageCache, render_image
 from app.provider.types import PIXELS, SIZES
 
-from .helpers import CREATE, assert_error, create_body, running, wait_until_final
+from .helpers import CREATE, ManualClock, assert_error, create_body, running, wait_until_final
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -107,13 +107,15 @@ async def test_image_cache_renders_once_and_evicts() -> None:
     assert calls == ["a", "b", "c", "a"]
 
 
-async def test_link_expires_after_ttl() -> None:
+async def test_link_expires_after_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(monkeypatch)
     config = SimulatorConfig(duration_seconds=0, faults=SimulatorFaults(link_ttl_seconds=0.3))
     async with running(config) as (_, client):
         task_id = (await client.post(CREATE, json=create_body())).json()["id"]
         (url,) = (await wait_until_final(client, task_id))["results"]
+        clock.advance(0.29)
         assert (await client.get(url)).status_code == 200
-        await asyncio.sleep(0.35)
+        clock.advance(0.02)
         assert_error(await client.get(url), 404, "file_expired", "invalid_request_error")
         record = (await client.get(f"/_sim/tasks/{task_id}")).json()
         assert record["link_expired"] is True

@@ -20,7 +20,7 @@ from app.provider.types import MODEL
 from tests.conftest import ALPHA_KEY, NOTIFY_SECRET, SIMULATOR_KEY, auth
 from tests.simulator.helpers import Receiver
 from tests.support.servers import bound_socket, serve_app
-from tests.support.stack import eventually
+from tests.support.waiting import eventually
 
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: a request sent through it fails
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")

@@ -17,7 +17,8 @@ from playwright.async_api import Browser, Page, Playwright
 
 from tests.conftest import ALPHA_KEY, auth
 from tests.e2e.conftest import gateway_env
-from tests.support.servers import ROOT, Process, free_port, wait_until_up
+from tests.support.servers import ROOT, Process, free_port
+from tests.support.waiting import wait_until_up
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

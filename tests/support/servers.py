@@ -9,13 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
+
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,11 +44,10 @@ async def serve_app(app: Any, sock: socket.socket | None = None) -> AsyncIterato
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started or task.done(), what="uvicorn to start", interval=0.01)
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped before it started")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
@@ -105,17 +104,3 @@ class Process:
                 self.kill()
         self._log.close()
         return self.popen.returncode
-
-
-async def wait_until_up(url: str, process: Process | None = None, timeout: float = 30.0) -> None:
-    """Poll `url` until it answers 200."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            if process is not None and process.popen.poll() is not None:
-                raise RuntimeError(f"process exited early:\n{process.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url, timeout=1.0)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{url} did not come up in {timeout}s")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +16,7 @@ from app.provider.simulator.config import SimulatorConfig
 from tests.conftest import auth, settings_values
 from tests.support.gateway import Gateway
 from tests.support.servers import bound_socket, serve_app
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -53,7 +52,9 @@ class Stack:
         self, task_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
     ) -> dict[str, Any]:
         """The task once `predicate` holds for it."""
-        task: dict[str, Any] = await eventually(lambda: self.task(task_id), predicate, timeout)
+        task: dict[str, Any] = await eventually(
+            lambda: self.task(task_id), predicate, timeout, what=f"task {task_id}"
+        )
         return task
 
     async def sim_tasks(self) -> list[dict[str, Any]]:
@@ -63,22 +64,6 @@ class Stack:
     async def set_faults(self, **faults: Any) -> None:
         response = await self.sim.put("/_sim/faults", json=faults)
         assert response.status_code == 200, response.text
-
-
-async def eventually(
-    read: Callable[[], Awaitable[Any]],
-    predicate: Callable[[Any], bool],
-    timeout: float = 20.0,
-) -> Any:
-    """Read until `predicate` holds; fail with the last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    value = await read()
-    while not predicate(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s; last value: {value}")
-        await asyncio.sleep(0.05)
-        value = await read()
-    return value
 
 
 @contextlib.asynccontextmanager

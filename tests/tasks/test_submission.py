@@ -14,7 +14,8 @@ from app.provider.types import ProviderTask
 from app.tasks.models import SubmitState, Task
 from app.tasks.submission import Submitter
 from app.workers.models import JobKind
-from tests.support.stack import eventually, running_stack
+from tests.support.stack import running_stack
+from tests.support.waiting import eventually
 
 ACCEPTED = ("pending", "processing", "archiving", "succeeded")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -19,6 +19,7 @@ from app.workers.repository import Done, GiveUp, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 from app.workers.runner import Worker
 from tests.support.rows import make_task
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -140,14 +141,26 @@ async def test_a_finished_job_does_not_block_a_new_one_of_the_same_kind(
     assert states == [JobState.DONE, JobState.QUEUED]
 
 
-async def run_worker_until(worker: Worker, condition: asyncio.Event, timeout: float = 10.0) -> None:
+async def run_worker_until(
+    worker: Worker, condition: Callable[[], bool | Awaitable[bool]], what: str
+) -> None:
+    """Run `worker` until `condition` holds, then stop it."""
     stop = asyncio.Event()
     runner = asyncio.create_task(worker.run(stop))
     try:
-        await asyncio.wait_for(condition.wait(), timeout)
+        await until(condition, what=what, timeout=10.0, interval=0.02)
     finally:
         stop.set()
         await runner
+
+
+def job_in(sessions: async_sessionmaker[AsyncSession], state: str) -> Callable[[], Awaitable[bool]]:
+    """Whether the only job is in `state` (committed)."""
+
+    async def check() -> bool:
+        return [job.state for job in await all_jobs(sessions)] == [state]
+
+    return check
 
 
 async def test_worker_records_retry_then_done_and_survives_handler_errors(
@@ -155,7 +168,6 @@ async def test_worker_records_retry_then_done_and_survives_handler_errors(
 ) -> None:
     await make_task(sessions)
     calls: list[int] = []
-    finished = asyncio.Event()
 
     async def handler(job: Job) -> Outcome:
         calls.append(job.attempts)
@@ -163,7 +175,6 @@ async def test_worker_records_retry_then_done_and_survives_handler_errors(
             raise RuntimeError("boom")
         if job.attempts == 2:
             return RetryAt(utcnow(), "not yet")
-        finished.set()
         return Done()
 
     worker = Worker(
@@ -172,8 +183,7 @@ async def test_worker_records_retry_then_done_and_survives_handler_errors(
         idle_wait=0.05,
         retry=RetryStrategy(base=timedelta(milliseconds=10)),
     )
-    await run_worker_until(worker, finished)
-    await asyncio.sleep(0.1)
+    await run_worker_until(worker, job_in(sessions, JobState.DONE), "the job done")
 
     assert calls == [1, 2, 3]
     [job] = await all_jobs(sessions)
@@ -183,13 +193,12 @@ async def test_worker_records_retry_then_done_and_survives_handler_errors(
 
 async def test_give_up_marks_the_job_dead(sessions: async_sessionmaker[AsyncSession]) -> None:
     await make_task(sessions)
-    finished = asyncio.Event()
 
     async def handler(_job: Job) -> Outcome:
-        finished.set()
         return GiveUp("never")
 
-    await run_worker_until(Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05), finished)
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05)
+    await run_worker_until(worker, job_in(sessions, JobState.DEAD), "the job dead")
 
     [job] = await all_jobs(sessions)
     assert (job.state, job.last_error) == (JobState.DEAD, "never")
@@ -207,7 +216,7 @@ async def test_stopping_releases_the_leases_of_unfinished_jobs(
         return Done()
 
     worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05, grace=0.1)
-    await run_worker_until(worker, started)
+    await run_worker_until(worker, started.is_set, "the handler started")
 
     [job] = await all_jobs(sessions)
     assert job.state == JobState.QUEUED
@@ -221,8 +230,10 @@ async def test_heartbeat_keeps_the_lease_of_a_long_job(
     await make_task(sessions)
     release = asyncio.Event()
     started = asyncio.Event()
+    runs: list[int] = []  # the attempts the handler ran
 
-    async def handler(_job: Job) -> Outcome:
+    async def handler(job: Job) -> Outcome:
+        runs.append(job.attempts)
         started.set()
         await release.wait()
         return Done()
@@ -232,19 +243,30 @@ async def test_heartbeat_keeps_the_lease_of_a_long_job(
     stop = asyncio.Event()
     runner = asyncio.create_task(worker.run(stop))
     await started.wait()
-    await asyncio.sleep(1.0)  # several lease lengths
+    [claimed] = await all_jobs(sessions)
+    assert claimed.lease_expires_at is not None
+    # Several lease lengths: the heartbeat has pushed the expiry that far past the first one,
+    # so without it the lease would have expired by now.
+    renewed_past = claimed.lease_expires_at + 3 * lease
+
+    async def renewed() -> bool:
+        [job] = await all_jobs(sessions)
+        return job.lease_expires_at is not None and job.lease_expires_at >= renewed_past
+
+    await until(renewed, what="the lease renewed three lease lengths on", interval=0.02)
     async with sessions.begin() as session:
         stolen = await repository.claim(
             session, worker="thief", kinds=[JobKind.SUBMIT], now=utcnow(), lease=lease, limit=1
         )
     release.set()
-    await asyncio.sleep(0.2)
+    await until(job_in(sessions, JobState.DONE), what="the job done after its release")
     stop.set()
     await runner
 
     assert stolen == []
+    assert runs == [1]  # not taken over either, not even by its own worker
     [job] = await all_jobs(sessions)
-    assert job.state == JobState.DONE
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
 
 
 def test_retry_delays_grow_are_capped_and_jittered() -> None:

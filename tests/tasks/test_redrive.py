@@ -22,7 +22,8 @@ from tests.conftest import BETA_KEY, auth, settings_values
 from tests.notify.receiver import receiving
 from tests.notify.test_delivery import is_, timeline
 from tests.support.gateway import Gateway, running_gateway
-from tests.support.stack import eventually, running_stack
+from tests.support.stack import running_stack
+from tests.support.waiting import eventually
 
 
 async def retry(client: Any, task_id: str, key: str | None = None) -> Any:
