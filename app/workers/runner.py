@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import metrics
 from app.core.clock import utcnow
 from app.workers import repository
-from app.workers.models import Job
+from app.workers.models import Job, JobKind
 from app.workers.repository import Done, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 
@@ -37,7 +37,7 @@ class Worker:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[JobKind, Handler],
         *,
         concurrency: int = 8,
         lease: timedelta = timedelta(seconds=30),
@@ -114,7 +114,7 @@ class Worker:
         self._wakeup.set()
 
     async def _run_one(self, job: Job) -> None:
-        handler = self._handlers[job.kind]
+        handler = self._handlers[JobKind(job.kind)]
         extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
         try:
             outcome = await handler(job)
