@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, case, func, or_, select, text, true, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
-from app.core.db import as_expression, upsert_insert
+from app.core.db import as_expression, matched_any, upsert_insert
 from app.workers.models import Job, JobKind, JobState
 
 
@@ -164,7 +164,7 @@ async def finish(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)
 
 
 async def extend_leases(
