@@ -18,7 +18,6 @@ from app.console.signouts import sign_out
 from app.console.tasks import router as tasks_router
 from app.console.throttle import LoginThrottle
 from app.console.web import (
-    CONSOLE_MAX_BODY_BYTES,
     LOGIN_PATH,
     PREFIX,
     STATIC,
@@ -39,7 +38,6 @@ router = APIRouter(
     prefix=PREFIX,
     route_class=ConsoleRoute,
     include_in_schema=False,
-    max_body_size=CONSOLE_MAX_BODY_BYTES,
 )
 
 _STATIC_FILES = {

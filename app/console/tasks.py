@@ -16,7 +16,6 @@ from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import repository, timeline
 from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
 from app.console.web import (
-    CONSOLE_MAX_BODY_BYTES,
     PREFIX,
     STATIC,
     ConsoleRoute,
@@ -38,7 +37,6 @@ router = APIRouter(
     prefix=f"{PREFIX}/tasks",
     route_class=ConsoleRoute,
     include_in_schema=False,
-    max_body_size=CONSOLE_MAX_BODY_BYTES,
 )
 
 PAGE_SIZE = 50

@@ -16,7 +16,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from app.console.auth import SESSION_COOKIE, ConsoleAuth, Operator
 from app.console.signouts import is_signed_out
+from app.core.body_cap import capped_receive
 from app.core.deps import SessionDep
+from app.core.errors import BodyTooLarge
 
 PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
@@ -24,6 +26,7 @@ LOGIN_PATH = f"{PREFIX}/login"
 # Console forms are a few fields (the sign-in form is the largest, about 3 KiB): a larger body
 # is refused with 413 as it arrives, before Starlette parses it (its own limits allow ~1 GB).
 CONSOLE_MAX_BODY_BYTES = 16 * 1024
+TOO_LARGE = f"the form is over {CONSOLE_MAX_BODY_BYTES} bytes: nothing was done"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
@@ -94,14 +97,22 @@ def error_page(request: Request, status_code: int, message: str) -> HTMLResponse
 
 
 class ConsoleRoute(APIRoute):
-    """Every console answer gets the security headers; refusals and bad input become pages."""
+    """Every console answer gets the security headers; refusals and bad input become pages.
+    The body (a small form) is read whole within CONSOLE_MAX_BODY_BYTES before the handler."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def answer(request: Request) -> Response:
             try:
-                response = await handler(request)
+                capped = Request(
+                    request.scope,
+                    capped_receive(request.scope, request.receive, CONSOLE_MAX_BODY_BYTES),
+                )
+                await capped.body()  # kept on the request: the form is parsed from it
+                response = await handler(capped)
+            except BodyTooLarge:
+                response = error_page(request, 413, TOO_LARGE)
             except Redirect as exc:
                 response = RedirectResponse(exc.location, status_code=303)
             except PageError as exc:

@@ -1,5 +1,8 @@
-"""A cap on request bodies, answered with the API's own 413 before the body is read whole, and
-JSON bodies read strictly (a name given twice in one object is refused, not "last wins")."""
+"""A cap on request bodies, answered with a 413 before the body is read whole, and JSON bodies
+read strictly (a name given twice in one object is refused, not "last wins").
+
+`capped_receive` is the one reader of capped bodies: the API's routes and the console's use it
+(the callback intake's BodyReader, app/callbacks/intake.py, is to use it when its change lands)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,19 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Scope
 
 from app.core.errors import ApiProblem, BodyTooLarge, error_response
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
+def capped_receive(scope: Scope, receive: Receive, limit: int) -> Receive:
+    """`receive` for a body of at most `limit` bytes, whatever Content-Length says: BodyTooLarge
+    at once when Content-Length declares more, else once the chunks received pass the cap."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge(limit)
     received = 0
 
     async def receive_capped() -> Message:
@@ -61,11 +69,10 @@ class CappedBodyRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def capped(request: Request) -> Response:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                problem = BodyTooLarge(MAX_BODY_BYTES)
+            try:
+                receive = capped_receive(request.scope, request.receive, MAX_BODY_BYTES)
+            except BodyTooLarge as problem:
                 return error_response(problem.status_code, problem.code, problem.message)
-            capped_receive = _capped(request.receive, MAX_BODY_BYTES)
-            return await handler(StrictJsonRequest(request.scope, capped_receive))
+            return await handler(StrictJsonRequest(request.scope, receive))
 
         return capped

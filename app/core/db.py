@@ -6,11 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, DateTime, MetaData, event, literal
+from sqlalchemy import ColumnElement, DateTime, MetaData, Result, event, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
+
+from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -179,14 +181,20 @@ def as_expression(value: Any, column: Any) -> Any:
     return value if isinstance(value, ColumnElement) else literal(value, column.type)
 
 
+def matched_any(result: Result[Any]) -> bool:
+    """Whether an UPDATE or DELETE matched a row: its rowcount (False when it has none)."""
+    return bool(getattr(result, "rowcount", 0))
+
+
 def asyncpg_dsn(url: str) -> str:
     """The plain `postgresql://` DSN asyncpg takes for a SQLAlchemy URL."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # Waits between attempts of a write that must not be lost to a database restart or a killed
-# connection (about a minute in all).
-DURABLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# connection: 0.5 s doubling to 30 s, seven of them (about a minute in all).
+DURABLE_RETRY = RetryStrategy(base=timedelta(seconds=0.5), cap=timedelta(seconds=30), jitter=0.0)
+DURABLE_RETRIES = 7
 
 
 async def write_durably(
@@ -196,10 +204,11 @@ async def write_durably(
 
     For records of something that already happened outside (an upstream id, a delivered
     notification): losing them would make the service repeat that thing."""
-    for delay in DURABLE_RETRY_DELAYS:
+    for failures in range(1, DURABLE_RETRIES + 1):
         try:
             return await write()
         except (SQLAlchemyError, OSError) as exc:
+            delay = DURABLE_RETRY.delay(failures).total_seconds()
             log.warning(
                 f"could not record {what}; retrying",
                 extra=extra | {"error": str(exc)[:300], "retry_in": delay},

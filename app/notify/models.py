@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime
 
 
-class NotificationState:
+class NotificationState(StrEnum):
     """Life of a notification."""
 
     PENDING = "pending"  # to be sent at next_attempt_at
@@ -18,10 +19,8 @@ class NotificationState:
     FAILED = "failed"  # given up after the retry schedule (a redrive starts a new series)
     SUPERSEDED = "superseded"  # a redrive moved the task on before this one was delivered
 
-    ALL = (PENDING, DELIVERED, FAILED, SUPERSEDED)
 
-
-_STATES = ", ".join(f"'{state}'" for state in NotificationState.ALL)
+_STATES = ", ".join(f"'{state}'" for state in NotificationState)
 
 
 class Notification(Base):

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import upsert_insert
+from app.core.db import matched_any, upsert_insert
 from app.notify.models import Notification, NotificationState
 
 _REOPENABLE = (NotificationState.FAILED, NotificationState.SUPERSEDED)
@@ -94,7 +94,7 @@ async def record_attempt(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)
 
 
 async def supersede_pending(session: AsyncSession, task_id: str, now: datetime) -> list[str]:
@@ -123,4 +123,4 @@ async def redrive(session: AsyncSession, notification_id: str, now: datetime) ->
         .values(**_new_series(now))
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)

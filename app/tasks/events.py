@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, select
@@ -13,7 +14,7 @@ from app.core.clock import utcnow
 from app.core.db import Base, UTCDateTime
 
 
-class EventKind:
+class EventKind(StrEnum):
     """What happened."""
 
     TRANSITION = "transition"  # the status or progress changed
@@ -56,7 +57,7 @@ async def record(
     session: AsyncSession,
     task_id: str,
     *,
-    kind: str,
+    kind: EventKind,
     source: str,
     at: datetime,
     outcome: str | None = None,
@@ -85,7 +86,7 @@ async def record(
     await session.flush()
 
 
-async def exists(session: AsyncSession, task_id: str, *, kind: str, outcome: str) -> bool:
+async def exists(session: AsyncSession, task_id: str, *, kind: EventKind, outcome: str) -> bool:
     """Whether the task's timeline has a line of this kind and outcome."""
     found = await session.scalar(
         select(TaskEvent.id)
@@ -96,7 +97,7 @@ async def exists(session: AsyncSession, task_id: str, *, kind: str, outcome: str
 
 
 async def note(
-    sessions: async_sessionmaker[AsyncSession], task_id: str, *, kind: str, **line: Any
+    sessions: async_sessionmaker[AsyncSession], task_id: str, *, kind: EventKind, **line: Any
 ) -> None:
     """Add a timeline line in a transaction of its own (`line`: record()'s keywords)."""
     async with sessions() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Index, Integer, String, Text, UniqueConstraint
@@ -14,7 +15,7 @@ from app.tasks.states import TaskStatus
 STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
 
 
-class SubmitState:
+class SubmitState(StrEnum):
     """Where the upstream submission of a queued task stands."""
 
     NONE = "none"  # never tried

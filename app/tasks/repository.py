@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Select, Update, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import upsert_insert
+from app.core.db import matched_any, upsert_insert
 from app.tasks.models import Task
 from app.tasks.states import TaskState
 
@@ -93,7 +93,7 @@ async def update_if_state(
         values=values,
     )
     result = await session.execute(statement.execution_options(synchronize_session=False))
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)
 
 
 def update_if_state_statement(
@@ -122,7 +122,7 @@ async def update_fields(
     result = await session.execute(
         update(Task).where(*clauses).values(**values).execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)
 
 
 async def count_by_status(session: AsyncSession) -> dict[str, int]:

@@ -209,7 +209,7 @@ def _log_transition(
     after_commit(session, functools.partial(log.info, "task transition", extra=fields))
 
 
-def job_for(effect: Effect, notify_url: str | None) -> str | None:
+def job_for(effect: Effect, notify_url: str | None) -> JobKind | None:
     """The job kind an effect is carried out by, if any."""
     if effect is Effect.NOTIFY:
         return JobKind.NOTIFY if notify_url else None

@@ -226,7 +226,7 @@ class Submitter:
         return RetryAt(give_up_at, reason or "submission outcome unknown; waiting for a callback")
 
     async def _set_submit_state(
-        self, task: Task, state: str, *, attempt: tuple[str, str] | None = None
+        self, task: Task, state: SubmitState, *, attempt: tuple[str, str] | None = None
     ) -> None:
         async with self._ctx.sessions() as session:
             now = utcnow()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime
 
 
-class JobKind:
+class JobKind(StrEnum):
     """What a job does."""
 
     SUBMIT = "submit"  # create the task upstream
@@ -19,7 +20,7 @@ class JobKind:
     NOTIFY = "notify"  # tell the caller
 
 
-class JobState:
+class JobState(StrEnum):
     """Life of a job row."""
 
     QUEUED = "queued"  # waiting for run_at, or leased by a worker

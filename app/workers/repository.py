@@ -11,8 +11,8 @@ from sqlalchemy import ColumnElement, case, func, or_, select, text, true, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
-from app.core.db import as_expression, upsert_insert
-from app.workers.models import Job, JobState
+from app.core.db import as_expression, matched_any, upsert_insert
+from app.workers.models import Job, JobKind, JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class GiveUp:
 Outcome = Done | RetryAt | GiveUp
 
 
-async def enqueue(session: AsyncSession, kind: str, task_id: str, run_at: datetime) -> None:
+async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: datetime) -> None:
     """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
     await session.execute(enqueue_statement(upsert_insert(session), kind, task_id, run_at))
 
@@ -92,7 +92,7 @@ async def claim(
     session: AsyncSession,
     *,
     worker: str,
-    kinds: Sequence[str],
+    kinds: Sequence[JobKind],
     now: datetime,
     lease: timedelta,
     limit: int,
@@ -164,7 +164,7 @@ async def finish(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return matched_any(result)
 
 
 async def extend_leases(
@@ -199,7 +199,7 @@ async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str)
     )
 
 
-async def next_due(session: AsyncSession, kinds: Sequence[str]) -> datetime | None:
+async def next_due(session: AsyncSession, kinds: Sequence[JobKind]) -> datetime | None:
     """When the earliest queued job of these kinds is due (ignoring leases)."""
     return await session.scalar(
         select(Job.run_at)

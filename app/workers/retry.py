@@ -1,4 +1,6 @@
-"""When to try a failed job again: exponential backoff with jitter, trivially testable."""
+"""When to try again after a failure: exponential backoff with jitter, trivially testable. The
+job retries, the worker loop and write_durably all take their waits from it (jitter 0 for a
+fixed schedule)."""
 
 from __future__ import annotations
 

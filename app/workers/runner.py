@@ -17,11 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import metrics
 from app.core.clock import utcnow
 from app.workers import repository
-from app.workers.models import Job
+from app.workers.models import Job, JobKind
 from app.workers.repository import Done, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
+# Waits after failed claims (2 s doubling to 30 s) and failed records of an outcome (0.5 s
+# doubling, five attempts).
+CLAIM_RETRY = RetryStrategy(base=timedelta(seconds=2), cap=timedelta(seconds=30), jitter=0.0)
+RECORD_RETRY = RetryStrategy(base=timedelta(seconds=0.5), jitter=0.0)
+RECORD_ATTEMPTS = 5
 
 Handler = Callable[[Job], Awaitable[Outcome]]
 
@@ -37,7 +42,7 @@ class Worker:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[JobKind, Handler],
         *,
         concurrency: int = 8,
         lease: timedelta = timedelta(seconds=30),
@@ -74,7 +79,7 @@ class Worker:
                     failures += 1
                     log.exception("claiming jobs failed", extra={"worker": self.name})
                     claimed = 0
-                    await self._sleep(stop, min(2.0**failures, 30.0))
+                    await self._sleep(stop, CLAIM_RETRY.delay(failures).total_seconds())
                     continue
                 if claimed and len(self._running) < self._concurrency:
                     continue
@@ -114,7 +119,7 @@ class Worker:
         self._wakeup.set()
 
     async def _run_one(self, job: Job) -> None:
-        handler = self._handlers[job.kind]
+        handler = self._handlers[JobKind(job.kind)]
         extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
         try:
             outcome = await handler(job)
@@ -123,7 +128,7 @@ class Worker:
         except Exception as exc:
             log.exception("job failed unexpectedly", extra=extra)
             outcome = RetryAt(utcnow() + self._retry.delay(job.attempts), f"{type(exc).__name__}")
-        for attempt in range(5):
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
                 async with self._sessions.begin() as session:
                     kept = await repository.finish(
@@ -135,7 +140,7 @@ class Worker:
                 return
             except Exception:
                 log.exception("recording a job outcome failed", extra=extra)
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(RECORD_RETRY.delay(attempt).total_seconds())
 
     async def _heartbeat(self) -> None:
         period = max(self._lease.total_seconds() / 3, 0.05)

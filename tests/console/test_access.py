@@ -470,3 +470,7 @@ async def test_oversized_form_bodies_are_refused_before_they_are_read(gateway: G
         "/console/logout", data={"csrf": csrf, "pad": "x" * (2 * CONSOLE_MAX_BODY_BYTES)}
     )
     assert signed.status_code == 413
+    for refused in (declared, streamed, signed):  # one answer however the size shows
+        assert refused.headers["content-type"].startswith("text/html")
+        assert refused.headers["x-frame-options"] == "DENY"
+        assert f"over {CONSOLE_MAX_BODY_BYTES} bytes" in refused.text

@@ -74,7 +74,9 @@ async def test_an_accepted_create_whose_first_write_failed_logs_its_transition_o
     original = jobs.enqueue
     failed: list[str] = []
 
-    async def failing_once(session: AsyncSession, kind: str, task_id: str, at: datetime) -> None:
+    async def failing_once(
+        session: AsyncSession, kind: JobKind, task_id: str, at: datetime
+    ) -> None:
         if kind == JobKind.POLL and not failed:
             failed.append(task_id)
             raise OperationalError("INSERT INTO jobs", {}, ConnectionResetError("reset"))
