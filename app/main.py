@@ -44,8 +44,10 @@ class GatewayApp(FastAPI):
         target = callback_target(scope)
         if target is not None:
             started = time.perf_counter()
-            status = await handle_callback(self.state.callbacks, *target, scope, receive, send)
-            metrics.observe_callback(status, time.perf_counter() - started)
+            status = await handle_callback(self.state.callbacks, target, scope, receive, send)
+            metrics.observe_callback(
+                status, time.perf_counter() - started, legacy=target.nonce is None
+            )
             return
         recorder = metrics.StatusRecorder(send)
         try:
