@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService
 from app.callbacks.tokens import CALLBACK_PREFIX
 from app.core import metrics
+from app.core.headers import NOSNIFF
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,28 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
 
 
 async def respond(send: Send, answer: Answer, *, close: bool = False) -> None:
-    """Send a small JSON answer; `close` ends the connection after it."""
-    payload = json.dumps(answer.body, separators=(",", ":")).encode()
+    """Send a small JSON answer (with the headers of every answer of the gateway); `close` ends
+    the connection after it."""
+    payload = _payload(answer)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        NOSNIFF,
     ]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+# The answers are a few constants: each one's JSON is made once.
+_PAYLOADS: dict[int, tuple[Answer, bytes]] = {}
+
+
+def _payload(answer: Answer) -> bytes:
+    cached = _PAYLOADS.get(id(answer))
+    if cached is not None and cached[0] is answer:
+        return cached[1]
+    payload = json.dumps(answer.body, separators=(",", ":")).encode()
+    _PAYLOADS[id(answer)] = (answer, payload)
+    return payload

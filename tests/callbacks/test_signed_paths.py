@@ -153,6 +153,10 @@ async def test_the_path_of_a_task_submitted_before_the_upgrade_still_works(
         {"status": "duplicate"},
     ]
     assert (wrong.status_code, unknown.status_code) == (401, 404)
+    # Answered ahead of FastAPI, with the headers of every answer all the same.
+    for response in (first, again, final, same, wrong, unknown):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["content-type"] == "application/json"
     row = await gateway.task_row(task.id)
     assert (row.status, row.progress) == ("processing", 40)
     assert row.final_claimed_at is not None
