@@ -40,14 +40,16 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        send = with_nosniff(send)
         target = callback_target(scope)
         if target is not None:
+            # Its answers carry `nosniff` themselves (app.callbacks.intake.respond).
             started = time.perf_counter()
-            status = await handle_callback(self.state.callbacks, *target, scope, receive, send)
-            metrics.observe_callback(status, time.perf_counter() - started)
+            status = await handle_callback(self.state.callbacks, target, scope, receive, send)
+            metrics.observe_callback(
+                status, time.perf_counter() - started, legacy=target.nonce is None
+            )
             return
-        recorder = metrics.StatusRecorder(send)
+        recorder = metrics.StatusRecorder(with_nosniff(send))
         try:
             await super().__call__(scope, receive, recorder)
         finally:

@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
-from app.callbacks.tokens import CALLBACK_PREFIX, callback_token, new_nonce
+from app.callbacks.tokens import callback_path, new_nonce
 from app.core.db import create_engine
 from app.core.migrate import upgrade
 from app.tasks.models import Task
@@ -85,8 +85,8 @@ async def seed_tasks(database_url: str, count: int) -> list[Request]:
                 "updated_at": now,
             }
         )
-        token = callback_token(SECRET.encode(), task_id, nonce)
-        requests.append(Request(f"{CALLBACK_PREFIX}/{task_id}/{token}", callback_body(provider_id)))
+        path = callback_path(SECRET.encode(), task_id, nonce)
+        requests.append(Request(path, callback_body(provider_id)))
     # As in production: every accepted task has its poll job waiting for a lost callback.
     polls = [
         {

@@ -31,12 +31,15 @@ def test_credential_shapes_and_callback_tokens_are_masked() -> None:
         url="postgresql+asyncpg://gateway:pa55word@db:5432/imagegen",
         header="Bearer abcdefghijklmnop",
         path="/callbacks/evolink/9b1c/TOKENVALUE123",
+        signed="POST /callbacks/evolink/9b1c/0a1b2c3d/SIGNEDTOKEN456 HTTP/1.1",
         key="sk-evo-abcdef123",
         notify="whsec_c2VjcmV0c2VjcmV0",
     )
 
-    for leaked in ("pa55word", "abcdefghijklmnop", "TOKENVALUE123", "sk-evo-abc", "c2VjcmV0"):
+    for leaked in ("pa55word", "abcdefghijklmnop", "TOKENVALUE123", "SIGNEDTOKEN456", "sk-evo-abc"):
         assert leaked not in line
     entry = json.loads(line)
     assert entry["url"] == "postgresql+asyncpg://gateway:***@db:5432/imagegen"
+    assert "c2VjcmV0" not in line
     assert entry["path"] == "/callbacks/evolink/9b1c/***"
+    assert entry["signed"] == "POST /callbacks/evolink/9b1c/*** HTTP/1.1"

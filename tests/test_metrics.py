@@ -42,7 +42,7 @@ FAMILIES = {
     "imagegen_jobs_running": "gauge",
     "imagegen_jobs_oldest_due_age_seconds": "gauge",
 }
-CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{token}"
+CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
 
 
 class Scrape:

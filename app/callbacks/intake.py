@@ -1,24 +1,28 @@
 """The callback endpoint in plain ASGI, served before the FastAPI stack (see app.main): provider
 deliveries are the hottest path of the service and skip the framework's routing and middleware.
 
-POST {CALLBACK_PREFIX}/{task_id}/{token}: 200 accepted/duplicate, 400 malformed or about another
-task (its repeats too), 401 wrong token, 404 unknown task, 408 body not in within 10 s, 413 over
+POST {CALLBACK_PREFIX}/{task_id}/{nonce}/{token} (and {CALLBACK_PREFIX}/{task_id}/{token}, the
+form given out by earlier versions): 200 accepted/duplicate, 400 malformed or about another task
+(its repeats too), 401 wrong token, 404 unknown task, 408 body not in within 10 s, 413 over
 1 MiB, 503 when it cannot be recorded. 401 and 404 are decided from the path before any of the
-body is read."""
+body is read (for a path with its nonce, without the database); a path the service signed whose
+task is gone or has another nonce is refused the same way once its body is in."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from typing import NamedTuple
 
 import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
-from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService, Hold
+from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService
 from app.callbacks.tokens import CALLBACK_PREFIX
 from app.core import metrics
+from app.core.headers import NOSNIFF
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,6 @@ MAX_BODY_BYTES = 1024 * 1024
 ANSWER_WITHIN_SECONDS = 8.0
 # The whole body must arrive within this long: a client trickling bytes cannot hold a connection.
 BODY_WITHIN_SECONDS = 10.0
-# The database connection of the URL check is kept for the delivery if the body is in this soon
-# (it normally came with the head); otherwise it goes back to the pool while the body comes.
-HOLD_SECONDS = 0.05
 TOO_LARGE = Answer(
     413,
     {"error": {"code": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}},
@@ -59,50 +60,55 @@ class BodyTooSlow(Exception):
     """The body did not arrive within its deadline."""
 
 
-def callback_target(scope: Scope) -> tuple[str, str] | None:
-    """(task id, token) when the request is a provider callback POST."""
+class CallbackTarget(NamedTuple):
+    """What the path of a callback names; `nonce` is None in the older form without it."""
+
+    task_id: str
+    nonce: str | None
+    token: str
+
+
+def callback_target(scope: Scope) -> CallbackTarget | None:
+    """The path's parts when the request is a provider callback POST."""
     if scope["type"] != "http" or scope.get("method") != "POST":
         return None
     path: str = scope.get("path", "")
     if not path.startswith(_PREFIX):
         return None
     parts = path[len(_PREFIX) :].split("/")
-    if len(parts) != 2:
-        return None
-    return parts[0], parts[1]
+    if len(parts) == 3:
+        return CallbackTarget(parts[0], parts[1], parts[2])
+    if len(parts) == 2:
+        return CallbackTarget(parts[0], None, parts[1])
+    return None
 
 
 async def handle_callback(
-    service: CallbackService,
-    task_id: str,
-    token: str,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
+    service: CallbackService, target: CallbackTarget, scope: Scope, receive: Receive, send: Send
 ) -> int:
     """Admit, read, record and answer one provider callback; returns the HTTP status sent."""
     close = False
     try:
-        # Answer well inside the provider's 10 s timeout, even when the database hangs.
-        async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
-            admitted = await service.admit(task_id, token)
+        admitted = service.check(*target)
+        if admitted is None:  # a path without its nonce: checked against the task
+            # Answer well inside the provider's 10 s timeout, even when the database hangs.
+            async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
+                admitted = await service.admit_stored(target.task_id, target.token)
         if isinstance(admitted, Answer):
             # Decided from the path: the body stays unread (the server discards it unparsed).
             answer = admitted
         else:
-            try:
-                body = await _read_body(scope, receive, admitted.snapshot.hold)
-                async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
-                    answer = await service.record(admitted, body)
-            finally:
-                await admitted.snapshot.hold.drop()
+            body = await _read_body(scope, receive)
+            async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
+                answer = await service.record(admitted, body)
     except BodyTooLarge:
         answer = TOO_LARGE
     except BodyTooSlow:  # stop listening to a client that trickles
         answer, close = TOO_SLOW, True
     except DATABASE_ERRORS:
         log.exception(
-            "cannot record a callback; asking the provider to retry", extra={"task_id": task_id}
+            "cannot record a callback; asking the provider to retry",
+            extra={"task_id": target.task_id},
         )
         answer = UNAVAILABLE
     _count(answer)
@@ -121,64 +127,55 @@ def _count(answer: Answer) -> None:
         metrics.CALLBACK_REJECTED.inc()
 
 
-async def _read_body(scope: Scope, receive: Receive, hold: Hold) -> bytes:
-    """The body within BODY_WITHIN_SECONDS; the held connection is dropped if it is slow."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + BODY_WITHIN_SECONDS
-    body = BodyReader(scope, receive, MAX_BODY_BYTES)
-    if await body.read_until(min(loop.time() + HOLD_SECONDS, deadline)):
-        return body.content()
-    await hold.drop()
-    if await body.read_until(deadline):
-        return body.content()
-    raise BodyTooSlow
-
-
-class BodyReader:
-    """Reads a request body in steps, refusing more than `limit` bytes whatever Content-Length
-    says; what a step read is kept when its time runs out."""
-
-    def __init__(self, scope: Scope, receive: Receive, limit: int) -> None:
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise BodyTooLarge
-        self._receive = receive
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._complete = False
-
-    async def read_until(self, when: float) -> bool:
-        """Read until the body is complete (True) or the loop time `when` (False)."""
-        try:
-            async with asyncio.timeout_at(when):
-                while not self._complete:
-                    message = await self._receive()
-                    if message["type"] == "http.disconnect":
-                        self._complete = True
-                        break
-                    chunk = message.get("body", b"")
-                    self._size += len(chunk)
-                    if self._size > self._limit:
-                        raise BodyTooLarge
-                    self._chunks.append(chunk)
-                    self._complete = not message.get("more_body")
-        except TimeoutError:
-            return False
-        return True
-
-    def content(self) -> bytes:
-        return b"".join(self._chunks)
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The body within BODY_WITHIN_SECONDS, refusing more than MAX_BODY_BYTES whatever
+    Content-Length says."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_WITHIN_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+    except TimeoutError:
+        raise BodyTooSlow from None
+    return b"".join(chunks)
 
 
 async def respond(send: Send, answer: Answer, *, close: bool = False) -> None:
-    """Send a small JSON answer; `close` ends the connection after it."""
-    payload = json.dumps(answer.body, separators=(",", ":")).encode()
+    """Send a small JSON answer (with the headers of every answer of the gateway); `close` ends
+    the connection after it."""
+    payload = _payload(answer)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        NOSNIFF,
     ]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+# The answers are a few constants: each one's JSON is made once.
+_PAYLOADS: dict[int, tuple[Answer, bytes]] = {}
+
+
+def _payload(answer: Answer) -> bytes:
+    cached = _PAYLOADS.get(id(answer))
+    if cached is not None and cached[0] is answer:
+        return cached[1]
+    payload = json.dumps(answer.body, separators=(",", ":")).encode()
+    _PAYLOADS[id(answer)] = (answer, payload)
+    return payload

@@ -1,7 +1,7 @@
 """The PostgreSQL fast path for the common callback: an authentic body about the task's own
-upstream id. On a dedicated asyncpg pool, each statement its own transaction: the task was read
-when the URL was admitted; one statement then records the delivery, applies the decision and
-enqueues the follow-up job, all or nothing.
+upstream id. Two round trips on a dedicated asyncpg pool, each statement its own transaction:
+read the task, then one statement that records the delivery, applies the decision and enqueues
+the follow-up job, all or nothing.
 
 That statement is composed from the very statements the ORM store runs one by one (the inbox
 insert, the guarded task update, the job upsert; app/callbacks/repository.py,
@@ -41,10 +41,10 @@ from app.callbacks.service import (
     MALFORMED,
     MISMATCH,
     NOT_FOUND,
+    UNAUTHORIZED,
     UNSTORED,
     Answer,
     Delivery,
-    Hold,
     TaskSnapshot,
 )
 from app.callbacks.store import snapshot_of
@@ -222,33 +222,25 @@ class PostgresCallbackStore:
         self._pool = pool
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None:
-        """The task's snapshot, holding its connection for the delivery that follows."""
-        connection = await self._pool.acquire()
-        try:
-            row = await connection.fetchrow(SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": task_id}))
-        except BaseException:
-            await self._pool.release(connection)
-            raise
-        if row is None:
-            await self._pool.release(connection)
-            return None
-        return snapshot_of(row, Hold(connection, self._pool.release))
+        row = await self._pool.fetchrow(SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": task_id}))
+        return None if row is None else snapshot_of(row)
 
     async def receive(self, delivery: Delivery) -> Answer | None:
         news = delivery.news
         if news is None:
             return None
-        snapshot: TaskSnapshot | None = delivery.snapshot
-        connection = delivery.snapshot.hold.take() or await self._pool.acquire()
-        try:
+        snapshot = delivery.snapshot  # read to admit a URL without its nonce, else None
+        async with self._pool.acquire() as connection:
             for attempt in range(10):
-                if attempt:  # the task moved since it was read: decide again
+                if snapshot is None or attempt:  # the first read, or the task moved since
                     row = await connection.fetchrow(
                         SNAPSHOT.sql, *SNAPSHOT.arguments({"task_id": delivery.task_id})
                     )
-                    snapshot = None if row is None else snapshot_of(row)
-                if snapshot is None:
-                    return NOT_FOUND
+                    if row is None:
+                        return NOT_FOUND
+                    snapshot = snapshot_of(row)
+                if snapshot.nonce != delivery.nonce:  # a URL of another nonce: state untouched
+                    return UNAUTHORIZED
                 if snapshot.provider_task_id != news.id:
                     return None
                 decision = decide(snapshot.state, ProviderNews(news, confirmed=False))
@@ -272,8 +264,6 @@ class PostgresCallbackStore:
                     ),
                 )
                 return _REFUSALS.get(first or "", DUPLICATE)
-        finally:
-            await self._pool.release(connection)
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
 
 

@@ -1,5 +1,5 @@
-"""Queries on the callback inbox, and the task read that admits a callback URL. Each statement
-is built here once, for the ORM store and (compiled) for the PostgreSQL fast path."""
+"""Queries on the callback inbox, and the read of a callback's task. Each statement is built here
+once, for the ORM store and (compiled) for the PostgreSQL fast path."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ MAX_BODIES_PER_TASK = 16
 def snapshot_statement(
     task_id: Any,
 ) -> Select[str, str, int, bool, str | None, str | None, str]:
-    """What admitting a callback reads about its task."""
+    """What a callback reads about its task: the nonce of its URL and the state to decide on."""
     return select(
         Task.callback_nonce,
         Task.status,

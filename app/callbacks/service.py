@@ -1,6 +1,6 @@
 """Receiving a provider callback: authenticate the URL before the body is read, record the
 delivery, apply the news, commit, and only then acknowledge. Duplicates, races and forgeries
-change nothing."""
+change nothing; forgeries cost no database work."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from app.callbacks.tokens import token_matches
+from app.callbacks.tokens import is_nonce, token_matches
 from app.core import metrics
 from app.core.clock import utcnow
 from app.provider.parsing import ProviderBodyError, parse_task
@@ -46,62 +46,45 @@ MALFORMED = Answer(400, {"error": {"code": "bad_request", "message": "the body i
 MISMATCH = Answer(400, {"error": {"code": "bad_request", "message": "the body names another task"}})
 
 
-@dataclass(slots=True)
-class Hold:
-    """A database connection a store keeps from the URL check to the delivery, while the body
-    comes in promptly (one pool checkout instead of two); dropped if the body is slow."""
-
-    connection: Any = None
-    give_back: Callable[[Any], Awaitable[object]] | None = None
-
-    def take(self) -> Any:
-        """The connection, now the taker's to give back; None when there is none."""
-        connection, self.connection = self.connection, None
-        return connection
-
-    async def drop(self) -> None:
-        """Give the connection back, if it is still held."""
-        connection = self.take()
-        if connection is not None and self.give_back is not None:
-            await self.give_back(connection)
-
-
 @dataclass(frozen=True, slots=True)
 class TaskSnapshot:
-    """What the intake reads about a task before the body: the nonce its URL is checked with,
-    and the state the fast path decides on (which may be stale by the time the body is in)."""
+    """What a store reads about a task before deciding on a delivery: the nonce of its callback
+    URL, and the state the fast path decides on."""
 
     nonce: str
     state: TaskState
     provider_task_id: str | None
     notify_url: str | None
     caller: str
-    hold: Hold = field(default_factory=Hold, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A callback URL that is authentic: its body may be read."""
+    """A callback URL that is authentic: its body may be read. `snapshot`: the task as read to
+    check a URL without its nonce (the older form), None when the URL was checked alone."""
 
     task_id: str
-    snapshot: TaskSnapshot
+    nonce: str
+    snapshot: TaskSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One authentic POST from the provider: the raw bytes and what they say."""
+    """One authentic POST from the provider: the raw bytes and what they say. `nonce` is the
+    one its token was made with: the stores check that it is still the task's."""
 
     task_id: str
+    nonce: str
     body: bytes
     digest: str
     news: ProviderTask | None
     received_at: datetime
-    snapshot: TaskSnapshot
+    snapshot: TaskSnapshot | None
 
 
 class CallbackStore(Protocol):
-    """Reads tasks for admission; records a delivery and applies it in one transaction, or
-    answers None to defer to the next store."""
+    """Reads tasks (to admit a URL without its nonce); records a delivery and applies it in one
+    transaction, or answers None to defer to the next store."""
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None: ...
 
@@ -145,19 +128,29 @@ class CallbackService:
         self._wake = wake_workers
         self._refusals = RefusalLog()
 
-    async def admit(self, task_id: str, token: str) -> Admitted | Answer:
-        """The task and its state when `token` is its callback token; else the refusal (404
-        unknown task, 401 wrong token), decided from the path alone. Raises only when the
-        database cannot be read."""
+    def check(self, task_id: str, nonce: str | None, token: str) -> Admitted | Answer | None:
+        """Whether the path may post this task's callbacks, from the path alone and without any
+        I/O (a forged path costs no database work): admitted, or the refusal (404 not a task
+        id, 401 wrong token); None for a path without its nonce (the form earlier versions
+        gave out), which `admit_stored` checks against the task."""
         if not is_task_id(task_id):
             return self._refuse(NOT_FOUND, "unknown_task")
+        if nonce is None:
+            return None
+        if not is_nonce(nonce) or not token_matches(self._secret, task_id, nonce, token):
+            return self._refuse(UNAUTHORIZED, "bad_token")
+        return Admitted(task_id, nonce)
+
+    async def admit_stored(self, task_id: str, token: str) -> Admitted | Answer:
+        """A path without its nonce, checked with the task's stored nonce: admitted, or the
+        refusal (404 unknown task, 401 wrong token). Raises only when the database cannot be
+        read."""
         snapshot = await self._stores[0].snapshot(task_id)
         if snapshot is None:
             return self._refuse(NOT_FOUND, "unknown_task")
         if not token_matches(self._secret, task_id, snapshot.nonce, token):
-            await snapshot.hold.drop()
             return self._refuse(UNAUTHORIZED, "bad_token")
-        return Admitted(task_id, snapshot)
+        return Admitted(task_id, snapshot.nonce, snapshot)
 
     def _refuse(self, answer: Answer, reason: str) -> Answer:
         self._refusals.note(reason)
@@ -168,6 +161,7 @@ class CallbackService:
         cannot record it."""
         delivery = Delivery(
             task_id=admitted.task_id,
+            nonce=admitted.nonce,
             body=body,
             digest=hashlib.sha256(body).hexdigest(),
             news=parse_body(body),
@@ -186,15 +180,15 @@ class CallbackService:
             self._wake()
         return answer
 
-    async def receive(self, task_id: str, token: str, body: bytes) -> Answer:
-        """Admit and record a delivery whose body is already read."""
-        admitted = await self.admit(task_id, token)
+    async def receive(self, task_id: str, nonce: str | None, token: str, body: bytes) -> Answer:
+        """Admit and record a delivery whose body is already read (`nonce`: None for a path
+        without it)."""
+        admitted = self.check(task_id, nonce, token)
+        if admitted is None:
+            admitted = await self.admit_stored(task_id, token)
         if isinstance(admitted, Answer):
             return admitted
-        try:
-            return await self.record(admitted, body)
-        finally:
-            await admitted.snapshot.hold.drop()
+        return await self.record(admitted, body)
 
     @staticmethod
     def _log(delivery: Delivery, answer: Answer) -> None:

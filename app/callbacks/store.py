@@ -21,10 +21,10 @@ from app.callbacks.service import (
     MALFORMED,
     MISMATCH,
     NOT_FOUND,
+    UNAUTHORIZED,
     UNSTORED,
     Answer,
     Delivery,
-    Hold,
     TaskSnapshot,
 )
 from app.core.db import after_commit
@@ -59,6 +59,8 @@ class OrmCallbackStore:
             task = await tasks.get(session, delivery.task_id)
             if task is None:  # gone since the URL was admitted
                 return NOT_FOUND
+            if task.callback_nonce != delivery.nonce:  # a URL of another nonce: state untouched
+                return UNAUTHORIZED
             key = (task.id, delivery.digest)
             stored = await inbox.record_if_new(
                 session, task_id=task.id, digest=delivery.digest, body=delivery.body, now=now
@@ -99,16 +101,11 @@ class OrmCallbackStore:
         return ACCEPTED if stored else UNSTORED
 
 
-def snapshot_of(row: Mapping[Any, Any], hold: Hold | None = None) -> TaskSnapshot:
-    """The admission snapshot of a row of `snapshot_statement` (by column name)."""
+def snapshot_of(row: Mapping[Any, Any]) -> TaskSnapshot:
+    """The snapshot of a row of `snapshot_statement` (by column name)."""
     state = TaskState(TaskStatus(row["status"]), row["progress"], final_claimed=row["claimed"])
     return TaskSnapshot(
-        row["callback_nonce"],
-        state,
-        row["provider_task_id"],
-        row["notify_url"],
-        row["caller"],
-        hold or Hold(),
+        row["callback_nonce"], state, row["provider_task_id"], row["notify_url"], row["caller"]
     )
 
 

@@ -37,8 +37,9 @@ MIN_NOTIFY_SECRET_BYTES = 24
 # Values that look like someone forgot to set a real secret.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
 # The longest callback path the service appends to the public base URL:
-# "/callbacks/evolink/" + a 36-char task id + "/" + a 43-char token.
-CALLBACK_PATH_LENGTH = len("/callbacks/evolink/") + 36 + 1 + 43
+# "/callbacks/evolink/" + a 36-char task id + "/" + a 32-char nonce + "/" + a 43-char token
+# (app/callbacks/tokens.py).
+CALLBACK_PATH_LENGTH = len("/callbacks/evolink/") + 36 + 1 + 32 + 1 + 43
 SIMULATOR_API_KEY = "sk-evo-simulator"
 SIMULATOR_CALLBACK_SECRET = "simulator-mode-only-callback-secret-not-for-production"  # noqa: S105
 

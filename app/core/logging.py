@@ -18,7 +18,8 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
     re.compile(r"sk-evo-[A-Za-z0-9_\-]+"),
     re.compile(r"whsec_[A-Za-z0-9+/=]+"),
-    re.compile(r"(/callbacks/evolink/[^/\s\"']+/)[^/\s\"'?]+"),
+    # A callback path's nonce and token (or the token alone, in the older form).
+    re.compile(r"(/callbacks/evolink/[^/\s\"']+/)[^\s\"'?]+"),
     re.compile(r"(://[^/:@\s\"']+:)[^/@\s\"']+(?=@)"),  # the password of a URL
 )
 # The configured secrets themselves, whatever their shape (see register_secrets).

@@ -78,7 +78,9 @@ CALLBACK_REFUSALS_BY_REASON = Counter(
 CALLBACK_REFUSALS = {
     reason: CALLBACK_REFUSALS_BY_REASON.labels(reason) for reason in ("unknown_task", "bad_token")
 }
-CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{token}"
+CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
+# The form given out before the nonce was in the path (its tasks' callbacks still come there).
+LEGACY_CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{token}"
 _CALLBACK_SECONDS = HTTP_REQUEST_SECONDS.labels("POST", CALLBACK_ROUTE, "2xx")
 
 
@@ -92,12 +94,13 @@ def observe_request(method: str, route: str, status_code: int, seconds: float) -
     HTTP_REQUEST_SECONDS.labels(method, route, status_class(status_code)).observe(seconds)
 
 
-def observe_callback(status_code: int, seconds: float) -> None:
+def observe_callback(status_code: int, seconds: float, *, legacy: bool = False) -> None:
     """Record one provider callback request (the common 200 without a label lookup)."""
-    if status_code == 200:
+    if status_code == 200 and not legacy:
         _CALLBACK_SECONDS.observe(seconds)
     else:
-        observe_request("POST", CALLBACK_ROUTE, status_code, seconds)
+        route = LEGACY_CALLBACK_ROUTE if legacy else CALLBACK_ROUTE
+        observe_request("POST", route, status_code, seconds)
 
 
 class StatusRecorder:

@@ -23,7 +23,7 @@ from app.workers.models import Job, JobKind, JobState
 from app.workers.repository import Done, RetryAt
 from tests.bad_input.conftest import Seeded, settings
 from tests.conftest import auth
-from tests.support.callbacks import accepted_task, callback_path
+from tests.support.callbacks import accepted_task, callback_path, legacy_callback_path
 from tests.support.callbacks import body as callback_body
 from tests.support.gateway import Gateway, running_gateway
 
@@ -73,6 +73,23 @@ FORGED: list[tuple[str, str, int]] = [
     ("unknown task", "/callbacks/evolink/00000000-0000-4000-8000-000000000000/{token}", 404),
     ("task id not a UUID", "/callbacks/evolink/not-a-task/{token}", 404),
     ("task id upper case", "/callbacks/evolink/{victim_upper}/{token}", 404),
+    # With the nonce in the path, every forgery is refused from the path alone (a 401 even for a
+    # task that does not exist: no token can be right for it).
+    ("random token with the nonce", "/callbacks/evolink/{victim}/{nonce}/" + "A" * 43, 401),
+    (
+        "another task's nonce and token",
+        "/callbacks/evolink/{victim}/{other_nonce}/{other_token}",
+        401,
+    ),
+    ("another task's nonce", "/callbacks/evolink/{victim}/{other_nonce}/{token}", 401),
+    ("empty nonce", "/callbacks/evolink/{victim}//{token}", 401),
+    (
+        "unknown task with a nonce",
+        "/callbacks/evolink/00000000-0000-4000-8000-000000000000/{nonce}/{token}",
+        401,
+    ),
+    ("task id upper case with the nonce", "/callbacks/evolink/{victim_upper}/{nonce}/{token}", 404),
+    ("token of another secret, older path", "{legacy_forged}", 401),
 ]
 
 
@@ -90,6 +107,11 @@ async def test_a_forged_callback_is_refused_and_changes_nothing(
         token=path.rsplit("/", 1)[1],
         other_token=callback_path(other).rsplit("/", 1)[1],
         forged=callback_path(victim, secret="another-secret-0123456789abcdefghijklmn"),
+        legacy_forged=legacy_callback_path(
+            victim, secret="another-secret-0123456789abcdefghijklmn"
+        ),
+        nonce=victim.callback_nonce,
+        other_nonce=other.callback_nonce,
         path=path,
         path_truncated=path[:-1],
     )

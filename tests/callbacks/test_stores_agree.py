@@ -39,6 +39,7 @@ TASK_ID = "0b6f2a52-3b1e-4c38-9d7e-2f1c5b9a8e01"
 NONCE = "00112233445566778899aabbccddeeff"
 PROVIDER_ID = "task-unified-1757156493-agree001"
 TOKEN = callback_token(CALLBACK_SECRET.encode(), TASK_ID, NONCE)
+STALE_NONCE = "ffeeddccbbaa99887766554433221100"
 START = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 WORKER = "worker-1"
 
@@ -54,10 +55,23 @@ class Target:
 Step = Callable[[Target], Awaitable[None]]
 
 
-def deliver(content: bytes) -> Step:
+def deliver(content: bytes, *, nonce: str | None = NONCE) -> Step:
+    """A delivery to the task's path (`nonce` None: the older path without it)."""
+
     async def step(target: Target) -> None:
-        answer = await target.service.receive(TASK_ID, TOKEN, content)
+        answer = await target.service.receive(TASK_ID, nonce, TOKEN, content)
         assert 200 <= answer.status_code < 500
+
+    return step
+
+
+def deliver_stale(content: bytes) -> Step:
+    """A delivery to a path signed for another nonce of the task: refused, nothing written."""
+
+    async def step(target: Target) -> None:
+        token = callback_token(CALLBACK_SECRET.encode(), TASK_ID, STALE_NONCE)
+        answer = await target.service.receive(TASK_ID, STALE_NONCE, token, content)
+        assert answer.status_code == 401
 
     return step
 
@@ -112,6 +126,17 @@ SEQUENCES: dict[str, list[Step]] = {
         deliver(body(PROVIDER_ID, "processing", 30)),
         deliver(body(PROVIDER_ID, "failed", error={"code": "service_error", "message": "x"})),
         worker_retries_the_poll_later,
+    ],
+    "the older path without the nonce, the new one, another nonce's": [
+        deliver(body(PROVIDER_ID, "processing", 10), nonce=None),
+        deliver(body(PROVIDER_ID, "processing", 10), nonce=None),
+        deliver_stale(body(PROVIDER_ID, "processing", 30)),
+        deliver(body(PROVIDER_ID, "processing", 40)),
+        deliver(body(PROVIDER_ID, "completed"), nonce=None),
+        deliver(body(PROVIDER_ID, "completed")),
+        deliver_stale(body(PROVIDER_ID, "failed", error={"code": "service_error", "message": "x"})),
+        deliver(b"{not json", nonce=None),
+        deliver_stale(b"{not json either"),
     ],
     "more distinct bodies than the inbox keeps": [
         *(deliver(body(PROVIDER_ID, "processing", p)) for p in range(1, 21)),

@@ -28,7 +28,10 @@ from tests.support.servers import serve_app
 PROVIDER_ID = "task-unified-1-abcd1234"
 JSON = {"Content-Type": "application/json"}
 MIB = 1024 * 1024
+# A task id the service never made, in the path form without a nonce (the task is looked up) and
+# with one (refused from the path alone: 401, the token cannot be right).
 UNKNOWN = "/callbacks/evolink/00000000-0000-0000-0000-000000000000/" + "A" * 43
+UNKNOWN_WITH_NONCE = UNKNOWN.replace("/AAAA", "/" + "0" * 32 + "/AAAA", 1)
 # How long a test waits for an answer that must come (a bound for a failure, not a timing).
 PATIENCE = 10.0
 
@@ -65,12 +68,15 @@ async def test_a_mebibyte_to_a_wrong_url_is_refused_without_parsing_or_a_log_lin
     with caplog.at_level(logging.INFO):
         answers = [
             (await gateway.client.post(path, content=huge, headers=JSON)).status_code
-            for path in [wrong_token(callback_path(task))] * 5 + [UNKNOWN] * 5
+            for path in [wrong_token(callback_path(task))] * 5
+            + [UNKNOWN] * 5
+            + [UNKNOWN_WITH_NONCE] * 5
         ]
 
     assert len(huge) == MIB
-    assert answers == [401] * 5 + [404] * 5
-    assert (refusals("bad_token") - bad_before, refusals("unknown_task") - unknown_before) == (5, 5)
+    assert answers == [401] * 5 + [404] * 5 + [401] * 5
+    counted = refusals("bad_token") - bad_before, refusals("unknown_task") - unknown_before
+    assert counted == (10, 5)
     # At most one line for the lot (rate-limited), none per request.
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1
     assert await gateway.count(CallbackDelivery) == 0
@@ -109,7 +115,11 @@ async def test_over_http_the_refusal_comes_before_the_body_is_sent(database_url:
     async with served(database_url) as (gateway, url):
         task = await accepted_task(gateway.sessions, PROVIDER_ID)
 
-        for path, expected in [(wrong_token(callback_path(task)), 401), (UNKNOWN, 404)]:
+        for path, expected in [
+            (wrong_token(callback_path(task)), 401),
+            (UNKNOWN, 404),
+            (UNKNOWN_WITH_NONCE, 401),
+        ]:
             reader, writer = await post_head(url, path, MIB)
             try:
                 # Not one byte of the body is sent: the answer must not wait for it.

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.callbacks import tokens
 from app.callbacks.tokens import CALLBACK_PREFIX, callback_token
 from app.core.clock import utcnow
 from app.tasks import repository
@@ -39,6 +40,11 @@ async def accepted_task(
 
 def callback_path(task: Task, secret: str = CALLBACK_SECRET) -> str:
     """The path the provider posts this task's callbacks to."""
+    return tokens.callback_path(secret.encode(), task.id, task.callback_nonce)
+
+
+def legacy_callback_path(task: Task, secret: str = CALLBACK_SECRET) -> str:
+    """The path without the nonce that earlier versions gave the provider."""
     token = callback_token(secret.encode(), task.id, task.callback_nonce)
     return f"{CALLBACK_PREFIX}/{task.id}/{token}"
 
