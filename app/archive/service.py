@@ -37,7 +37,7 @@ from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from app.notify.models import Notification, NotificationState, event_type
 from app.tasks import events, repository, service
 from app.tasks.events import EventKind
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 

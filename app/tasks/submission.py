@@ -30,7 +30,7 @@ from app.tasks.models import SubmitState, Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers import repository as jobs
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 

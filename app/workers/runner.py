@@ -18,7 +18,7 @@ from app.core import metrics
 from app.core.clock import utcnow
 from app.workers import repository
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.retry import RetryStrategy
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from app.tasks import repository
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from tests.archive.test_fetch_support import IMAGES, ImageServer, serve
 from tests.archive.test_thumbnails import encoded, noise, opened, picture, png_claiming
 from tests.conftest import settings_values

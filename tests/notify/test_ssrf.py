@@ -17,7 +17,7 @@ from app.notify.sender import Notifier, NotifyContext, create_notify_client
 from app.tasks import service
 from app.tasks.states import ServiceFailure
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done
+from app.workers.outcomes import Done
 from tests.conftest import auth, settings_values
 from tests.console.helpers import OPERATORS, signed_in
 from tests.notify.receiver import receiving
