@@ -10,10 +10,9 @@ from app.archive import repository as images
 from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
 from app.core.auth import CallerDep, CallerRoute
 from app.core.deps import SessionDep, SettingsDep
-from app.core.errors import ApiProblem
+from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.tasks import repository as tasks
-from app.tasks.router import ERRORS
-from app.tasks.schemas import ApiError, is_task_id
+from app.tasks.schemas import is_task_id
 
 router = APIRouter(prefix="/v1", tags=["images"], responses=ERRORS, route_class=CallerRoute)
 

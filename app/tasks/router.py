@@ -14,7 +14,7 @@ from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
-from app.core.errors import ApiProblem
+from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.notify import repository as notifications
 from app.tasks import events, repository, service
@@ -23,7 +23,6 @@ from app.tasks.models import Task
 from app.tasks.redrive import NotRetryable, redrive
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
-    ApiError,
     CreateTaskRequest,
     Status,
     TaskEventOut,
@@ -34,11 +33,6 @@ from app.tasks.schemas import (
 )
 
 log = logging.getLogger(__name__)
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ApiError, "description": "Missing or invalid API key."},
-    422: {"model": ApiError, "description": "Invalid input; the message names the field."},
-}
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=CallerRoute)
 
