@@ -18,19 +18,13 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import repository as images
-from app.archive.fetch import (
-    FetchError,
-    FetchPolicy,
-    ImageInfo,
-    LinkGone,
-    TransientFetchError,
-    open_image,
-)
+from app.archive.fetch import ImageInfo, LinkGone, TransientFetchError, open_image
 from app.archive.store import ObjectStore, StoreError
 from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
 from app.tasks import events, repository, service
 from app.tasks.events import EventKind

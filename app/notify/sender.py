@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from app.archive import repository as archived
-from app.archive.fetch import FetchPolicy, ForbiddenAddress, RefusedUrl, create_fetch_client
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import write_durably
+from app.core.safe_http import FetchPolicy, ForbiddenAddress, RefusedUrl, create_safe_client
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type
@@ -49,7 +49,7 @@ def create_notify_client(settings: Settings) -> httpx.AsyncClient:
         connect_timeout=timeout,
         read_timeout=timeout,
     )
-    return create_fetch_client(policy, headers=HEADERS)
+    return create_safe_client(policy, headers=HEADERS)
 
 
 # Why an attempt failed, as callers read it (task object, /events): nothing about this service's

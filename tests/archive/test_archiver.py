@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
 from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore, StoredObject, StoreError
@@ -26,6 +26,7 @@ from app.archive.thumbnails import (
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
+from app.core.safe_http import FetchPolicy
 from app.tasks import repository
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
