@@ -52,8 +52,8 @@ import obstore
 from obstore.store import LocalStore, S3Store
 from PIL import Image
 
+from app.archive.archiving import image_key
 from app.archive.fetch import create_fetch_client, open_image
-from app.archive.service import image_key
 from app.archive.store import ObjectStore
 from app.core.safe_http import FetchPolicy
 from app.provider.types import PIXELS

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.archive.service import LINK_LIFETIME, upstream_completed_at
+from app.archive.archiving import LINK_LIFETIME, upstream_completed_at
 from app.core.db import after_commit
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type

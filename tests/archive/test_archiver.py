@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.archive.archiving import ArchiveContext, Archiver, image_key
 from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore, StoredObject, StoreError
 from app.archive.thumbnails import (
     MAX_SOURCE_BYTES,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.archive.archiving import ArchiveContext, Archiver, image_key
 from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
 from app.core.safe_http import FetchPolicy

@@ -13,7 +13,7 @@ import pytest
 
 from app.core import safe_http
 from app.core.config import Settings
-from app.notify.sender import Notifier, NotifyContext, create_notify_client
+from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.tasks import service
 from app.tasks.states import ServiceFailure
 from app.workers.models import Job, JobKind
