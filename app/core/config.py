@@ -18,8 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.urls import UrlPolicyError, check_outbound_url
-from app.provider.types import MAX_CALLBACK_URL_LENGTH
+from app.core.urls import MAX_CALLBACK_URL_LENGTH, UrlPolicyError, check_outbound_url
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "az", "memory")
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")

@@ -14,9 +14,8 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpcore
 import httpx
 
-from app.core.urls import is_forbidden_address, literal_address
+from app.core.urls import IPAddress, is_forbidden_address, literal_address
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 
 

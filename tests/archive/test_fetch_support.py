@@ -19,7 +19,7 @@ import httpcore
 import uvicorn
 from PIL import Image
 
-from app.core.safe_http import IPAddress
+from app.core.urls import IPAddress
 
 PUBLIC_IP = "93.184.215.14"  # a global address; the Dialer routes it to 127.0.0.1
 ZEROS = bytes(64 * 1024)

@@ -13,6 +13,7 @@ import pytest
 
 from app.core import safe_http
 from app.core.config import Settings
+from app.core.urls import IPAddress
 from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.tasks import service
 from app.tasks.states import ServiceFailure
@@ -85,7 +86,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
 ) -> None:
     real = safe_http.resolve_host
 
-    async def resolve(host: str, port: int) -> Sequence[safe_http.IPAddress]:
+    async def resolve(host: str, port: int) -> Sequence[IPAddress]:
         if host == HOOK_HOST:
             return [ipaddress.ip_address("127.0.0.1")]
         return await real(host, port)
@@ -136,7 +137,7 @@ NETWORK_WORDS = (
 )
 
 
-def unresolvable(host: str, port: int) -> Sequence[safe_http.IPAddress]:
+def unresolvable(host: str, port: int) -> Sequence[IPAddress]:
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 
@@ -173,7 +174,7 @@ async def test_callers_get_a_generic_reason_and_operators_the_network_detail(
 ) -> None:
     real = safe_http.resolve_host
 
-    async def resolve(host: str, port: int) -> Sequence[safe_http.IPAddress]:
+    async def resolve(host: str, port: int) -> Sequence[IPAddress]:
         if host != HOOK_HOST:
             return await real(host, port)
         if case == "cannot be resolved":
