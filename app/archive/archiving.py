@@ -26,7 +26,7 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
@@ -188,7 +188,7 @@ class Archiver:
                 },
             )
             if written:
-                await events.record(
+                await event_repository.record(
                     session,
                     task.id,
                     kind=EventKind.ARCHIVE,
@@ -214,7 +214,7 @@ class Archiver:
         return Done()
 
     async def _note(self, task: Task, index: int, outcome: str, message: str) -> None:
-        await events.note(
+        await event_repository.note(
             self._ctx.sessions,
             task.id,
             kind=EventKind.ARCHIVE,

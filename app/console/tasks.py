@@ -26,7 +26,7 @@ from app.console.web import (
 )
 from app.core.clock import utcnow
 from app.core.deps import SessionDep
-from app.tasks import events
+from app.tasks import event_repository
 from app.tasks import repository as tasks
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
@@ -153,7 +153,7 @@ async def task_detail(
     task = await _task(session, task_id)
     lines = timeline.build(
         task,
-        await events.timeline(session, task.id),
+        await event_repository.timeline(session, task.id),
         await repository.deliveries(session, task.id),
     )
     archived = (await images.for_tasks(session, [task.id]))[task.id]

@@ -22,7 +22,7 @@ from app.core.safe_http import FetchPolicy, ForbiddenAddress, RefusedUrl, create
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.events import EventKind
 from app.workers.models import Job
 from app.workers.outcomes import Done, Outcome, RetryAt
@@ -199,7 +199,7 @@ class Notifier:
             outcome = "error"
         async with self._ctx.sessions() as session:
             kept = await notifications.record_attempt(session, row, values)
-            await events.record(
+            await event_repository.record(
                 session,
                 row.task_id,
                 kind=EventKind.NOTIFY,
@@ -234,7 +234,7 @@ class Notifier:
             "updated_at": now,
         }
         if await notifications.record_attempt(session, row, values):
-            await events.record(
+            await event_repository.record(
                 session,
                 row.task_id,
                 kind=EventKind.NOTIFY,

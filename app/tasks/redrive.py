@@ -17,7 +17,7 @@ from app.archive.archiving import LINK_LIFETIME, upstream_completed_at
 from app.core.db import after_commit
 from app.notify import repository as notifications
 from app.notify.models import Notification, NotificationState, event_type
-from app.tasks import events, service
+from app.tasks import event_repository, service
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import Redrive, RedriveStep, TaskStatus, redrive_step
@@ -139,7 +139,7 @@ async def _record(
         detail["superseded_notifications"] = superseded
     if webhook_id is not None:
         detail["webhook_id"] = webhook_id
-    await events.record(
+    await event_repository.record(
         session,
         task.id,
         kind=EventKind.REDRIVE,

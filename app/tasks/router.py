@@ -17,7 +17,7 @@ from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.notify import repository as notifications
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
 from app.tasks.redrive import NotRetryable, redrive
@@ -208,7 +208,7 @@ async def task_events(task_id: str, caller: CallerDep, session: SessionDep) -> T
     """The task's timeline, oldest first: every transition, every attempt at upstream work,
     archive copy and notification with its outcome and error, and every retry."""
     task = await _own_task(session, caller, task_id)
-    lines = await events.timeline(session, task.id)
+    lines = await event_repository.timeline(session, task.id)
     return TaskEventPage(
         data=[TaskEventOut.model_validate(line, from_attributes=True) for line in lines]
     )

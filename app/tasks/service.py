@@ -18,7 +18,7 @@ from app.core.db import after_commit
 from app.core.errors import ApiProblem
 from app.notify import repository as notifications
 from app.notify.models import Notification, event_type
-from app.tasks import events, repository
+from app.tasks import event_repository, repository
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, NotificationOut, TaskOut
@@ -118,7 +118,7 @@ async def apply_event(
         if await repository.update_if_state(session, task.id, expected=current, values=values):
             if (line := transition_event(current, new)) is not None:
                 _log_transition(session, task, current, new, source)
-                await events.record(session, task.id, source=source, at=now, **line)
+                await event_repository.record(session, task.id, source=source, at=now, **line)
             await repository.get(session, task.id)  # refreshes `task` in place
             await _write_effects(session, task, decision, now)
             return decision
