@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.archive.archiving import ArchiveContext, Archiver, OwnImages
 from app.archive.fetch import create_fetch_client
+from app.archive.presenting import present_tasks
 from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer
 from app.core.config import SIMULATOR_API_KEY, Settings
@@ -105,7 +106,10 @@ class Runtime:
                 thumbnails=Thumbnailer(store),
             ),
             notify=NotifyContext(
-                sessions=sessions, settings=settings, client=create_notify_client(settings)
+                sessions=sessions,
+                settings=settings,
+                client=create_notify_client(settings),
+                present=present_tasks,
             ),
         )
 

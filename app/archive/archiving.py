@@ -28,6 +28,7 @@ from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
 from app.tasks import event_repository, repository, service
 from app.tasks.events import EventKind
+from app.tasks.links import upstream_completed_at
 from app.tasks.models import Task
 from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
 from app.workers.models import Job
@@ -37,7 +38,6 @@ from app.workers.retry import RetryStrategy
 log = logging.getLogger(__name__)
 
 COPY_TIMEOUT = timedelta(minutes=10)
-LINK_LIFETIME = timedelta(hours=24)  # how long the provider's result links stay valid
 
 
 def image_key(task_id: str, index: int) -> str:
@@ -77,12 +77,6 @@ class ArchiveContext:
         if own is not None and is_under(url, own.prefix):
             return own.fetcher, own.policy
         return self.fetcher, self.policy
-
-
-def upstream_completed_at(task: Task) -> datetime:
-    """When the provider finished the task, as early as the service heard of it."""
-    seen = [t for t in (task.final_claimed_at, task.provider_completed_at) if t is not None]
-    return min(seen) if seen else task.updated_at
 
 
 class Archiver:

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.archive import repository as archived
+from app.archive.presenting import present_tasks
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
-from app.notify import repository as notifications
 from app.tasks import event_repository, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
@@ -38,9 +37,8 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=C
 
 
 async def _present(session: AsyncSession, task: Task) -> TaskOut:
-    images = await archived.for_tasks(session, [task.id])
-    notes = await notifications.for_tasks(session, [task.id])
-    return service.present(task, images[task.id], notes[task.id])
+    [presented] = await present_tasks(session, [task])
+    return presented
 
 
 async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
@@ -156,13 +154,7 @@ async def list_tasks(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    ids = [task.id for task in page]
-    images = await archived.for_tasks(session, ids)
-    notes = await notifications.for_tasks(session, ids)
-    return TaskPage(
-        data=[service.present(task, images[task.id], notes[task.id]) for task in page],
-        next_cursor=next_cursor,
-    )
+    return TaskPage(data=await present_tasks(session, page), next_cursor=next_cursor)
 
 
 @router.post(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
+from app.archive.presenting import present_tasks
 from app.core import safe_http
 from app.core.config import Settings
 from app.core.urls import IPAddress
@@ -105,7 +106,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
         await service.apply_alone(gateway.sessions, task_id, failure, source="test")
         client = create_notify_client(settings)
         try:
-            notifier = Notifier(NotifyContext(gateway.sessions, settings, client))
+            notifier = Notifier(NotifyContext(gateway.sessions, settings, client, present_tasks))
             outcome = await notifier(Job(kind=JobKind.NOTIFY, task_id=task_id, attempts=1))
         finally:
             await client.aclose()
@@ -198,7 +199,7 @@ async def test_callers_get_a_generic_reason_and_operators_the_network_detail(
         await service.apply_alone(gateway.sessions, task_id, failure, source="test")
         client = create_notify_client(settings)
         try:
-            notifier = Notifier(NotifyContext(gateway.sessions, settings, client))
+            notifier = Notifier(NotifyContext(gateway.sessions, settings, client, present_tasks))
             await notifier(Job(kind=JobKind.NOTIFY, task_id=task_id, attempts=1))
         finally:
             await client.aclose()
