@@ -22,7 +22,9 @@ from app.console.web import (
     LOGIN_PATH,
     PREFIX,
     STATIC,
+    ConsoleAuthDep,
     ConsoleRoute,
+    LoginThrottleDep,
     OperatorDep,
     PageError,
     render,
@@ -68,13 +70,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(tasks_router)
 
 
-def _auth(request: Request) -> ConsoleAuth:
-    auth: ConsoleAuth = request.app.state.console_auth
-    return auth
-
-
-def _login_form(request: Request, status_code: int, message: str | None, target: str) -> Response:
-    auth = _auth(request)
+def _login_form(
+    request: Request, auth: ConsoleAuth, status_code: int, message: str | None, target: str
+) -> Response:
     cookie, token = auth.new_login()
     response = render(
         request, "login.html", status_code, login_csrf=token, message=message, next=target
@@ -92,22 +90,22 @@ def _login_form(request: Request, status_code: int, message: str | None, target:
 
 
 @router.get("/login")
-async def login_page(request: Request, next: str | None = None) -> Response:
+async def login_page(request: Request, auth: ConsoleAuthDep, next: str | None = None) -> Response:
     """The sign-in form."""
-    return _login_form(request, 200, None, safe_next(next))
+    return _login_form(request, auth, 200, None, safe_next(next))
 
 
 @router.post("/login")
 async def login(
     request: Request,
+    auth: ConsoleAuthDep,
+    throttle: LoginThrottleDep,
     key: Annotated[str, Form(max_length=1024)] = "",
     csrf: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
     """Check an operator key and open a session (unless this address failed too often lately;
     while many addresses do, every attempt is slowed down but a right key still signs in)."""
-    auth = _auth(request)
-    throttle: LoginThrottle = request.app.state.console_throttle
     # The peer of the connection: behind a proxy, the proxy's address (docs/console.md).
     client = request.client.host if request.client is not None else "unknown"
     wait = throttle.retry_after(client)
@@ -115,7 +113,7 @@ async def login(
         return _throttled(request, wait)
     if not auth.check_login(request.cookies.get(LOGIN_COOKIE), csrf):
         return _login_form(
-            request, 403, "The form expired or did not come from this page; try again.", next
+            request, auth, 403, "The form expired or did not come from this page; try again.", next
         )
     if await throttle.slow_down():
         # Other attempts of this address may have failed during the wait: checked again, with no
@@ -133,8 +131,8 @@ async def login(
         if overall_wait is not None:
             if not attacked:
                 log.warning("console sign-ins slowed down: too many failures from all addresses")
-            return _slowed(request, overall_wait, throttle.delay, next)
-        return _login_form(request, 401, "Wrong key: that is not an operator key.", next)
+            return _slowed(request, auth, overall_wait, throttle.delay, next)
+        return _login_form(request, auth, 401, "Wrong key: that is not an operator key.", next)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -169,22 +167,21 @@ def _throttled(request: Request, wait: int) -> Response:
     return response
 
 
-def _slowed(request: Request, wait: int, delay: float, target: str) -> Response:
+def _slowed(request: Request, auth: ConsoleAuth, wait: int, delay: float, target: str) -> Response:
     """A wrong key while many addresses fail: the form again (a right key still signs in)."""
     message = (
         "Wrong key: that is not an operator key. Many sign-ins failed lately from all addresses "
         f"together: for the next {_in_minutes(wait)} every attempt waits {delay:g} s, and an "
         "operator key still signs in."
     )
-    response = _login_form(request, 429, message, target)
+    response = _login_form(request, auth, 429, message, target)
     response.headers["Retry-After"] = str(wait)
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, operator: OperatorDep, session: SessionDep) -> Response:
+async def logout(operator: OperatorDep, session: SessionDep, auth: ConsoleAuthDep) -> Response:
     """Close the session: its cookie is cleared here and refused everywhere from now on."""
-    auth = _auth(request)
     await sign_out(session, operator, now=utcnow(), max_age=auth.max_age)
     await session.commit()
     response = RedirectResponse(LOGIN_PATH, status_code=303)

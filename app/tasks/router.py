@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,7 +13,7 @@ from app.archive.presenting import present_tasks
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
-from app.core.deps import SessionDep, SettingsDep
+from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.tasks import event_repository, repository, service
@@ -76,10 +76,10 @@ def _check_idempotency_key(value: str | None) -> str | None:
 )
 async def create_generation(
     body: CreateTaskRequest,
-    request: Request,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
+    wake_workers: WakeWorkersDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -114,9 +114,7 @@ async def create_generation(
         extra={"task_id": task.id, "caller": caller, "idempotency_key_given": key is not None},
     )
     if created:
-        wake = getattr(request.app.state, "wake_workers", None)
-        if wake is not None:
-            wake()
+        wake_workers()
     content = (await _present(session, task)).model_dump(mode="json")
     return JSONResponse(
         content,
@@ -173,7 +171,7 @@ async def list_tasks(
     },
 )
 async def retry_task(
-    task_id: str, request: Request, caller: CallerDep, session: SessionDep
+    task_id: str, caller: CallerDep, session: SessionDep, wake_workers: WakeWorkersDep
 ) -> JSONResponse:
     """Run again the step that failed for a transient reason: the archive copy (while the
     provider's links are valid), polling after `provider_timeout`, or a given-up notification."""
@@ -187,9 +185,7 @@ async def retry_task(
     # commit a worker may already have run the step again.
     content = (await _present(session, task)).model_dump(mode="json")
     await session.commit()
-    wake = getattr(request.app.state, "wake_workers", None)
-    if wake is not None:
-        wake()
+    wake_workers()
     return JSONResponse(content, status_code=202, headers={"Retried-Step": step})
 
 
