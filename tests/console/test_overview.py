@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.console import overview as console_overview
 from app.console import repository as console_queries
-from app.console import router as console_router
 from app.core.clock import utcnow
 from app.tasks import event_repository, repository
 from app.tasks.events import EventKind
@@ -131,7 +131,7 @@ async def test_an_overview_the_database_cannot_answer_in_time_is_a_503_and_the_n
         await session.execute(ENDLESS)  # a real query the database never finishes
         return await counts(session, since)
 
-    monkeypatch.setattr(console_router, "OVERVIEW_QUERY_SECONDS", 0.5)
+    monkeypatch.setattr(console_overview, "OVERVIEW_QUERY_SECONDS", 0.5)
     monkeypatch.setattr(console_queries, "status_counts", stuck)
     page = await gateway.client.get("/console")
     fragment = await gateway.client.get("/console/overview/sections")
