@@ -56,7 +56,7 @@ ARCHIVE_SECONDS = Histogram(
 )
 JOBS_FINISHED = Counter(
     "imagegen_jobs_finished_total",
-    "Job runs by kind and outcome (done, retry, dead, released).",
+    "Job runs by kind and outcome (done, retry, released).",
     ["kind", "outcome"],
 )
 LEASE_TAKEOVERS = Counter(

@@ -190,6 +190,4 @@ class Worker:
 
 
 def _outcome_name(outcome: Outcome) -> str:
-    if isinstance(outcome, Done):
-        return "done"
-    return "retry" if isinstance(outcome, RetryAt) else "dead"
+    return "done" if isinstance(outcome, Done) else "retry"
