@@ -47,7 +47,6 @@ PAGE_SIZE = 50
 SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "all": None}
 MAX_SEARCH_CHARS = 128
 _IMAGE_CACHE = "private, max-age=86400"
-_NO_STORE = {"Cache-Control": "no-store"}
 Index = Annotated[int, Path(ge=0, le=15)]
 
 
