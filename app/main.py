@@ -24,8 +24,8 @@ from app.core.config import Settings
 from app.core.db import asyncpg_dsn
 from app.core.errors import install_error_handlers
 from app.core.headers import with_nosniff
-from app.health import router as health_router
-from app.metrics import router as metrics_router
+from app.operations.health import router as health_router
+from app.operations.metrics import router as metrics_router
 from app.runtime import SIMULATOR_MOUNT, Runtime
 from app.tasks.router import router as tasks_router
 

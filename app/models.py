@@ -4,9 +4,9 @@ from app.archive.models import TaskImage
 from app.callbacks.models import CallbackDelivery
 from app.console.models import ConsoleSignout
 from app.core.db import Base
-from app.notify.models import Notification
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
+from app.tasks.notifications import Notification
 from app.workers.models import Job
 
 __all__ = [

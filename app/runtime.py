@@ -10,14 +10,16 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.archive.fetch import FetchPolicy, create_fetch_client
-from app.archive.service import ArchiveContext, Archiver, OwnImages
+from app.archive.archiving import ArchiveContext, Archiver, OwnImages
+from app.archive.fetch import create_fetch_client
+from app.archive.presenting import present_tasks
 from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
-from app.notify.sender import Notifier, NotifyContext, create_notify_client
+from app.core.safe_http import FetchPolicy
+from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.provider.evolink import EvolinkClient
 from app.tasks.context import TaskContext
 from app.tasks.polling import Poller
@@ -104,7 +106,10 @@ class Runtime:
                 thumbnails=Thumbnailer(store),
             ),
             notify=NotifyContext(
-                sessions=sessions, settings=settings, client=create_notify_client(settings)
+                sessions=sessions,
+                settings=settings,
+                client=create_notify_client(settings),
+                present=present_tasks,
             ),
         )
 

@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
-from app.callbacks.tokens import callback_path, new_nonce
+from app.core.callback_tokens import callback_path, new_nonce
 from app.core.db import create_engine
 from app.core.migrate import upgrade
 from app.tasks.models import Task

@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import metrics as metrics_endpoint
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.operations import metrics as metrics_endpoint
 from app.provider.simulator.config import SimulatorConfig
 from app.tasks import repository as tasks
 from app.workers import repository as jobs

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mypy import api
 
-from app.notify.models import NotificationState
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState
+from app.tasks.notifications import NotificationState
 from app.workers.models import JobKind, JobState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.tasks import events
+from app.tasks import event_repository as events
 from app.workers.models import JobKind
 from app.workers.repository import enqueue
 

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import ipaddress
-import socket
 import ssl
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpcore
 import httpx
 
 from app.archive.sniff import MAGIC_LENGTH, ImageFormat, SizeReader, sniff_format
-from app.core.urls import check_outbound_url, is_forbidden_address, literal_address
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+from app.core.safe_http import (
+    FetchError,
+    FetchPolicy,
+    RefusedUrl,
+    Resolver,
+    create_safe_client,
+    policy_of,
+    timeout_for,
+)
+from app.core.urls import check_outbound_url
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _HEADERS = {
@@ -28,47 +29,6 @@ _HEADERS = {
     "Accept-Encoding": "identity",
     "User-Agent": "imagegen-gateway/0.1",
 }
-_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=10, keepalive_expiry=30.0)
-# httpcore asks for 64 KiB a read; the event loop hands over up to 256 KiB at once, which anyio
-# then slices (copying the rest each time). Asking for more takes each piece whole: a third less
-# CPU per downloaded byte.
-_MIN_READ = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """What a download may do."""
-
-    allow_private: bool = False  # http and private or loopback addresses (dev and tests only)
-    max_bytes: int = 50 * 1024 * 1024
-    max_redirects: int = 3
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    chunk_size: int = 1024 * 1024  # fewer, larger hand-offs to the store: less CPU per image
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.chunk_size < 1 or self.max_redirects < 0:
-            raise ValueError("max_bytes and chunk_size must be positive, max_redirects >= 0")
-
-
-class FetchError(Exception):
-    """A download that failed; `permanent` tells whether a retry can help."""
-
-    permanent: bool = False
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RefusedUrl(FetchError):
-    """The URL, one of its redirects or the address it resolves to is not allowed."""
-
-    permanent = True
-
-
-class ForbiddenAddress(RefusedUrl):
-    """Every address the host resolves to is one the policy forbids (the reason names them)."""
 
 
 class LinkGone(FetchError):
@@ -105,179 +65,21 @@ class ImageInfo:
     height: int | None
 
 
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """The addresses the system resolver gives for `host`, in its order, without duplicates."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[IPAddress] = []
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            address = ipaddress.ip_address(sockaddr[0])
-            if address not in addresses:
-                addresses.append(address)
-    return addresses
-
-
-class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Resolves every host itself and connects only to the addresses it checked."""
-
-    def __init__(
-        self, *, allow_private: bool, resolver: Resolver, inner: httpcore.AsyncNetworkBackend
-    ) -> None:
-        self._allow_private = allow_private
-        self._resolver = resolver
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Connect to the first allowed address of `host`; TLS later still verifies `host`."""
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._allowed_addresses(host, port)
-                return await self._connect_first(addresses, port, local_address, socket_options)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {host} timed out") from exc
-
-    async def _allowed_addresses(self, host: str, port: int) -> list[IPAddress]:
-        literal = literal_address(host)
-        if literal is not None:
-            found: Sequence[IPAddress] = [literal]
-        else:
-            try:
-                found = await self._resolver(host, port)
-            except UnicodeError as exc:  # a label the IDNA codec refuses, e.g. empty or too long
-                raise RefusedUrl(f"{host} is not a valid host name") from exc
-            except OSError as exc:
-                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        if not found:
-            raise httpcore.ConnectError(f"{host} has no address")
-        allowed = [a for a in found if self._allow_private or not is_forbidden_address(a)]
-        if not allowed:
-            listed = ", ".join(str(a) for a in found)
-            raise ForbiddenAddress(f"{host} resolves only to forbidden addresses ({listed})")
-        return allowed
-
-    async def _connect_first(
-        self,
-        addresses: list[IPAddress],
-        port: int,
-        local_address: str | None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
-    ) -> httpcore.AsyncNetworkStream:
-        options = list(socket_options or ())
-        failure: httpcore.ConnectError | None = None
-        for address in addresses:
-            try:
-                stream = await self._inner.connect_tcp(
-                    str(address), port, local_address=local_address, socket_options=options
-                )
-            except httpcore.ConnectError as exc:
-                failure = exc
-            else:
-                return LargeReads(stream)
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Never: downloads go over TCP only."""
-        raise RefusedUrl("unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        """Delegate to the wrapped backend."""
-        await self._inner.sleep(seconds)
-
-
-class LargeReads(httpcore.AsyncNetworkStream):
-    """A network stream whose reads take whatever the socket has, up to `_MIN_READ` at least."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        """Read at most max(max_bytes, _MIN_READ) bytes."""
-        return await self._inner.read(max(max_bytes, _MIN_READ), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Delegate to the wrapped stream."""
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        """Delegate to the wrapped stream."""
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-    ) -> httpcore.AsyncNetworkStream:
-        """Upgrade the wrapped stream; reads stay large."""
-        return LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> object:
-        """Delegate to the wrapped stream."""
-        return self._inner.get_extra_info(info)
-
-
-_CLIENT_POLICIES: weakref.WeakKeyDictionary[httpx.AsyncClient, FetchPolicy] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _timeout(policy: FetchPolicy) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=policy.connect_timeout,
-        read=policy.read_timeout,
-        write=policy.read_timeout,
-        pool=policy.connect_timeout,
-    )
-
-
 def create_fetch_client(
     policy: FetchPolicy,
     *,
     resolver: Resolver | None = None,
     network_backend: httpcore.AsyncNetworkBackend | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    headers: dict[str, str] | None = None,
 ) -> httpx.AsyncClient:
-    """A client whose every connection goes only to checked addresses. One per process and
-    use (image downloads; notifications, with their own `headers`)."""
-    backend = CheckedNetworkBackend(
-        allow_private=policy.allow_private,
-        resolver=resolver or resolve_host,
-        inner=network_backend or httpcore.AnyIOBackend(),
+    """The SSRF-safe client for image downloads (one per process)."""
+    return create_safe_client(
+        policy,
+        resolver=resolver,
+        network_backend=network_backend,
+        ssl_context=ssl_context,
+        headers=_HEADERS,
     )
-    context = ssl_context or httpx.create_ssl_context(trust_env=False)
-    transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False, limits=_LIMITS)
-    # httpx has no public setting for the network backend: give the transport a pool using ours.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context,
-        max_connections=_LIMITS.max_connections,
-        max_keepalive_connections=_LIMITS.max_keepalive_connections,
-        keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=backend,
-    )
-    client = httpx.AsyncClient(
-        transport=transport,
-        timeout=_timeout(policy),
-        follow_redirects=False,
-        trust_env=False,
-        headers=_HEADERS if headers is None else headers,
-        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # keep no cookies
-    )
-    _CLIENT_POLICIES[client] = policy
-    return client
 
 
 def _checked_url(url: str | httpx.URL, policy: FetchPolicy) -> httpx.URL:
@@ -293,7 +95,7 @@ def _checked_url(url: str | httpx.URL, policy: FetchPolicy) -> httpx.URL:
 
 
 async def _get(client: httpx.AsyncClient, url: httpx.URL, policy: FetchPolicy) -> httpx.Response:
-    request = client.build_request("GET", url, timeout=_timeout(policy))
+    request = client.build_request("GET", url, timeout=timeout_for(policy))
     try:
         return await client.send(request, stream=True, follow_redirects=False)
     except httpx.TimeoutException as exc:
@@ -465,7 +267,7 @@ async def open_image(
     client: httpx.AsyncClient, url: str, policy: FetchPolicy
 ) -> AsyncIterator[ImageDownload]:
     """Follow `url` to a checked 200 image response; FetchError subclasses tell why not."""
-    client_policy = _CLIENT_POLICIES.get(client)
+    client_policy = policy_of(client)
     if client_policy is None:
         raise ValueError("open_image() needs a client made by create_fetch_client()")
     if client_policy.allow_private and not policy.allow_private:

@@ -7,13 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request, Response
 
 from app.archive import repository as images
-from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
+from app.archive.serving import ObjectUnavailable, StoreDep, etag_matches, serve_object
 from app.core.auth import CallerDep, CallerRoute
 from app.core.deps import SessionDep, SettingsDep
-from app.core.errors import ApiProblem
+from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.tasks import repository as tasks
-from app.tasks.router import ERRORS
-from app.tasks.schemas import ApiError, is_task_id
+from app.tasks.schemas import is_task_id
 
 router = APIRouter(prefix="/v1", tags=["images"], responses=ERRORS, route_class=CallerRoute)
 
@@ -38,6 +37,7 @@ async def get_image(
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> Response:
     """The archived image bytes, with `ETag` = its sha256."""
@@ -51,7 +51,7 @@ async def get_image(
         return Response(status_code=304, headers=headers)
     try:
         return await serve_object(
-            request.app.state.store,
+            store,
             image.key,
             content_type=image.content_type,
             headers=headers,

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.archive.store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
+
+
+def get_store(request: Request) -> ObjectStore:
+    """The running app's object store."""
+    store: ObjectStore = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 class ObjectUnavailable(Exception):

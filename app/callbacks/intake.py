@@ -20,8 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService
-from app.callbacks.tokens import CALLBACK_PREFIX
 from app.core import metrics
+from app.core.callback_tokens import CALLBACK_PREFIX
 from app.core.headers import NOSNIFF
 
 log = logging.getLogger(__name__)

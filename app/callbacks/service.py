@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from app.callbacks.tokens import is_nonce, token_matches
 from app.core import metrics
+from app.core.callback_tokens import is_nonce, token_matches
 from app.core.clock import utcnow
 from app.provider.parsing import ProviderBodyError, parse_task
 from app.provider.types import ProviderTask

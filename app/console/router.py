@@ -1,37 +1,18 @@
-"""The operator console under /console: sign-in, sign-out, the overview, static files."""
+"""The operator console under /console: installs its pages (sign-in, overview, tasks) and
+serves its static files."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Form, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse
-from prometheus_client import REGISTRY
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import FileResponse
 
 from app.console import auth as console_auth
-from app.console import repository
-from app.console.auth import LOGIN_COOKIE, SESSION_COOKIE, ConsoleAuth
-from app.console.signouts import sign_out
-from app.console.tasks import router as tasks_router
+from app.console import overview, signin, tasks
 from app.console.throttle import LoginThrottle
-from app.console.web import (
-    LOGIN_PATH,
-    PREFIX,
-    STATIC,
-    ConsoleRoute,
-    OperatorDep,
-    PageError,
-    render,
-    safe_next,
-)
-from app.core.clock import utcnow
+from app.console.web import PREFIX, STATIC, ConsoleRoute, PageError
 from app.core.config import Settings
-from app.core.db import query_deadline
-from app.core.deps import SessionDep
-from app.tasks.states import TaskStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -46,9 +27,6 @@ _STATIC_FILES = {
     "placeholder.svg": "image/svg+xml",
     "favicon.svg": "image/svg+xml",
 }
-_CALLBACKS_TOTAL = "imagegen_callbacks_total"  # app/core/metrics.py, this process
-_PROCESS_CALLBACK_OUTCOMES = ("accepted", "duplicate", "rejected", "unavailable")
-OVERVIEW_QUERY_SECONDS = 10.0
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -63,176 +41,9 @@ def install(app: FastAPI, settings: Settings) -> None:
         )
     app.state.console_throttle = LoginThrottle()
     app.include_router(router)
-    app.include_router(tasks_router)
-
-
-def _auth(request: Request) -> ConsoleAuth:
-    auth: ConsoleAuth = request.app.state.console_auth
-    return auth
-
-
-def _login_form(request: Request, status_code: int, message: str | None, target: str) -> Response:
-    auth = _auth(request)
-    cookie, token = auth.new_login()
-    response = render(
-        request, "login.html", status_code, login_csrf=token, message=message, next=target
-    )
-    response.set_cookie(
-        LOGIN_COOKIE,
-        cookie,
-        max_age=int(console_auth.LOGIN_MAX_AGE.total_seconds()),
-        path=LOGIN_PATH,
-        secure=auth.secure,
-        httponly=True,
-        samesite="strict",
-    )
-    return response
-
-
-@router.get("/login")
-async def login_page(request: Request, next: str | None = None) -> Response:
-    """The sign-in form."""
-    return _login_form(request, 200, None, safe_next(next))
-
-
-@router.post("/login")
-async def login(
-    request: Request,
-    key: Annotated[str, Form(max_length=1024)] = "",
-    csrf: Annotated[str, Form(max_length=256)] = "",
-    next: Annotated[str, Form(max_length=2048)] = "",
-) -> Response:
-    """Check an operator key and open a session (unless this address failed too often lately;
-    while many addresses do, every attempt is slowed down but a right key still signs in)."""
-    auth = _auth(request)
-    throttle: LoginThrottle = request.app.state.console_throttle
-    # The peer of the connection: behind a proxy, the proxy's address (docs/console.md).
-    client = request.client.host if request.client is not None else "unknown"
-    wait = throttle.retry_after(client)
-    if wait is not None:
-        return _throttled(request, wait)
-    if not auth.check_login(request.cookies.get(LOGIN_COOKIE), csrf):
-        return _login_form(
-            request, 403, "The form expired or did not come from this page; try again.", next
-        )
-    if await throttle.slow_down():
-        # Other attempts of this address may have failed during the wait: checked again, with no
-        # wait from here to counting this one, so an address never gets more than its limit.
-        wait = throttle.retry_after(client)
-        if wait is not None:
-            return _throttled(request, wait)
-    session = auth.login(key) if key else None
-    if session is None:
-        attacked = throttle.overall_retry_after() is not None
-        throttle.failed(client)
-        if throttle.retry_after(client) is not None:
-            log.warning("console sign-ins throttled", extra={"client": client})
-        overall_wait = throttle.overall_retry_after()
-        if overall_wait is not None:
-            if not attacked:
-                log.warning("console sign-ins slowed down: too many failures from all addresses")
-            return _slowed(request, overall_wait, throttle.delay, next)
-        return _login_form(request, 401, "Wrong key: that is not an operator key.", next)
-    response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        session,
-        max_age=int(auth.max_age.total_seconds()),
-        path=PREFIX,
-        secure=auth.secure,
-        httponly=True,
-        samesite="strict",
-    )
-    response.delete_cookie(LOGIN_COOKIE, path=LOGIN_PATH, secure=auth.secure, httponly=True)
-    return response
-
-
-def _in_minutes(wait: int) -> str:
-    minutes = max(1, round(wait / 60))
-    return f"{minutes} minute{'s' if minutes > 1 else ''} ({wait} s)"
-
-
-def _throttled(request: Request, wait: int) -> Response:
-    response = render(
-        request,
-        "error.html",
-        429,
-        status=429,
-        message=(
-            "Too many failed sign-ins from this address: the key was not checked. "
-            f"Try again in {_in_minutes(wait)}."
-        ),
-    )
-    response.headers["Retry-After"] = str(wait)
-    return response
-
-
-def _slowed(request: Request, wait: int, delay: float, target: str) -> Response:
-    """A wrong key while many addresses fail: the form again (a right key still signs in)."""
-    message = (
-        "Wrong key: that is not an operator key. Many sign-ins failed lately from all addresses "
-        f"together: for the next {_in_minutes(wait)} every attempt waits {delay:g} s, and an "
-        "operator key still signs in."
-    )
-    response = _login_form(request, 429, message, target)
-    response.headers["Retry-After"] = str(wait)
-    return response
-
-
-@router.post("/logout")
-async def logout(request: Request, operator: OperatorDep, session: SessionDep) -> Response:
-    """Close the session: its cookie is cleared here and refused everywhere from now on."""
-    auth = _auth(request)
-    await sign_out(session, operator, now=utcnow(), max_age=auth.max_age)
-    await session.commit()
-    response = RedirectResponse(LOGIN_PATH, status_code=303)
-    response.delete_cookie(
-        SESSION_COOKIE, path=PREFIX, secure=auth.secure, httponly=True, samesite="strict"
-    )
-    return response
-
-
-@router.get("")
-async def overview(request: Request, operator: OperatorDep, session: SessionDep) -> Response:
-    """Counts of the last hour and day, the archive queue, upstream errors, callbacks."""
-    return render(request, "overview.html", nav="overview", **await _overview(session))
-
-
-@router.get("/overview/sections")
-async def overview_sections(
-    request: Request, operator: OperatorDep, session: SessionDep
-) -> Response:
-    """The overview's sections alone, for the page's live refresh."""
-    return render(request, "_overview_sections.html", **await _overview(session))
-
-
-async def _overview(session: AsyncSession) -> dict[str, Any]:
-    now = utcnow()
-    hour, day = now - timedelta(hours=1), now - timedelta(days=1)
-    try:
-        async with query_deadline(session, OVERVIEW_QUERY_SECONDS):
-            context: dict[str, Any] = {
-                "now": now,
-                "statuses": [status.value for status in TaskStatus],
-                "counts_hour": await repository.status_counts(session, hour),
-                "counts_day": await repository.status_counts(session, day),
-                "backlog": await repository.archive_backlog(session, now),
-                "failed_codes": await repository.failed_by_code(session, day),
-                "upstream": await repository.upstream_failures(session, day),
-                "callbacks_hour": await repository.callback_counts(session, hour),
-                "callbacks_day": await repository.callback_counts(session, day),
-                "recovered_hour": await repository.recovered_by_polling(session, hour),
-                "recovered_day": await repository.recovered_by_polling(session, day),
-            }
-    except TimeoutError:
-        raise PageError(503, "the database did not answer in time; retry") from None
-    context["process_callbacks"] = {
-        outcome: int(REGISTRY.get_sample_value(_CALLBACKS_TOTAL, {"outcome": outcome}) or 0)
-        for outcome in _PROCESS_CALLBACK_OUTCOMES
-    }
-    oldest = context["backlog"].oldest_due
-    context["oldest_due_age"] = (now - oldest).total_seconds() if oldest is not None else None
-    return context
+    app.include_router(signin.router)
+    app.include_router(overview.router)
+    app.include_router(tasks.router)
 
 
 @router.get("/static/{name}")

@@ -11,21 +11,23 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from app.archive import repository as images
 from app.archive.models import TaskImage
-from app.archive.serving import ObjectUnavailable, etag_matches, serve_object
+from app.archive.serving import ObjectUnavailable, StoreDep, etag_matches, serve_object
+from app.archive.store import ObjectStore
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import repository, timeline
 from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
 from app.console.web import (
     PREFIX,
     STATIC,
+    ConsoleAuthDep,
     ConsoleRoute,
     OperatorDep,
     PageError,
     render,
 )
 from app.core.clock import utcnow
-from app.core.deps import SessionDep
-from app.tasks import events
+from app.core.deps import SessionDep, WakeWorkersDep
+from app.tasks import event_repository
 from app.tasks import repository as tasks
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
@@ -43,7 +45,6 @@ PAGE_SIZE = 50
 SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "all": None}
 MAX_SEARCH_CHARS = 128
 _IMAGE_CACHE = "private, max-age=86400"
-_NO_STORE = {"Cache-Control": "no-store"}
 Index = Annotated[int, Path(ge=0, le=15)]
 
 
@@ -145,18 +146,21 @@ async def _task(session: SessionDep, task_id: str) -> Task:
 
 @router.get("/{task_id}")
 async def task_detail(
-    task_id: str, request: Request, operator: OperatorDep, session: SessionDep
+    task_id: str,
+    request: Request,
+    operator: OperatorDep,
+    session: SessionDep,
+    auth: ConsoleAuthDep,
 ) -> Response:
     """One task: what was asked, everything that happened, its images, its retry."""
     task = await _task(session, task_id)
     lines = timeline.build(
         task,
-        await events.timeline(session, task.id),
+        await event_repository.timeline(session, task.id),
         await repository.deliveries(session, task.id),
     )
     archived = (await images.for_tasks(session, [task.id]))[task.id]
     retry = await plan(session, task, now=utcnow())
-    auth: ConsoleAuth = request.app.state.console_auth
     flash = auth.read_flash(operator, request.cookies.get(FLASH_COOKIE))
     response = render(
         request,
@@ -175,7 +179,11 @@ async def task_detail(
 
 @router.post("/{task_id}/retry")
 async def retry_task(
-    task_id: str, request: Request, operator: OperatorDep, session: SessionDep
+    task_id: str,
+    operator: OperatorDep,
+    session: SessionDep,
+    auth: ConsoleAuthDep,
+    wake_workers: WakeWorkersDep,
 ) -> Response:
     """Run again the step that failed, exactly as POST /v1/tasks/{id}/retry does."""
     task = await _task(session, task_id)
@@ -187,17 +195,14 @@ async def retry_task(
         flash = ("error", f"Nothing to retry (409): {exc}")
     else:
         await session.commit()
-        wake = getattr(request.app.state, "wake_workers", None)
-        if wake is not None:
-            wake()
+        wake_workers()
         flash = ("ok", f"Retried: the {step} step runs again.")
-    return _back_with(request, operator, back, flash)
+    return _back_with(auth, operator, back, flash)
 
 
 def _back_with(
-    request: Request, operator: Operator, location: str, flash: tuple[str, str]
+    auth: ConsoleAuth, operator: Operator, location: str, flash: tuple[str, str]
 ) -> Response:
-    auth: ConsoleAuth = request.app.state.console_auth
     response = RedirectResponse(location, status_code=303)
     response.set_cookie(
         FLASH_COOKIE,
@@ -220,17 +225,28 @@ async def _image(session: SessionDep, task_id: str, index: int) -> TaskImage:
 
 @router.get("/{task_id}/images/{index}")
 async def image(
-    task_id: str, index: Index, request: Request, operator: OperatorDep, session: SessionDep
+    task_id: str,
+    index: Index,
+    request: Request,
+    operator: OperatorDep,
+    session: SessionDep,
+    store: StoreDep,
 ) -> Response:
     """The archived image at full size, streamed from the store (never a redirect to it: the
     console's pages load images from their own origin only)."""
     found = await _image(session, task_id, index)
-    return await _stream(request, task_id, found.key, found.content_type, f'"{found.sha256}"')
+    etag = f'"{found.sha256}"'
+    return await _stream(request, store, task_id, found.key, found.content_type, etag)
 
 
 @router.get("/{task_id}/images/{index}/thumbnail")
 async def thumbnail(
-    task_id: str, index: Index, request: Request, operator: OperatorDep, session: SessionDep
+    task_id: str,
+    index: Index,
+    request: Request,
+    operator: OperatorDep,
+    session: SessionDep,
+    store: StoreDep,
 ) -> Response:
     """The image's small WebP, or a placeholder when it has none (never the full image)."""
     found = await _image(session, task_id, index)
@@ -241,17 +257,17 @@ async def thumbnail(
             headers={"Cache-Control": "no-store"},
         )
     etag = f'"{found.sha256}-thumbnail"'
-    return await _stream(request, task_id, found.thumbnail_key, THUMBNAIL_CONTENT_TYPE, etag)
+    return await _stream(request, store, task_id, found.thumbnail_key, THUMBNAIL_CONTENT_TYPE, etag)
 
 
 async def _stream(
-    request: Request, task_id: str, key: str, content_type: str, etag: str
+    request: Request, store: ObjectStore, task_id: str, key: str, content_type: str, etag: str
 ) -> Response:
     if etag_matches(etag, request.headers.get("if-none-match")):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE})
     try:
         return await serve_object(
-            request.app.state.store,
+            store,
             key,
             content_type=content_type,
             headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE},

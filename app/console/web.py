@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from app.console.auth import SESSION_COOKIE, ConsoleAuth, Operator
 from app.console.signouts import is_signed_out
+from app.console.throttle import LoginThrottle
 from app.core.body_cap import capped_receive
 from app.core.deps import SessionDep
 from app.core.errors import BodyTooLarge
@@ -82,7 +83,7 @@ class PageError(Exception):
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A page from a template, with the signed-in operator's name and CSRF token."""
     operator: Operator | None = getattr(request.state, "operator", None)
-    auth: ConsoleAuth = request.app.state.console_auth
+    auth = console_auth(request)
     context.setdefault("operator", operator)
     context.setdefault("csrf", auth.csrf_token(operator) if operator else "")
     context.setdefault("flash", None)
@@ -131,6 +132,18 @@ def console_auth(request: Request) -> ConsoleAuth:
     """The app's console authenticator."""
     auth: ConsoleAuth = request.app.state.console_auth
     return auth
+
+
+ConsoleAuthDep = Annotated[ConsoleAuth, Depends(console_auth)]
+
+
+def login_throttle(request: Request) -> LoginThrottle:
+    """The app's limit on failed sign-ins."""
+    throttle: LoginThrottle = request.app.state.console_throttle
+    return throttle
+
+
+LoginThrottleDep = Annotated[LoginThrottle, Depends(login_throttle)]
 
 
 def safe_next(target: str | None) -> str:

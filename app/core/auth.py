@@ -40,9 +40,17 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def require_caller(request: Request) -> str:
-    """The calling service's name, or 401."""
+def get_caller_keys(request: Request) -> KeyRing:
+    """The callers' keys of the running app."""
     keys: KeyRing = request.app.state.caller_keys
+    return keys
+
+
+CallerKeysDep = Annotated[KeyRing, Depends(get_caller_keys)]
+
+
+def require_caller(request: Request, keys: CallerKeysDep) -> str:
+    """The calling service's name, or 401."""
     token = bearer_token(request)
     caller = keys.identify(token) if token else None
     if caller is None:
@@ -80,7 +88,7 @@ class CallerRoute(CappedBodyRoute):
         handler = super().get_route_handler()
 
         async def authenticated(request: Request) -> Response:
-            require_caller(request)
+            require_caller(request, get_caller_keys(request))
             request.scope["query_string"] = without_empty_values(request.scope["query_string"])
             return await handler(request)
 

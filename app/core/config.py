@@ -18,8 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.urls import UrlPolicyError, check_outbound_url
-from app.provider.types import MAX_CALLBACK_URL_LENGTH
+from app.core.urls import MAX_CALLBACK_URL_LENGTH, UrlPolicyError, check_outbound_url
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "az", "memory")
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
@@ -38,7 +37,7 @@ MIN_NOTIFY_SECRET_BYTES = 24
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
 # The longest callback path the service appends to the public base URL:
 # "/callbacks/evolink/" + a 36-char task id + "/" + a 32-char nonce + "/" + a 43-char token
-# (app/callbacks/tokens.py).
+# (app/core/callback_tokens.py).
 CALLBACK_PATH_LENGTH = len("/callbacks/evolink/") + 36 + 1 + 32 + 1 + 43
 SIMULATOR_API_KEY = "sk-evo-simulator"
 SIMULATOR_CALLBACK_SECRET = "simulator-mode-only-callback-secret-not-for-production"  # noqa: S105

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
-from app.workers.retry import RetryStrategy
+from app.core.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,14 +1,16 @@
-"""Typed FastAPI dependencies shared by the routers."""
+"""Typed FastAPI dependencies shared by the routers: what the running app holds, by name."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+
+WakeWorkers = Callable[[], None]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -17,11 +19,29 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The app's session factory, for work that opens sessions of its own (health, metrics)."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return sessions
+
+
 def get_settings(request: Request) -> Settings:
     """The running app's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
+def _no_workers() -> None:
+    """Nothing to wake: this process runs no workers (they poll the job table)."""
+
+
+def get_wake_workers(request: Request) -> WakeWorkers:
+    """Wake this process's workers to look for due jobs now; a no-op when it runs none."""
+    wake: WakeWorkers | None = getattr(request.app.state, "wake_workers", None)
+    return _no_workers if wake is None else wake
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WakeWorkersDep = Annotated[WakeWorkers, Depends(get_wake_workers)]

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,26 @@ _STATUS_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+
+class ApiErrorBody(BaseModel):
+    """Error detail."""
+
+    code: str
+    message: str
+
+
+class ApiError(BaseModel):
+    """Every error answer of the API."""
+
+    error: ApiErrorBody
+
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ApiError, "description": "Missing or invalid API key."},
+    422: {"model": ApiError, "description": "Invalid input; the message names the field."},
+}
+"""The error answers every caller route documents."""
 
 
 _UNPARSABLE = "body: JSON the service cannot read (nested too deeply or a number too long)"

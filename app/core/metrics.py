@@ -3,7 +3,7 @@
 Counters and histograms live in the client's default registry, defined once per process (so
 any number of apps in one process share them and nothing is registered twice). Gauges that
 describe the shared database (tasks by status, the job queue) are read at scrape time by the
-endpoint in `app.metrics`: they are the same on every replica."""
+endpoint in `app.operations.metrics`: they are the same on every replica."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ ARCHIVE_SECONDS = Histogram(
 )
 JOBS_FINISHED = Counter(
     "imagegen_jobs_finished_total",
-    "Job runs by kind and outcome (done, retry, dead, released).",
+    "Job runs by kind and outcome (done, retry, released).",
     ["kind", "outcome"],
 )
 LEASE_TAKEOVERS = Counter(

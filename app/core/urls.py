@@ -16,6 +16,8 @@ class UrlPolicyError(ValueError):
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+MAX_CALLBACK_URL_LENGTH = 2048  # the provider's limit on the callback_url it is given
+
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 # IPv6 ranges whose last 32 bits are an IPv4 address that the packet reaches: judged by it.
 _CARRY_IPV4 = (

@@ -11,7 +11,6 @@ MODEL = "gpt-image-1.5"
 SIZES = ("1:1", "2:3", "3:2", "1024x1024", "1024x1536", "1536x1024")
 QUALITIES = ("low", "medium", "high")
 MAX_IMAGE_URLS = 16
-MAX_CALLBACK_URL_LENGTH = 2048
 TASK_ID_PREFIX = "task-unified-"
 # Upstream task ids stay one URL path segment: refuse anything else before it reaches a URL.
 TASK_ID_PATTERN = re.compile(r"task-unified-[A-Za-z0-9_\-]{1,100}")

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.retry import RetryStrategy
 from app.provider.evolink import EvolinkClient
-from app.workers.retry import RetryStrategy
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The task timeline: every transition and every attempt at upstream work, for operators."""
+"""The task timeline's rows: every transition and every attempt at upstream work (queries:
+tasks/event_repository.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.clock import utcnow
 from app.core.db import Base, UTCDateTime
 
 
@@ -51,63 +50,3 @@ class TaskEvent(Base):
     # For operators only (console, never the caller API): what `message` leaves out because it
     # describes the service's network, e.g. the addresses a notify_url resolved to.
     operator_message: Mapped[str | None] = mapped_column(Text)
-
-
-async def record(
-    session: AsyncSession,
-    task_id: str,
-    *,
-    kind: EventKind,
-    source: str,
-    at: datetime,
-    outcome: str | None = None,
-    from_status: str | None = None,
-    to_status: str | None = None,
-    message: str | None = None,
-    detail: dict[str, Any] | None = None,
-    operator_message: str | None = None,
-) -> None:
-    """Add a timeline line in the caller's transaction (`operator_message`: for the console
-    only, when it says more than `message`)."""
-    session.add(
-        TaskEvent(
-            task_id=task_id,
-            at=at,
-            kind=kind,
-            source=source,
-            outcome=outcome,
-            from_status=from_status,
-            to_status=to_status,
-            message=None if message is None else message[:2000],
-            detail=detail,
-            operator_message=None if operator_message is None else operator_message[:2000],
-        )
-    )
-    await session.flush()
-
-
-async def exists(session: AsyncSession, task_id: str, *, kind: EventKind, outcome: str) -> bool:
-    """Whether the task's timeline has a line of this kind and outcome."""
-    found = await session.scalar(
-        select(TaskEvent.id)
-        .where(TaskEvent.task_id == task_id, TaskEvent.kind == kind, TaskEvent.outcome == outcome)
-        .limit(1)
-    )
-    return found is not None
-
-
-async def note(
-    sessions: async_sessionmaker[AsyncSession], task_id: str, *, kind: EventKind, **line: Any
-) -> None:
-    """Add a timeline line in a transaction of its own (`line`: record()'s keywords)."""
-    async with sessions() as session:
-        await record(session, task_id, kind=kind, source=kind, at=utcnow(), **line)
-        await session.commit()
-
-
-async def timeline(session: AsyncSession, task_id: str) -> list[TaskEvent]:
-    """A task's events, oldest first."""
-    result = await session.scalars(
-        select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.at, TaskEvent.id)
-    )
-    return list(result.all())

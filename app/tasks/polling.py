@@ -7,15 +7,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.core.clock import utcnow
+from app.core.retry import RetryStrategy
 from app.provider.types import ProviderRejected, ProviderStatus, ProviderTask, ProviderUnavailable
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.context import TaskContext
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
-from app.workers.retry import RetryStrategy
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Poller:
             fresh = await repository.get(session, task.id)
             if fresh is None:
                 return TaskStatus.FAILED.value
-            await events.record(
+            await event_repository.record(
                 session,
                 task.id,
                 kind=EventKind.POLL,
@@ -113,7 +113,7 @@ class Poller:
     async def _note(
         self, task: Task, outcome: str, message: str, detail: dict[str, Any] | None
     ) -> None:
-        await events.note(
+        await event_repository.note(
             self._ctx.sessions,
             task.id,
             kind=EventKind.POLL,

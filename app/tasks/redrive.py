@@ -13,13 +13,12 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.archive.service import LINK_LIFETIME, upstream_completed_at
 from app.core.db import after_commit
-from app.notify import repository as notifications
-from app.notify.models import Notification, NotificationState, event_type
-from app.tasks import events, service
+from app.tasks import event_repository, notification_repository, service
 from app.tasks.events import EventKind
+from app.tasks.links import LINK_LIFETIME, upstream_completed_at
 from app.tasks.models import Task
+from app.tasks.notifications import Notification, NotificationState, event_type
 from app.tasks.states import Redrive, RedriveStep, TaskStatus, redrive_step
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -93,12 +92,12 @@ async def redrive(session: AsyncSession, task: Task, *, now: datetime) -> str:
         )
         if not decision.changed:  # another retry won the race
             raise NotRetryable(f"the task is {task.status} now: it was retried already")
-        superseded = await notifications.supersede_pending(session, task.id, now)
+        superseded = await notification_repository.supersede_pending(session, task.id, now)
         await _record(session, task, chosen.step.value, now, superseded=superseded)
         return chosen.step.value
     note = chosen.notification
     if note is not None:
-        if await notifications.redrive(session, note.id, now):
+        if await notification_repository.redrive(session, note.id, now):
             await jobs.enqueue(session, JobKind.NOTIFY, task.id, now)
             await _record(session, task, NOTIFICATION, now, webhook_id=note.id)
             return NOTIFICATION
@@ -120,7 +119,7 @@ def _task_refusal(task: Task, step: RedriveStep, now: datetime) -> str | None:
 
 
 async def _current_notification(session: AsyncSession, task: Task) -> Notification | None:
-    notes = (await notifications.for_tasks(session, [task.id]))[task.id]
+    notes = (await notification_repository.for_tasks(session, [task.id]))[task.id]
     current = event_type(task.status)
     return next((note for note in notes if note.type == current), None)
 
@@ -139,7 +138,7 @@ async def _record(
         detail["superseded_notifications"] = superseded
     if webhook_id is not None:
         detail["webhook_id"] = webhook_id
-    await events.record(
+    await event_repository.record(
         session,
         task.id,
         kind=EventKind.REDRIVE,

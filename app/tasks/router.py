@@ -5,25 +5,23 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.archive import repository as archived
+from app.archive.presenting import present_tasks
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
-from app.core.deps import SessionDep, SettingsDep
-from app.core.errors import ApiProblem
+from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
+from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
-from app.notify import repository as notifications
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
 from app.tasks.redrive import NotRetryable, redrive
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
-    ApiError,
     CreateTaskRequest,
     Status,
     TaskEventOut,
@@ -35,18 +33,12 @@ from app.tasks.schemas import (
 
 log = logging.getLogger(__name__)
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ApiError, "description": "Missing or invalid API key."},
-    422: {"model": ApiError, "description": "Invalid input; the message names the field."},
-}
-
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERRORS, route_class=CallerRoute)
 
 
 async def _present(session: AsyncSession, task: Task) -> TaskOut:
-    images = await archived.for_tasks(session, [task.id])
-    notes = await notifications.for_tasks(session, [task.id])
-    return service.present(task, images[task.id], notes[task.id])
+    [presented] = await present_tasks(session, [task])
+    return presented
 
 
 async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
@@ -84,10 +76,10 @@ def _check_idempotency_key(value: str | None) -> str | None:
 )
 async def create_generation(
     body: CreateTaskRequest,
-    request: Request,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
+    wake_workers: WakeWorkersDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -122,9 +114,7 @@ async def create_generation(
         extra={"task_id": task.id, "caller": caller, "idempotency_key_given": key is not None},
     )
     if created:
-        wake = getattr(request.app.state, "wake_workers", None)
-        if wake is not None:
-            wake()
+        wake_workers()
     content = (await _present(session, task)).model_dump(mode="json")
     return JSONResponse(
         content,
@@ -162,13 +152,7 @@ async def list_tasks(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    ids = [task.id for task in page]
-    images = await archived.for_tasks(session, ids)
-    notes = await notifications.for_tasks(session, ids)
-    return TaskPage(
-        data=[service.present(task, images[task.id], notes[task.id]) for task in page],
-        next_cursor=next_cursor,
-    )
+    return TaskPage(data=await present_tasks(session, page), next_cursor=next_cursor)
 
 
 @router.post(
@@ -187,7 +171,7 @@ async def list_tasks(
     },
 )
 async def retry_task(
-    task_id: str, request: Request, caller: CallerDep, session: SessionDep
+    task_id: str, caller: CallerDep, session: SessionDep, wake_workers: WakeWorkersDep
 ) -> JSONResponse:
     """Run again the step that failed for a transient reason: the archive copy (while the
     provider's links are valid), polling after `provider_timeout`, or a given-up notification."""
@@ -201,9 +185,7 @@ async def retry_task(
     # commit a worker may already have run the step again.
     content = (await _present(session, task)).model_dump(mode="json")
     await session.commit()
-    wake = getattr(request.app.state, "wake_workers", None)
-    if wake is not None:
-        wake()
+    wake_workers()
     return JSONResponse(content, status_code=202, headers={"Retried-Step": step})
 
 
@@ -214,7 +196,7 @@ async def task_events(task_id: str, caller: CallerDep, session: SessionDep) -> T
     """The task's timeline, oldest first: every transition, every attempt at upstream work,
     archive copy and notification with its outcome and error, and every retry."""
     task = await _own_task(session, caller, task_id)
-    lines = await events.timeline(session, task.id)
+    lines = await event_repository.timeline(session, task.id)
     return TaskEventPage(
         data=[TaskEventOut.model_validate(line, from_attributes=True) for line in lines]
     )

@@ -218,19 +218,6 @@ class TaskPage(BaseModel):
     )
 
 
-class ApiErrorBody(BaseModel):
-    """Error detail."""
-
-    code: str
-    message: str
-
-
-class ApiError(BaseModel):
-    """Every error answer of the API."""
-
-    error: ApiErrorBody
-
-
 def is_task_id(value: str) -> bool:
     """Whether `value` is a task id this service could have made (a canonical UUID)."""
     return TASK_ID_PATTERN.fullmatch(value) is not None

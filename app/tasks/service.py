@@ -11,16 +11,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.archive.models import TaskImage
-from app.callbacks.tokens import new_nonce
+from app.core.callback_tokens import new_nonce
 from app.core.clock import utcnow
 from app.core.db import after_commit
 from app.core.errors import ApiProblem
-from app.notify import repository as notifications
-from app.notify.models import Notification, event_type
-from app.tasks import events, repository
+from app.tasks import event_repository, notification_repository, repository
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
+from app.tasks.notifications import Notification, event_type
 from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, NotificationOut, TaskOut
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
@@ -118,7 +116,7 @@ async def apply_event(
         if await repository.update_if_state(session, task.id, expected=current, values=values):
             if (line := transition_event(current, new)) is not None:
                 _log_transition(session, task, current, new, source)
-                await events.record(session, task.id, source=source, at=now, **line)
+                await event_repository.record(session, task.id, source=source, at=now, **line)
             await repository.get(session, task.id)  # refreshes `task` in place
             await _write_effects(session, task, decision, now)
             return decision
@@ -225,14 +223,17 @@ async def _write_effects(
             continue
         if effect is Effect.NOTIFY and decision.state is not None:
             # The outbox row, in the transaction of the transition: type and webhook id.
-            await notifications.open_for(session, task.id, event_type(decision.state.status), now)
+            await notification_repository.open_for(
+                session, task.id, event_type(decision.state.status), now
+            )
         await jobs.enqueue(session, kind, task.id, now)
 
 
 def present(
-    task: Task, images: Sequence[TaskImage] = (), notes: Sequence[Notification] = ()
+    task: Task, images: Sequence[ImageOut] = (), notes: Sequence[Notification] = ()
 ) -> TaskOut:
-    """The task object callers see, with its archived images and its latest notification."""
+    """The task object callers see, given its archived images (as archive/presenting.py shows
+    them) and its notifications."""
     error = None
     if task.error_code is not None:
         error = ErrorOut(code=task.error_code, message=task.error_message or "")
@@ -248,16 +249,7 @@ def present(
         metadata=dict(task.metadata_),
         notify_url=task.notify_url,
         provider_task_id=task.provider_task_id,
-        images=[
-            ImageOut(
-                index=image.index,
-                url=f"/v1/tasks/{task.id}/images/{image.index}",
-                content_type=image.content_type,
-                bytes=image.bytes,
-                sha256=image.sha256,
-            )
-            for image in images
-        ],
+        images=list(images),
         error=error,
         created_at=task.created_at,
         updated_at=task.updated_at,

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.callbacks.tokens import callback_url
+from app.core.callback_tokens import callback_url
 from app.core.clock import utcnow
 from app.core.db import write_durably
 from app.provider.types import (
@@ -23,14 +23,14 @@ from app.provider.types import (
     ProviderTask,
     ProviderUnavailable,
 )
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.context import TaskContext
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers import repository as jobs
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,10 @@ class Submitter:
             fresh = await repository.get(session, task.id)
             if fresh is None:
                 return
-            if not await events.exists(session, task.id, kind=EventKind.SUBMIT, outcome="accepted"):
-                await events.record(
+            if not await event_repository.exists(
+                session, task.id, kind=EventKind.SUBMIT, outcome="accepted"
+            ):
+                await event_repository.record(
                     session,
                     task.id,
                     kind=EventKind.SUBMIT,
@@ -244,7 +246,7 @@ class Submitter:
     ) -> None:
         if attempt is not None:
             outcome, message = attempt
-            await events.record(
+            await event_repository.record(
                 session,
                 task.id,
                 kind=EventKind.SUBMIT,
@@ -259,7 +261,7 @@ class Submitter:
     ) -> Outcome:
         if attempt is not None:
             outcome, detail = attempt
-            await events.note(
+            await event_repository.note(
                 self._ctx.sessions, task.id, kind=EventKind.SUBMIT, outcome=outcome, message=detail
             )
         failure = ServiceFailure(code, message)

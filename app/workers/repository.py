@@ -13,29 +13,8 @@ from sqlalchemy.sql.expression import literal, null
 
 from app.core.db import as_expression, matched_any, upsert_insert
 from app.workers.models import Job, JobKind, JobState
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The job is finished."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryAt:
-    """Run the job again at `when`; `error` says why it did not finish."""
-
-    when: datetime
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """The job will never succeed."""
-
-    error: str
-
-
-Outcome = Done | RetryAt | GiveUp
+from app.workers.outcomes import Done, Outcome
+from app.workers.outcomes import RetryAt as RetryAt  # tests/callbacks import it from here still
 
 
 async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: datetime) -> None:
@@ -144,18 +123,12 @@ async def finish(
             "state": case((Job.rerun, JobState.QUEUED), else_=JobState.DONE),
             "finished_at": case((Job.rerun, null()), else_=literal(now, Job.finished_at.type)),
         }
-    elif isinstance(outcome, RetryAt):
+    else:
         values |= {
             "run_at": case(
                 (Job.rerun, literal(now, Job.run_at.type)),
                 else_=literal(outcome.when, Job.run_at.type),
             ),
-            "last_error": outcome.error[:2000],
-        }
-    else:
-        values |= {
-            "state": case((Job.rerun, JobState.QUEUED), else_=JobState.DEAD),
-            "finished_at": case((Job.rerun, null()), else_=literal(now, Job.finished_at.type)),
             "last_error": outcome.error[:2000],
         }
     result = await session.execute(
@@ -196,16 +169,6 @@ async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str)
             attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
         )
         .execution_options(synchronize_session=False)
-    )
-
-
-async def next_due(session: AsyncSession, kinds: Sequence[JobKind]) -> datetime | None:
-    """When the earliest queued job of these kinds is due (ignoring leases)."""
-    return await session.scalar(
-        select(Job.run_at)
-        .where(Job.state == JobState.QUEUED, Job.kind.in_(kinds))
-        .order_by(Job.run_at)
-        .limit(1)
     )
 
 

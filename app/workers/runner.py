@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.clock import utcnow
+from app.core.retry import RetryStrategy
 from app.workers import repository
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
-from app.workers.retry import RetryStrategy
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 # Waits after failed claims (2 s doubling to 30 s) and failed records of an outcome (0.5 s
@@ -195,6 +195,4 @@ class Worker:
 
 
 def _outcome_name(outcome: Outcome) -> str:
-    if isinstance(outcome, Done):
-        return "done"
-    return "retry" if isinstance(outcome, RetryAt) else "dead"
+    return "done" if isinstance(outcome, Done) else "retry"

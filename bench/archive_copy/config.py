@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.archive.fetch import FetchPolicy
+from app.core.safe_http import FetchPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "var" / "bench-tools"

@@ -13,8 +13,8 @@ import httpx
 import obstore
 from obstore.store import LocalStore, S3Store
 
+from app.archive.archiving import image_key
 from app.archive.fetch import create_fetch_client
-from app.archive.service import image_key
 from app.archive.store import ObjectStore
 from app.provider.types import PIXELS
 

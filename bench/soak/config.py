@@ -26,7 +26,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 EVENT_TYPES = {status: f"task.{status}" for status in TERMINAL}
 CALLBACK_TASK = re.compile(r"/callbacks/evolink/([0-9a-f-]{36})/")
 OBJECT_KEY = re.compile(rf"^{PREFIX}/tasks/([0-9a-f-]{{36}})/images/(\d+)(\.thumb\.webp)?$")
-NOTIFY_AVAILABLE = importlib.util.find_spec("app.notify.sender") is not None
+NOTIFY_AVAILABLE = importlib.util.find_spec("app.notify.notifying") is not None
 
 
 @dataclass

@@ -21,7 +21,7 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# (LIKE pattern of an old notify error, the reason callers see now): the texts of app.notify.sender
+# (LIKE pattern of an old notify error, the reason callers see now): the texts of app.notify.notifying
 # before this revision that carried network detail.
 _OLD_ERRORS = (
     (

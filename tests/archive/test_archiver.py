@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.archiving import ArchiveContext, Archiver, image_key
+from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore, StoredObject, StoreError
 from app.archive.thumbnails import (
     MAX_SOURCE_BYTES,
@@ -26,11 +26,12 @@ from app.archive.thumbnails import (
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
+from app.core.safe_http import FetchPolicy
 from app.tasks import repository
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from tests.archive.test_fetch_support import IMAGES, ImageServer, serve
 from tests.archive.test_thumbnails import encoded, noise, opened, picture, png_claiming
 from tests.conftest import settings_values

@@ -10,17 +10,15 @@ import httpx
 import pytest
 
 from app.archive.fetch import (
-    FetchError,
-    FetchPolicy,
     ImageDownload,
     LinkGone,
     NotAnImage,
-    RefusedUrl,
     TooLarge,
     TransientFetchError,
     create_fetch_client,
     open_image,
 )
+from app.core.safe_http import FetchError, FetchPolicy, RefusedUrl
 from tests.archive.test_fetch_support import (
     HEADS,
     IMAGE_SIZE,

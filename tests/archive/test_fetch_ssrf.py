@@ -19,16 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.archive.fetch import (
-    FetchError,
-    FetchPolicy,
     LinkGone,
     NotAnImage,
-    RefusedUrl,
     TooLarge,
     TransientFetchError,
     create_fetch_client,
     open_image,
 )
+from app.core.safe_http import FetchError, FetchPolicy, RefusedUrl
 from app.core.urls import check_outbound_url, is_forbidden_address
 from tests.archive.test_fetch_support import (
     IMAGE_SIZE,

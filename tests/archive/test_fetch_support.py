@@ -19,7 +19,7 @@ import httpcore
 import uvicorn
 from PIL import Image
 
-from app.archive.fetch import IPAddress
+from app.core.urls import IPAddress
 from tests.support.waiting import until
 
 PUBLIC_IP = "93.184.215.14"  # a global address; the Dialer routes it to 127.0.0.1

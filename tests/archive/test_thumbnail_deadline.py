@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.archiving import ArchiveContext, Archiver, image_key
+from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.service import ArchiveContext, Archiver, image_key
 from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
+from app.core.safe_http import FetchPolicy
 from app.tasks import repository
 from app.workers.models import Job, JobKind
 from tests.archive.hanging_decoder import MARK

@@ -20,7 +20,7 @@ from app.callbacks.models import CallbackDelivery
 from app.tasks.polling import Poller
 from app.tasks.submission import Submitter
 from app.workers.models import Job, JobKind, JobState
-from app.workers.repository import Done, RetryAt
+from app.workers.outcomes import Done, RetryAt
 from tests.bad_input.conftest import Seeded, settings
 from tests.conftest import auth
 from tests.support.callbacks import accepted_task, callback_path, legacy_callback_path

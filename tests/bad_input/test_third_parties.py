@@ -28,7 +28,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 import app.runtime
-from app.archive.fetch import FetchPolicy, create_fetch_client
+from app.archive.fetch import create_fetch_client
+from app.core.safe_http import FetchPolicy
 from app.tasks.events import EventKind
 from tests.archive.test_fetch_support import (
     IMAGES,

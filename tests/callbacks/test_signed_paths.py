@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, select
 
-from app.callbacks import tokens
 from app.callbacks.models import CallbackDelivery
 from app.callbacks.pg_store import PostgresCallbackStore
 from app.callbacks.store import OrmCallbackStore
+from app.core import callback_tokens as tokens
 from app.core.config import CALLBACK_PATH_LENGTH, Settings
 from app.core.metrics import CALLBACK_ROUTE, LEGACY_CALLBACK_ROUTE
-from app.provider.types import MAX_CALLBACK_URL_LENGTH
+from app.core.urls import MAX_CALLBACK_URL_LENGTH
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.workers.models import JobKind, JobState

@@ -22,7 +22,7 @@ from app.callbacks import service as callback_service
 from app.callbacks.models import CallbackDelivery
 from app.callbacks.service import CallbackService, CallbackStore
 from app.callbacks.store import OrmCallbackStore
-from app.callbacks.tokens import callback_token
+from app.core.callback_tokens import callback_token
 from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.console import overview as console_overview
 from app.console import repository as console_queries
-from app.console import router as console_router
 from app.core.clock import utcnow
-from app.tasks import events, repository
+from app.tasks import event_repository, repository
 from app.tasks.events import EventKind
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -59,7 +59,7 @@ async def test_the_overview_counts_what_happened(gateway: Gateway) -> None:
         # An archive job due a minute ago that no worker took (workers are off in tests).
         await jobs.enqueue(session, JobKind.ARCHIVE, failed.id, now - timedelta(minutes=1))
         await session.commit()
-    await events.note(gateway.sessions, failed.id, kind=EventKind.SUBMIT, outcome="retry")
+    await event_repository.note(gateway.sessions, failed.id, kind=EventKind.SUBMIT, outcome="retry")
     # One callback delivered twice, one malformed.
     called = await accepted_task(gateway.sessions, "task-unified-3-cb")
     progress = body("task-unified-3-cb", "processing", 10)
@@ -69,7 +69,7 @@ async def test_the_overview_counts_what_happened(gateway: Gateway) -> None:
     lost = await accepted_task(gateway.sessions, "task-unified-4-lost")
     async with gateway.sessions() as session:
         await repository.update_fields(session, lost.id, {"status": "archiving", "progress": 100})
-        await events.record(
+        await event_repository.record(
             session,
             lost.id,
             kind=EventKind.TRANSITION,
@@ -131,7 +131,7 @@ async def test_an_overview_the_database_cannot_answer_in_time_is_a_503_and_the_n
         await session.execute(ENDLESS)  # a real query the database never finishes
         return await counts(session, since)
 
-    monkeypatch.setattr(console_router, "OVERVIEW_QUERY_SECONDS", 0.5)
+    monkeypatch.setattr(console_overview, "OVERVIEW_QUERY_SECONDS", 0.5)
     monkeypatch.setattr(console_queries, "status_counts", stuck)
     page = await gateway.client.get("/console")
     fragment = await gateway.client.get("/console/overview/sections")

@@ -14,7 +14,7 @@ import pytest
 from app.archive import repository as archived
 from app.console import tasks as console_tasks
 from app.core.clock import utcnow
-from app.tasks import events, repository
+from app.tasks import event_repository, repository
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from tests.console.helpers import csrf_of, running_console, signed_in
@@ -280,7 +280,7 @@ async def test_the_detail_shows_the_request_and_a_timeline_with_a_duplicate_call
     callback = body("task-unified-5-dup", "processing", 40)
     first = await gateway.client.post(callback_path(task), content=callback)
     again = await gateway.client.post(callback_path(task), content=callback)
-    await events.note(
+    await event_repository.note(
         gateway.sessions,
         task.id,
         kind=EventKind.ARCHIVE,

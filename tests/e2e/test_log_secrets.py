@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.callbacks.tokens import callback_token
+from app.core.callback_tokens import callback_token
 from app.core.db import create_engine, create_sessionmaker
 from app.tasks.models import Task
 from tests.conftest import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, CONSOLE_SECRET, auth

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.db import create_engine, create_sessionmaker
-from app.notify.models import Notification
+from app.tasks.notifications import Notification
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.notify.receiver import receiving

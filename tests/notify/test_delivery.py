@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from app.notify.models import Notification
-from app.notify.sender import Attempt, Notifier
+from app.notify.notifying import Attempt, Notifier
+from app.tasks.notifications import Notification
 from app.workers.models import Job, JobKind, JobState
 from tests.conftest import NOTIFY_SECRET, auth
 from tests.notify.receiver import HANG, receiving, signature_is_valid

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
-from app.archive import fetch
+from app.archive.presenting import present_tasks
+from app.core import safe_http
 from app.core.config import Settings
-from app.notify.sender import Notifier, NotifyContext, create_notify_client
+from app.core.urls import IPAddress
+from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.tasks import service
 from app.tasks.states import ServiceFailure
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done
+from app.workers.outcomes import Done
 from tests.conftest import auth, settings_values
 from tests.console.helpers import OPERATORS, signed_in
 from tests.notify.receiver import receiving
@@ -83,14 +85,14 @@ async def test_a_notify_url_is_refused_when_no_notify_secret_is_configured(
 async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
     database_url: str, monkeypatch: pytest.MonkeyPatch, allow_private: bool
 ) -> None:
-    real = fetch.resolve_host
+    real = safe_http.resolve_host
 
-    async def resolve(host: str, port: int) -> Sequence[fetch.IPAddress]:
+    async def resolve(host: str, port: int) -> Sequence[IPAddress]:
         if host == HOOK_HOST:
             return [ipaddress.ip_address("127.0.0.1")]
         return await real(host, port)
 
-    monkeypatch.setattr(fetch, "resolve_host", resolve)
+    monkeypatch.setattr(safe_http, "resolve_host", resolve)
     settings = public_settings(database_url, allow_private_networks=allow_private)
     async with receiving() as receiver, running_gateway(settings) as gateway:
         port = receiver.url.split(":")[2].split("/")[0]
@@ -104,7 +106,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
         await service.apply_alone(gateway.sessions, task_id, failure, source="test")
         client = create_notify_client(settings)
         try:
-            notifier = Notifier(NotifyContext(gateway.sessions, settings, client))
+            notifier = Notifier(NotifyContext(gateway.sessions, settings, client, present_tasks))
             outcome = await notifier(Job(kind=JobKind.NOTIFY, task_id=task_id, attempts=1))
         finally:
             await client.aclose()
@@ -136,7 +138,7 @@ NETWORK_WORDS = (
 )
 
 
-def unresolvable(host: str, port: int) -> Sequence[fetch.IPAddress]:
+def unresolvable(host: str, port: int) -> Sequence[IPAddress]:
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 
@@ -171,9 +173,9 @@ async def test_callers_get_a_generic_reason_and_operators_the_network_detail(
     caller_error: str,
     operator_detail: str,
 ) -> None:
-    real = fetch.resolve_host
+    real = safe_http.resolve_host
 
-    async def resolve(host: str, port: int) -> Sequence[fetch.IPAddress]:
+    async def resolve(host: str, port: int) -> Sequence[IPAddress]:
         if host != HOOK_HOST:
             return await real(host, port)
         if case == "cannot be resolved":
@@ -182,7 +184,7 @@ async def test_callers_get_a_generic_reason_and_operators_the_network_detail(
             return [ipaddress.ip_address("10.20.30.40"), ipaddress.ip_address("127.0.0.1")]
         return [ipaddress.ip_address("127.0.0.1")]
 
-    monkeypatch.setattr(fetch, "resolve_host", resolve)
+    monkeypatch.setattr(safe_http, "resolve_host", resolve)
     settings = public_settings(
         sqlite_database_url, allow_private_networks=allow_private, operator_keys=OPERATORS
     )
@@ -197,7 +199,7 @@ async def test_callers_get_a_generic_reason_and_operators_the_network_detail(
         await service.apply_alone(gateway.sessions, task_id, failure, source="test")
         client = create_notify_client(settings)
         try:
-            notifier = Notifier(NotifyContext(gateway.sessions, settings, client))
+            notifier = Notifier(NotifyContext(gateway.sessions, settings, client, present_tasks))
             await notifier(Job(kind=JobKind.NOTIFY, task_id=task_id, attempts=1))
         finally:
             await client.aclose()

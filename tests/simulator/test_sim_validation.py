@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from app.core.urls import MAX_CALLBACK_URL_LENGTH
 from app.provider.simulator import SimulatorConfig
 from app.provider.simulator.validation import (
     MAX_PROMPT_TOKENS,
@@ -13,7 +14,7 @@ from app.provider.simulator.validation import (
     is_internal_host,
     parse_create,
 )
-from app.provider.types import MAX_CALLBACK_URL_LENGTH, QUALITIES, SIZES
+from app.provider.types import QUALITIES, SIZES
 
 from .helpers import CREATE, assert_error, create_body, running
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import tokens
-from app.callbacks.tokens import CALLBACK_PREFIX, callback_token
+from app.core import callback_tokens as tokens
+from app.core.callback_tokens import CALLBACK_PREFIX, callback_token
 from app.core.clock import utcnow
 from app.tasks import repository
 from app.tasks.models import SubmitState, Task

@@ -22,7 +22,7 @@ from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
 from app.tasks.polling import Poller
 from app.workers.models import Job, JobKind
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from tests.conftest import settings_values
 from tests.support.rows import make_task
 

@@ -15,7 +15,7 @@ from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
 from app.workers import repository
 from app.workers.models import Job, JobKind, JobState
-from app.workers.repository import Done, Outcome
+from app.workers.outcomes import Done, Outcome
 from app.workers.runner import Worker
 from tests.support.rows import make_task
 

@@ -13,7 +13,7 @@ from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
 from app.workers import repository
 from app.workers.models import Job, JobKind, JobState
-from app.workers.repository import Done, GiveUp, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 from tests.support.rows import make_task
 
 
@@ -49,7 +49,6 @@ async def the_job(sessions: async_sessionmaker[AsyncSession]) -> Job:
 OUTCOMES = [
     pytest.param(Done(), id="done"),
     pytest.param(RetryAt(utcnow() + timedelta(hours=1), "later"), id="retry-later"),
-    pytest.param(GiveUp("no"), id="give-up"),
 ]
 
 
@@ -81,7 +80,7 @@ async def test_a_job_nobody_asked_for_again_ends_as_its_outcome_says(
     await finish(sessions, running, outcome)
 
     job = await the_job(sessions)
-    expected = {Done: JobState.DONE, RetryAt: JobState.QUEUED, GiveUp: JobState.DEAD}
+    expected = {Done: JobState.DONE, RetryAt: JobState.QUEUED}
     assert job.state == expected[type(outcome)]
     assert job.rerun is False
     if isinstance(outcome, RetryAt):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.workers.retry import RetryStrategy
+from app.core.retry import RetryStrategy
 from app.workers.runner import CLAIM_RETRY, RECORD_ATTEMPTS, RECORD_RETRY
 
 

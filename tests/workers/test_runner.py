@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
+from app.core.retry import RetryStrategy
 from app.workers import repository
 from app.workers.models import Job, JobKind, JobState
-from app.workers.repository import Done, GiveUp, Outcome, RetryAt
-from app.workers.retry import RetryStrategy
+from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.runner import Worker
 from tests.support.rows import make_task
 from tests.support.waiting import until
@@ -189,19 +189,6 @@ async def test_worker_records_retry_then_done_and_survives_handler_errors(
     [job] = await all_jobs(sessions)
     assert job.state == JobState.DONE
     assert job.last_error == "not yet"
-
-
-async def test_give_up_marks_the_job_dead(sessions: async_sessionmaker[AsyncSession]) -> None:
-    await make_task(sessions)
-
-    async def handler(_job: Job) -> Outcome:
-        return GiveUp("never")
-
-    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05)
-    await run_worker_until(worker, job_in(sessions, JobState.DEAD), "the job dead")
-
-    [job] = await all_jobs(sessions)
-    assert (job.state, job.last_error) == (JobState.DEAD, "never")
 
 
 async def test_stopping_releases_the_leases_of_unfinished_jobs(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.core.urls import is_forbidden_address, is_under
-from app.provider.types import MAX_CALLBACK_URL_LENGTH, MAX_IMAGE_URLS, MODEL, QUALITIES, SIZES
+from app.core.urls import MAX_CALLBACK_URL_LENGTH, is_forbidden_address, is_under
+from app.provider.types import MAX_IMAGE_URLS, MODEL, QUALITIES, SIZES
 
 from .errors import invalid_request
 

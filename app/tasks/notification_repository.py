@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import matched_any, upsert_insert
-from app.notify.models import Notification, NotificationState
+from app.tasks.notifications import Notification, NotificationState
 
 _REOPENABLE = (NotificationState.FAILED, NotificationState.SUPERSEDED)
 

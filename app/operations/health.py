@@ -7,12 +7,14 @@ import contextlib
 import logging
 from functools import cache
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.archive.store import ObjectStore, StoreError
+from app.archive.serving import StoreDep
+from app.archive.store import StoreError
+from app.core.deps import SessionsDep, SettingsDep
 from app.core.migrate import alembic_config
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "The failing part is named."}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(settings: SettingsDep, sessions: SessionsDep, store: StoreDep) -> JSONResponse:
     """Ready: the database answers with the schema at head, and the store accepts writes."""
-    database_url: str = request.app.state.settings.database_url
+    database_url = settings.database_url
     revisions: frozenset[str] | None = None
     try:
-        async with asyncio.timeout(CHECK_SECONDS), request.app.state.sessions() as session:
+        async with asyncio.timeout(CHECK_SECONDS), sessions() as session:
             await session.execute(text("SELECT 1"))
             with contextlib.suppress(DBAPIError):  # no version table: never migrated
                 current = await session.scalars(text("SELECT version_num FROM alembic_version"))
@@ -54,7 +56,6 @@ async def readyz(request: Request) -> JSONResponse:
         return _unready("database", "no schema; run `imagegen-gateway migrate`")
     if revisions != head_revisions(database_url):
         return _unready("database", "schema is not at head; run `imagegen-gateway migrate`")
-    store: ObjectStore = request.app.state.store
     try:
         async with asyncio.timeout(CHECK_SECONDS):
             await store.check_writable()

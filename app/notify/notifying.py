@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,20 +15,23 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from app.archive import repository as archived
-from app.archive.fetch import FetchPolicy, ForbiddenAddress, RefusedUrl, create_fetch_client
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import write_durably
+from app.core.safe_http import FetchPolicy, ForbiddenAddress, RefusedUrl, create_safe_client
 from app.core.urls import UrlPolicyError, check_outbound_url
-from app.notify import repository as notifications
-from app.notify.models import Notification, NotificationState, event_type
-from app.tasks import events, repository, service
+from app.tasks import event_repository, notification_repository, repository
 from app.tasks.events import EventKind
+from app.tasks.models import Task
+from app.tasks.notifications import Notification, NotificationState, event_type
+from app.tasks.schemas import TaskOut
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
+
+Presenter = Callable[[AsyncSession, Sequence[Task]], Awaitable[list[TaskOut]]]
+"""Tasks as callers see them, with their images: the body of a notification."""
 
 HEADERS = {"Content-Type": "application/json", "User-Agent": "imagegen-gateway/0.1"}
 
@@ -39,6 +43,7 @@ class NotifyContext:
     sessions: async_sessionmaker[AsyncSession]
     settings: Settings
     client: httpx.AsyncClient  # made by create_notify_client()
+    present: Presenter  # archive/presenting.py's present_tasks, given by app/runtime.py
 
 
 def create_notify_client(settings: Settings) -> httpx.AsyncClient:
@@ -49,7 +54,7 @@ def create_notify_client(settings: Settings) -> httpx.AsyncClient:
         connect_timeout=timeout,
         read_timeout=timeout,
     )
-    return create_fetch_client(policy, headers=HEADERS)
+    return create_safe_client(policy, headers=HEADERS)
 
 
 # Why an attempt failed, as callers read it (task object, /events): nothing about this service's
@@ -108,7 +113,7 @@ class Notifier:
 
     async def _rows(self, task_id: str) -> list[Notification]:
         async with self._ctx.sessions() as session:
-            return (await notifications.for_tasks(session, [task_id]))[task_id]
+            return (await notification_repository.for_tasks(session, [task_id]))[task_id]
 
     async def _attempt(self, row: Notification) -> None:
         async with self._ctx.sessions() as session:
@@ -118,9 +123,8 @@ class Notifier:
             if event_type(task.status) != row.type:
                 await self._supersede(session, row, task.status)
                 return
-            images = await archived.for_tasks(session, [task.id])
-            notes = await notifications.for_tasks(session, [task.id])
-            data = service.present(task, images[task.id], notes[task.id]).model_dump(mode="json")
+            [presented] = await self._ctx.present(session, [task])
+            data = presented.model_dump(mode="json")
         timestamp = data["completed_at"] or data["updated_at"]  # when the task became terminal
         message = {"type": row.type, "timestamp": timestamp, "data": data}
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
@@ -198,8 +202,8 @@ class Notifier:
             values["next_attempt_at"] = now + self._schedule[attempts - 1]
             outcome = "error"
         async with self._ctx.sessions() as session:
-            kept = await notifications.record_attempt(session, row, values)
-            await events.record(
+            kept = await notification_repository.record_attempt(session, row, values)
+            await event_repository.record(
                 session,
                 row.task_id,
                 kind=EventKind.NOTIFY,
@@ -233,8 +237,8 @@ class Notifier:
             "next_attempt_at": None,
             "updated_at": now,
         }
-        if await notifications.record_attempt(session, row, values):
-            await events.record(
+        if await notification_repository.record_attempt(session, row, values):
+            await event_repository.record(
                 session,
                 row.task_id,
                 kind=EventKind.NOTIFY,

@@ -1,4 +1,7 @@
-"""The notification row: one per (task, event type), carrying its webhook id across retries."""
+"""The notification row: one per (task, event type), carrying its webhook id across retries.
+
+Written in the transaction of the transition it announces (the outbox); sent by
+notify/notifying.py."""
 
 from __future__ import annotations
 

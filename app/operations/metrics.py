@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.db import query_deadline
+from app.core.deps import SessionsDep
 from app.tasks import repository as tasks
 from app.tasks.states import TaskStatus
 from app.workers import repository as jobs
@@ -31,9 +32,9 @@ JOB_KINDS = (JobKind.SUBMIT, JobKind.POLL, JobKind.ARCHIVE, JobKind.NOTIFY)
     response_class=Response,
     responses={200: {"content": {metrics.CONTENT_TYPE_PLAIN_0_0_4: {}}}},
 )
-async def get_metrics(request: Request) -> Response:
+async def get_metrics(sessions: SessionsDep) -> Response:
     """Prometheus text format."""
-    families = await database_families(request.app.state.sessions)
+    families = await database_families(sessions)
     return Response(metrics.exposition(families), media_type=metrics.CONTENT_TYPE_PLAIN_0_0_4)
 
 

@@ -18,32 +18,26 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import repository as images
-from app.archive.fetch import (
-    FetchError,
-    FetchPolicy,
-    ImageInfo,
-    LinkGone,
-    TransientFetchError,
-    open_image,
-)
+from app.archive.fetch import ImageInfo, LinkGone, TransientFetchError, open_image
 from app.archive.store import ObjectStore, StoreError
 from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.retry import RetryStrategy
+from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
-from app.tasks import events, repository, service
+from app.tasks import event_repository, repository, service
 from app.tasks.events import EventKind
+from app.tasks.links import upstream_completed_at
 from app.tasks.models import Task
 from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
 from app.workers.models import Job
-from app.workers.repository import Done, Outcome, RetryAt
-from app.workers.retry import RetryStrategy
+from app.workers.outcomes import Done, Outcome, RetryAt
 
 log = logging.getLogger(__name__)
 
 COPY_TIMEOUT = timedelta(minutes=10)
-LINK_LIFETIME = timedelta(hours=24)  # how long the provider's result links stay valid
 
 
 def image_key(task_id: str, index: int) -> str:
@@ -83,12 +77,6 @@ class ArchiveContext:
         if own is not None and is_under(url, own.prefix):
             return own.fetcher, own.policy
         return self.fetcher, self.policy
-
-
-def upstream_completed_at(task: Task) -> datetime:
-    """When the provider finished the task, as early as the service heard of it."""
-    seen = [t for t in (task.final_claimed_at, task.provider_completed_at) if t is not None]
-    return min(seen) if seen else task.updated_at
 
 
 class Archiver:
@@ -194,7 +182,7 @@ class Archiver:
                 },
             )
             if written:
-                await events.record(
+                await event_repository.record(
                     session,
                     task.id,
                     kind=EventKind.ARCHIVE,
@@ -220,7 +208,7 @@ class Archiver:
         return Done()
 
     async def _note(self, task: Task, index: int, outcome: str, message: str) -> None:
-        await events.note(
+        await event_repository.note(
             self._ctx.sessions,
             task.id,
             kind=EventKind.ARCHIVE,
