@@ -98,9 +98,18 @@ async def handle_callback(
             # Decided from the path: the body stays unread (the server discards it unparsed).
             answer = admitted
         else:
-            body = await _read_body(scope, receive)
-            async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
-                answer = await service.record(admitted, body)
+            # One timeout for both deadlines: the body's, then the answer's from when it is in.
+            reading = True
+            try:
+                async with asyncio.timeout(BODY_WITHIN_SECONDS) as deadline:
+                    body = await _read_body(scope, receive)
+                    reading = False
+                    deadline.reschedule(asyncio.get_running_loop().time() + ANSWER_WITHIN_SECONDS)
+                    answer = await service.record(admitted, body)
+            except TimeoutError:
+                if reading:
+                    raise BodyTooSlow from None
+                raise
     except BodyTooLarge:
         answer = TOO_LARGE
     except BodyTooSlow:  # stop listening to a client that trickles
@@ -128,28 +137,24 @@ def _count(answer: Answer) -> None:
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
-    """The body within BODY_WITHIN_SECONDS, refusing more than MAX_BODY_BYTES whatever
-    Content-Length says."""
+    """The body, refusing more than MAX_BODY_BYTES whatever Content-Length says (the caller
+    bounds the time it may take)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
             raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(BODY_WITHIN_SECONDS):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    break
-    except TimeoutError:
-        raise BodyTooSlow from None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
     return b"".join(chunks)
 
 

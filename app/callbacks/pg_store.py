@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,8 @@ class Compiled:
     names: tuple[str, ...]  # the named parameters, in $n order
     fixed: tuple[Any, ...]  # processed values of the literals, None where a name goes
     processors: tuple[Callable[[Any], Any] | None, ...]
+    # (position, name, bind processor or None when it is the identity) of each named parameter
+    slots: tuple[tuple[int, str, Callable[[Any], Any] | None], ...]
 
     @classmethod
     def of(cls, statement: ClauseElement, names: set[str]) -> Compiled:
@@ -89,14 +92,49 @@ class Compiled:
         )
         missing = names - set(order)
         assert not missing, f"parameters not in the statement: {missing}"
-        return cls(str(compiled), order, fixed, processors)
+        # The literals go into the SQL text: asyncpg need not encode them on every execution.
+        inlined = {i: text for i, v in enumerate(fixed) if (text := _sql_literal(v)) is not None}
+        kept = [i for i in range(len(order)) if i not in inlined]
+        number = {i: f"${n}" for n, i in enumerate(kept, start=1)}
+
+        def placeholder(match: re.Match[str]) -> str:
+            i = int(match[1]) - 1
+            return inlined.get(i) or number[i]
+
+        sql = _PLACEHOLDER.sub(placeholder, str(compiled))
+        order = tuple(order[i] for i in kept)
+        fixed = tuple(fixed[i] for i in kept)
+        processors = tuple(processors[i] for i in kept)
+        slots = tuple(
+            (i, name, p)
+            for i, (name, p) in enumerate(zip(order, processors, strict=True))
+            if name in names
+        )
+        return cls(sql, order, fixed, processors, slots)
 
     def arguments(self, values: Mapping[str, Any]) -> list[Any]:
-        """The positional arguments for `values` by parameter name."""
-        return [
-            (fixed if name not in values else (p(values[name]) if p else values[name]))
-            for name, fixed, p in zip(self.names, self.fixed, self.processors, strict=True)
-        ]
+        """The positional arguments for `values` by parameter name (a name not in `values`
+        keeps its fixed value)."""
+        arguments = list(self.fixed)
+        for i, name, p in self.slots:
+            if name in values:
+                value = values[name]
+                arguments[i] = value if p is None else p(value)
+        return arguments
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)\b")
+
+
+def _sql_literal(value: Any) -> str | None:
+    """The SQL text of a literal parameter value (None: it stays a parameter)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return "'" + str.replace(value, "'", "''") + "'"
+    return None
 
 
 def _param(name: str, column: Any) -> Any:
@@ -113,15 +151,18 @@ COUNT_REPEAT = Compiled.of(
 
 
 @functools.cache
-def record_statement(changes: tuple[str, ...] | None, moved: bool, with_job: bool) -> Compiled:
+def record_statement(
+    changes: tuple[str, ...] | None, stamped: tuple[str, ...], moved: bool, with_job: bool
+) -> Compiled:
     """Record a new delivery, apply a decision and enqueue its job, in one statement.
 
-    `changes`: the task columns the decision writes (None: it changes nothing); `moved`: a
+    `changes`: the task columns the decision writes (None: it changes nothing); `stamped`: those
+    of them it sets to the time of the delivery (all bound to the one `now` parameter); `moved`: a
     transition line goes to the timeline; `with_job`: the decision implies a job.
     Returns guarded (false when the task moved since it was read), inserted (the body was new
     and is now stored), known (the body was stored before), full (the inbox of the task was
     full: a new body is applied without being stored)."""
-    names = {"task_id", "digest", "body", "outcome", "reported_status", "now"}
+    names = {"task_id", "digest", "body", "reported_status", "now"}
     # The task's inbox as the statement found it, read once: how many bodies, and this one?
     seen = (
         select(
@@ -140,12 +181,14 @@ def record_statement(changes: tuple[str, ...] | None, moved: bool, with_job: boo
     if changes is not None:
         names |= {"expected_status", "expected_progress", "expected_claimed"}
         names |= {f"set_{column}" for column in changes}
+        assert not set(changes) & set(stamped), "a column is either stamped or set"
         update = update_if_state_statement(
             _TASK_ID,
             status=_param("expected_status", Task.status),
             progress=_param("expected_progress", Task.progress),
             final_claimed=bindparam("expected_claimed", type_=postgresql.BOOLEAN()),
-            values={c: _param(f"set_{c}", getattr(Task, c)) for c in changes},
+            values={c: _param(f"set_{c}", getattr(Task, c)) for c in changes}
+            | dict.fromkeys(stamped, _NOW),
         )
         # A body stored before changes nothing again (it was refused, or already applied).
         upd = update.where(~known).returning(Task.id).cte("upd")
@@ -157,7 +200,8 @@ def record_statement(changes: tuple[str, ...] | None, moved: bool, with_job: boo
         task_id=_TASK_ID,
         digest=_DIGEST,
         body=_param("body", CallbackDelivery.body),
-        outcome=_param("outcome", CallbackDelivery.outcome),
+        # This path records only deliveries it applies, all from the callback endpoint.
+        outcome=bindparam("outcome", DeliveryOutcome.APPLIED, type_=CallbackDelivery.outcome.type),
         reported_status=_param("reported_status", CallbackDelivery.reported_status),
         now=_NOW,
         when=applies if changes is not None else None,
@@ -170,12 +214,11 @@ def record_statement(changes: tuple[str, ...] | None, moved: bool, with_job: boo
         line = select(
             _TASK_ID,
             _NOW,
-            _param("source", TaskEvent.source),
+            bindparam("source", "callback", type_=TaskEvent.source.type),
             *(_param(f"event_{c}", getattr(TaskEvent, c)) for c in _EVENT_COLUMNS),
         ).where(applies)
         columns = ["task_id", "at", "source", *_EVENT_COLUMNS]
         ctes.append(insert(TaskEvent).from_select(columns, line).cte("event"))
-        names.add("source")
     if with_job:
         names.add("job_kind")
         job = enqueue_statement(
@@ -244,12 +287,12 @@ class PostgresCallbackStore:
                 if snapshot.provider_task_id != news.id:
                     return None
                 decision = decide(snapshot.state, ProviderNews(news, confirmed=False))
-                statement, values = _record(delivery, snapshot.state, decision, snapshot)
+                statement, values, moved = _record(delivery, snapshot.state, decision, snapshot)
                 result = await connection.fetchrow(statement.sql, *statement.arguments(values))
                 assert result is not None
                 if not result["guarded"]:
                     continue
-                if decision.state is not None and not result["known"]:
+                if moved and not result["known"] and log.isEnabledFor(logging.INFO):
                     # Each statement commits: the change is in, so it may be logged.
                     _log_transition(delivery.task_id, snapshot, decision.state)
                 if result["inserted"]:
@@ -267,11 +310,10 @@ class PostgresCallbackStore:
         raise RuntimeError(f"task {delivery.task_id} kept changing under a callback")
 
 
-def _log_transition(task_id: str, snapshot: TaskSnapshot, new: TaskState) -> None:
+def _log_transition(task_id: str, snapshot: TaskSnapshot, new: TaskState | None) -> None:
     """The line apply_event writes for a transition (a final claim alone is not one)."""
+    assert new is not None
     current = snapshot.state
-    if transition_event(current, new) is None:
-        return
     fields = transition_log_fields(
         task_id, snapshot.caller, snapshot.provider_task_id, current, new, "callback"
     )
@@ -280,7 +322,9 @@ def _log_transition(task_id: str, snapshot: TaskSnapshot, new: TaskState) -> Non
 
 def _record(
     delivery: Delivery, current: TaskState, decision: Decision, snapshot: TaskSnapshot
-) -> tuple[Compiled, dict[str, Any]]:
+) -> tuple[Compiled, dict[str, Any], bool]:
+    """The statement for a delivery, its values, and whether it moves the task (status or
+    progress: a transition line for the timeline and the log)."""
     news = delivery.news
     assert news is not None
     now = delivery.received_at
@@ -290,7 +334,6 @@ def _record(
         "task_id": delivery.task_id,
         "digest": delivery.digest,
         "body": delivery.body,
-        "outcome": DeliveryOutcome.APPLIED,
         "reported_status": news.raw_status,
         "now": now,
     }
@@ -298,16 +341,20 @@ def _record(
         values["job_kind"] = kinds[0]
     new = decision.state
     if new is None:
-        return record_statement(None, False, bool(kinds)), values
+        return record_statement(None, (), False, bool(kinds)), values, False
     changes = transition_values(current, new, now=now, extra={"last_news_at": now})
-    values |= {f"set_{column}": value for column, value in changes.items()}
-    values |= {
-        "expected_status": current.status.value,
-        "expected_progress": current.progress,
-        "expected_claimed": current.final_claimed,
-    }
+    # The columns set to the time of the delivery share its one parameter.
+    stamped = tuple(sorted(column for column, value in changes.items() if value is now))
+    for column, value in changes.items():
+        if value is not now:
+            values[f"set_{column}"] = value
+    values["expected_status"] = current.status.value
+    values["expected_progress"] = current.progress
+    values["expected_claimed"] = current.final_claimed
     line = transition_event(current, new)
     if line is not None:
-        values["source"] = "callback"
-        values |= {f"event_{column}": line[column] for column in _EVENT_COLUMNS}
-    return record_statement(tuple(sorted(changes)), line is not None, bool(kinds)), values
+        for column in _EVENT_COLUMNS:
+            values[f"event_{column}"] = line[column]
+    set_ = tuple(sorted(column for column in changes if column not in stamped))
+    statement = record_statement(set_, stamped, line is not None, bool(kinds))
+    return statement, values, line is not None
