@@ -1,9 +1,14 @@
-"""Tasks as callers see them, with their archived images and their latest notification: the
-one presenter of the API, of notifications (passed in at wiring time) and of the console."""
+"""Tasks with their archived images and their notifications: the one place that loads and
+assembles them, for the API, notifications (passed in at wiring time) and the console.
+
+``presentation`` loads what a page of tasks needs in a fixed number of queries (one for the
+images, one for the notifications) and returns a ``PresentedTask`` per task; callers see its
+``out()`` (``TaskOut``), the console renders its rows (thumbnails, sizes) directly."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,6 +16,7 @@ from app.archive import repository as images
 from app.archive.models import TaskImage
 from app.tasks import notification_repository, service
 from app.tasks.models import Task
+from app.tasks.notifications import Notification
 from app.tasks.schemas import ImageOut, TaskOut
 
 
@@ -25,12 +31,38 @@ def image_out(image: TaskImage) -> ImageOut:
     )
 
 
-async def present_tasks(session: AsyncSession, tasks: Sequence[Task]) -> list[TaskOut]:
-    """The task objects callers see, in the order given (two queries for any number)."""
+@dataclass(frozen=True, slots=True)
+class PresentedTask:
+    """A task with its image rows (by index) and its notifications (oldest first), or None
+    when they were not loaded (the console's pages do not show them)."""
+
+    task: Task
+    images: Sequence[TaskImage]
+    notifications: Sequence[Notification] | None
+
+    def out(self) -> TaskOut:
+        """The task object callers see."""
+        if self.notifications is None:
+            raise ValueError("presented without its notifications: no caller view")
+        return service.present(
+            self.task, [image_out(image) for image in self.images], self.notifications
+        )
+
+
+async def presentation(
+    session: AsyncSession, tasks: Sequence[Task], *, notifications: bool = True
+) -> list[PresentedTask]:
+    """The tasks given, in that order, with their images and (unless told not to) their
+    notifications: one query for the images and one for the notifications, for any number."""
     ids = [task.id for task in tasks]
     archived = await images.for_tasks(session, ids)
-    notes = await notification_repository.for_tasks(session, ids)
+    notes = await notification_repository.for_tasks(session, ids) if notifications else None
     return [
-        service.present(task, [image_out(image) for image in archived[task.id]], notes[task.id])
+        PresentedTask(task, archived[task.id], notes[task.id] if notes is not None else None)
         for task in tasks
     ]
+
+
+async def present_tasks(session: AsyncSession, tasks: Sequence[Task]) -> list[TaskOut]:
+    """The task objects callers see, in the order given (two queries for any number)."""
+    return [presented.out() for presented in await presentation(session, tasks)]

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from app.archive import repository as images
 from app.archive.models import TaskImage
+from app.archive.presenting import presentation
 from app.archive.serving import ObjectUnavailable, StoreDep, etag_matches, serve_object
 from app.archive.store import ObjectStore
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
@@ -83,9 +84,11 @@ async def _rows(
         last = page[-1]
         query = filters | {"cursor": encode_cursor(last.created_at, last.id)}
         next_url = f"{PREFIX}/tasks?{urlencode(query)}"
+    # The console shows image rows (thumbnails), not notifications: one query, not two.
+    presented = await presentation(session, page, notifications=False)
     return {
         "tasks": page,
-        "images": await images.for_tasks(session, [task.id for task in page]),
+        "images": {shown.task.id: shown.images for shown in presented},
         "filters": filters,
         "next_url": next_url,
         "first_page": before is None,
@@ -159,7 +162,7 @@ async def task_detail(
         await event_repository.timeline(session, task.id),
         await repository.deliveries(session, task.id),
     )
-    archived = (await images.for_tasks(session, [task.id]))[task.id]
+    [presented] = await presentation(session, [task], notifications=False)
     retry = await plan(session, task, now=utcnow())
     flash = auth.read_flash(operator, request.cookies.get(FLASH_COOKIE))
     response = render(
@@ -168,7 +171,7 @@ async def task_detail(
         nav="tasks",
         task=task,
         lines=lines,
-        images=archived,
+        images=presented.images,
         retry=retry,
         flash=flash,
     )
