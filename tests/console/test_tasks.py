@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from app.archive import repository as archived
+from app.archive.presenting import present_tasks, presentation
 from app.console import tasks as console_tasks
 from app.core.clock import utcnow
 from app.tasks import event_repository, repository
@@ -271,6 +272,25 @@ async def test_archived_images_get_a_thumbnail_in_the_list(gateway: Gateway) -> 
         in page.text
     )
     assert f'src="/console/tasks/{task.id}/images/0"' not in page.text  # never the full image
+
+
+async def test_the_console_and_callers_share_one_presentation(gateway: Gateway) -> None:
+    """The console's image rows and the callers' TaskOut come from the same presentation."""
+    task = await make_task(gateway.sessions)
+    await archive_image(gateway, task, thumbnail=True)
+
+    async with gateway.sessions() as session:
+        [console_view] = await presentation(session, [task], notifications=False)
+        [full] = await presentation(session, [task])
+        [out] = await present_tasks(session, [task])
+
+    assert [image.thumbnail_key for image in console_view.images] == [
+        f"tasks/{task.id}/images/0.thumb.webp"
+    ]
+    with pytest.raises(ValueError, match="without its notifications"):
+        console_view.out()
+    assert full.out() == out
+    assert [image.url for image in out.images] == [f"/v1/tasks/{task.id}/images/0"]
 
 
 async def test_the_detail_shows_the_request_and_a_timeline_with_a_duplicate_callback(
