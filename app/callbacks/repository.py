@@ -1,5 +1,5 @@
 """Queries on the callback inbox, and the read of a callback's task. Each statement is built here
-once, for the ORM store and (compiled) for the PostgreSQL fast path."""
+once, for the ORM recorder and (compiled) for the PostgreSQL fast path."""
 
 from __future__ import annotations
 

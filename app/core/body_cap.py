@@ -2,7 +2,8 @@
 read strictly (a name given twice in one object is refused, not "last wins").
 
 `capped_receive` is the one reader of capped bodies: the API's routes and the console's use it
-(the callback intake's BodyReader, app/callbacks/intake.py, is to use it when its change lands)."""
+(the callback endpoint's body reader, app/callbacks/endpoint.py, is to use it when its change
+lands)."""
 
 from __future__ import annotations
 
