@@ -39,7 +39,10 @@ from app.workers.models import JobKind
 log = logging.getLogger(__name__)
 
 
-_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+_REFUSALS: dict[str, Answer] = {
+    DeliveryOutcome.MALFORMED: MALFORMED,
+    DeliveryOutcome.MISMATCH: MISMATCH,
+}
 
 
 class OrmRecorder:

@@ -65,7 +65,10 @@ from app.workers.repository import enqueue_statement
 log = logging.getLogger(__name__)
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
-_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+_REFUSALS: dict[str, Answer] = {
+    DeliveryOutcome.MALFORMED: MALFORMED,
+    DeliveryOutcome.MISMATCH: MISMATCH,
+}
 _EVENT_COLUMNS = ("kind", "from_status", "to_status", "message", "detail")
 
 
