@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app.archive.router import router as images_router
-from app.callbacks import pg_store
-from app.callbacks.intake import callback_target, handle_callback
-from app.callbacks.service import CallbackService, CallbackStore
-from app.callbacks.store import OrmCallbackStore
+from app.callbacks import pg_recorder
+from app.callbacks.endpoint import callback_target, handle_callback
+from app.callbacks.orm_recorder import OrmRecorder
+from app.callbacks.service import CallbackRecorder, CallbackService
 from app.console.router import install as install_console
 from app.core import metrics
 from app.core.auth import KeyRing
@@ -42,7 +42,7 @@ class GatewayApp(FastAPI):
             return
         target = callback_target(scope)
         if target is not None:
-            # Its answers carry `nosniff` themselves (app.callbacks.intake.respond).
+            # Its answers carry `nosniff` themselves (app.callbacks.endpoint.respond).
             started = time.perf_counter()
             status = await handle_callback(self.state.callbacks, target, scope, receive, send)
             metrics.observe_callback(
@@ -98,14 +98,14 @@ def create_app(settings: Settings) -> FastAPI:
             worker = runtime.build_worker()
             app.state.wake_workers = worker.wake
             runner = asyncio.create_task(worker.run(stop), name="workers")
-        stores: list[CallbackStore] = []
-        intake_pool = None
+        recorders: list[CallbackRecorder] = []
+        callback_pool = None
         if not settings.is_sqlite:
-            intake_pool = await pg_store.create_pool(asyncpg_dsn(settings.database_url))
-            stores.append(pg_store.PostgresCallbackStore(intake_pool))
-        stores.append(OrmCallbackStore(runtime.sessions))
+            callback_pool = await pg_recorder.create_pool(asyncpg_dsn(settings.database_url))
+            recorders.append(pg_recorder.PostgresRecorder(callback_pool))
+        recorders.append(OrmRecorder(runtime.sessions))
         app.state.callbacks = CallbackService(
-            settings.callback_secret_bytes(), stores, app.state.wake_workers
+            settings.callback_secret_bytes(), recorders, app.state.wake_workers
         )
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise stall requests for tens of milliseconds.
@@ -119,8 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await runner
             if simulator is not None:
                 await simulator.stop()
-            if intake_pool is not None:
-                await intake_pool.close()
+            if callback_pool is not None:
+                await callback_pool.close()
             await runtime.close()
 
     app = GatewayApp(

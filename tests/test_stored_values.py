@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mypy import api
 
+from app.callbacks.models import DeliveryOutcome
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState
 from app.tasks.notifications import NotificationState
@@ -28,6 +29,7 @@ def test_the_stored_values_are_unchanged() -> None:
     ]
     assert list(NotificationState) == ["pending", "delivered", "failed", "superseded"]
     assert list(EventKind) == ["transition", "submit", "poll", "archive", "notify", "redrive"]
+    assert list(DeliveryOutcome) == ["applied", "malformed", "mismatch"]
 
 
 def test_a_member_is_its_stored_string() -> None:

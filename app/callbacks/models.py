@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime
 
 
-class DeliveryOutcome:
+class DeliveryOutcome(StrEnum):
     """What the service did with a delivery."""
 
     APPLIED = "applied"  # went through the state machine (possibly changing nothing)

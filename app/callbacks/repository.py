@@ -1,5 +1,5 @@
 """Queries on the callback inbox, and the read of a callback's task. Each statement is built here
-once, for the ORM store and (compiled) for the PostgreSQL fast path."""
+once, for the ORM recorder and (compiled) for the PostgreSQL fast path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Update, func, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.callbacks.models import CallbackDelivery
+from app.callbacks.models import CallbackDelivery, DeliveryOutcome
 from app.core.db import as_expression, upsert_insert
 from app.tasks.models import Task
 
@@ -137,7 +137,11 @@ async def count_repeat(
 
 
 async def set_outcome(
-    session: AsyncSession, task_id: str, digest: str, outcome: str, reported_status: str | None
+    session: AsyncSession,
+    task_id: str,
+    digest: str,
+    outcome: DeliveryOutcome,
+    reported_status: str | None,
 ) -> None:
     """What was done with a new delivery."""
     await session.execute(

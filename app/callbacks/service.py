@@ -48,7 +48,7 @@ MISMATCH = Answer(400, {"error": {"code": "bad_request", "message": "the body na
 
 @dataclass(frozen=True, slots=True)
 class TaskSnapshot:
-    """What a store reads about a task before deciding on a delivery: the nonce of its callback
+    """What a recorder reads about a task before deciding on a delivery: the nonce of its callback
     URL, and the state the fast path decides on."""
 
     nonce: str
@@ -71,7 +71,7 @@ class Admitted:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One authentic POST from the provider: the raw bytes and what they say. `nonce` is the
-    one its token was made with: the stores check that it is still the task's."""
+    one its token was made with: the recorders check that it is still the task's."""
 
     task_id: str
     nonce: str
@@ -82,9 +82,9 @@ class Delivery:
     snapshot: TaskSnapshot | None
 
 
-class CallbackStore(Protocol):
+class CallbackRecorder(Protocol):
     """Reads tasks (to admit a URL without its nonce); records a delivery and applies it in one
-    transaction, or answers None to defer to the next store."""
+    transaction, or answers None to defer to the next recorder."""
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None: ...
 
@@ -114,17 +114,17 @@ class RefusalLog:
 
 
 class CallbackService:
-    """Admits a URL, then tries the stores in order: a fast path for the common case, then the
+    """Admits a URL, then tries the recorders in order: a fast path for the common case, then the
     general one."""
 
     def __init__(
         self,
         secret: bytes,
-        stores: list[CallbackStore],
+        recorders: list[CallbackRecorder],
         wake_workers: Callable[[], None] | None = None,
     ) -> None:
         self._secret = secret
-        self._stores = stores
+        self._recorders = recorders
         self._wake = wake_workers
         self._refusals = RefusalLog()
 
@@ -145,7 +145,7 @@ class CallbackService:
         """A path without its nonce, checked with the task's stored nonce: admitted, or the
         refusal (404 unknown task, 401 wrong token). Raises only when the database cannot be
         read."""
-        snapshot = await self._stores[0].snapshot(task_id)
+        snapshot = await self._recorders[0].snapshot(task_id)
         if snapshot is None:
             return self._refuse(NOT_FOUND, "unknown_task")
         if not token_matches(self._secret, task_id, snapshot.nonce, token):
@@ -168,12 +168,12 @@ class CallbackService:
             received_at=utcnow(),
             snapshot=admitted.snapshot,
         )
-        for store in self._stores:
-            answer = await store.receive(delivery)
+        for recorder in self._recorders:
+            answer = await recorder.receive(delivery)
             if answer is not None:
                 break
-        else:  # pragma: no cover - the general store always answers
-            raise RuntimeError("no callback store answered")
+        else:  # pragma: no cover - the general recorder always answers
+            raise RuntimeError("no callback recorder answered")
         if log.isEnabledFor(logging.INFO):
             self._log(delivery, answer)
         if (answer is ACCEPTED or answer is UNSTORED) and self._wake is not None:

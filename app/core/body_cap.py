@@ -1,8 +1,8 @@
 """A cap on request bodies, answered with a 413 before the body is read whole, and JSON bodies
 read strictly (a name given twice in one object is refused, not "last wins").
 
-`capped_receive` is the one reader of capped bodies: the API's routes and the console's use it
-(the callback intake's BodyReader, app/callbacks/intake.py, is to use it when its change lands)."""
+`capped_receive` is the one reader of capped bodies: the API's routes, the console's and the
+callback endpoint (app/callbacks/endpoint.py) use it."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import event, select
 
 from app.callbacks.models import CallbackDelivery
-from app.callbacks.pg_store import PostgresCallbackStore
-from app.callbacks.store import OrmCallbackStore
+from app.callbacks.orm_recorder import OrmRecorder
+from app.callbacks.pg_recorder import PostgresRecorder
 from app.core import callback_tokens as tokens
 from app.core.config import CALLBACK_PATH_LENGTH, Settings
 from app.core.metrics import CALLBACK_ROUTE, LEGACY_CALLBACK_ROUTE
@@ -82,20 +82,20 @@ async def test_a_forged_path_with_a_nonce_is_refused_without_any_database_work(
         "empty token": f"{prefix}/{task.id}/{nonce}/",
         "not a task id": f"{prefix}/not-a-task/{nonce}/{token}",
     }
-    store_calls: list[str] = []
+    recorder_calls: list[str] = []
 
-    def noted(store: type, method: str) -> Any:
-        original = getattr(store, method)
+    def noted(recorder: type, method: str) -> Any:
+        original = getattr(recorder, method)
 
         async def called(*args: Any) -> Any:
-            store_calls.append(f"{store.__name__}.{method}")
+            recorder_calls.append(f"{recorder.__name__}.{method}")
             return await original(*args)
 
         return called
 
-    for store in (PostgresCallbackStore, OrmCallbackStore):
+    for recorder in (PostgresRecorder, OrmRecorder):
         for method in ("snapshot", "receive"):
-            monkeypatch.setattr(store, method, noted(store, method))
+            monkeypatch.setattr(recorder, method, noted(recorder, method))
     statements: list[str] = []
     engine = gateway.app.state.runtime.engine.sync_engine
 
@@ -110,7 +110,7 @@ async def test_a_forged_path_with_a_nonce_is_refused_without_any_database_work(
             case: (await gateway.client.post(path, content=content, headers=JSON)).status_code
             for case, path in forged.items()
         }
-        assert (store_calls, statements) == ([], [])
+        assert (recorder_calls, statements) == ([], [])
         # The control: a wrong token in the older form reads the task, and that is seen.
         legacy = legacy_callback_path(task)[:-4] + "AAAA"
         control = await gateway.client.post(legacy, content=content, headers=JSON)
@@ -119,8 +119,8 @@ async def test_a_forged_path_with_a_nonce_is_refused_without_any_database_work(
 
     assert answers == dict.fromkeys(forged, 401) | {"not a task id": 404}
     assert control.status_code == 401
-    assert len(store_calls) == 1
-    assert store_calls[0].endswith(".snapshot")
+    assert len(recorder_calls) == 1
+    assert recorder_calls[0].endswith(".snapshot")
     assert refusals("bad_token") - bad_before == len(forged) - 1 + 1
     assert refusals("unknown_task") - unknown_before == 1
     monkeypatch.undo()

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from app.callbacks import intake
+from app.callbacks import endpoint
 from app.callbacks import service as callback_service
 from app.callbacks.models import CallbackDelivery
 from app.core.config import Settings
@@ -132,7 +132,7 @@ async def test_over_http_the_refusal_comes_before_the_body_is_sent(database_url:
 async def test_a_trickled_body_gets_408_at_its_deadline(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(intake, "BODY_WITHIN_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(endpoint, "BODY_WITHIN_SECONDS", 0.5, raising=False)
     async with served(database_url) as (gateway, url):
         task = await accepted_task(gateway.sessions, PROVIDER_ID)
         content = body(PROVIDER_ID, "processing", 40)

@@ -3,7 +3,7 @@ upstream id. Two round trips on a dedicated asyncpg pool, each statement its own
 read the task, then one statement that records the delivery, applies the decision and enqueues
 the follow-up job, all or nothing.
 
-That statement is composed from the very statements the ORM store runs one by one (the inbox
+That statement is composed from the very statements the ORM recorder runs one by one (the inbox
 insert, the guarded task update, the job upsert; app/callbacks/repository.py,
 app/tasks/repository.py, app/workers/repository.py) and the values come from the same functions
 (`transition_values`, `transition_event`, `job_for`). It is compiled once per shape.
@@ -17,7 +17,7 @@ claim; terminal states absorb), and `decide` is a pure function of (state, news)
   needs no guard.
 
 Anything unusual (a body about another upstream id, malformed JSON) answers None and goes to the
-general ORM store."""
+general ORM recorder."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from app.callbacks import repository as inbox
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
+from app.callbacks.orm_recorder import snapshot_of
 from app.callbacks.service import (
     ACCEPTED,
     DUPLICATE,
@@ -48,7 +49,6 @@ from app.callbacks.service import (
     Delivery,
     TaskSnapshot,
 )
-from app.callbacks.store import snapshot_of
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.tasks.repository import update_if_state_statement
@@ -65,7 +65,10 @@ from app.workers.repository import enqueue_statement
 log = logging.getLogger(__name__)
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
-_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+_REFUSALS: dict[str, Answer] = {
+    DeliveryOutcome.MALFORMED: MALFORMED,
+    DeliveryOutcome.MISMATCH: MISMATCH,
+}
 _EVENT_COLUMNS = ("kind", "from_status", "to_status", "message", "detail")
 
 
@@ -251,14 +254,14 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, max_size: int = 20) -> asyncpg.Pool:
-    """The dedicated pool of the callback intake."""
+    """The dedicated pool of the callback endpoint."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn, min_size=1, max_size=max_size, reset=_no_reset, init=_setup
     )
     return pool
 
 
-class PostgresCallbackStore:
+class PostgresRecorder:
     """Fast path for deliveries about the task's own upstream id."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -1,7 +1,7 @@
-"""The PostgreSQL fast path and the ORM store write the same rows for the same deliveries.
+"""The PostgreSQL fast path and the ORM recorder write the same rows for the same deliveries.
 
-The same sequences of callbacks go through the fast path (PostgreSQL), the ORM store on
-PostgreSQL and the ORM store on SQLite, each on a database of its own holding the same task; then
+The same sequences of callbacks go through the fast path (PostgreSQL), the ORM recorder on
+PostgreSQL and the ORM recorder on SQLite, each on a database of its own holding the same task; then
 every row of tasks, jobs, the inbox and the timeline is compared."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import pg_store
+from app.callbacks import pg_recorder
 from app.callbacks import service as callback_service
 from app.callbacks.models import CallbackDelivery
-from app.callbacks.service import CallbackService, CallbackStore
-from app.callbacks.store import OrmCallbackStore
+from app.callbacks.orm_recorder import OrmRecorder
+from app.callbacks.service import CallbackRecorder, CallbackService
 from app.core.callback_tokens import callback_token
 from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.tasks.events import TaskEvent
@@ -221,15 +221,15 @@ async def second_pg_database_url(
 
 async def run(database_url: str, fast: bool, steps: list[Step]) -> dict[str, Any]:
     engine = create_engine(database_url)
-    pool = await pg_store.create_pool(asyncpg_dsn(database_url)) if fast else None
+    pool = await pg_recorder.create_pool(asyncpg_dsn(database_url)) if fast else None
     try:
         sessions = create_sessionmaker(engine)
         await seed(sessions)
-        stores: list[CallbackStore] = []
+        recorders: list[CallbackRecorder] = []
         if pool is not None:
-            stores.append(pg_store.PostgresCallbackStore(pool))
-        stores.append(OrmCallbackStore(sessions))
-        target = Target(sessions, CallbackService(CALLBACK_SECRET.encode(), stores))
+            recorders.append(pg_recorder.PostgresRecorder(pool))
+        recorders.append(OrmRecorder(sessions))
+        target = Target(sessions, CallbackService(CALLBACK_SECRET.encode(), recorders))
         for step in steps:
             await step(target)
         return await every_row(sessions)
@@ -240,7 +240,7 @@ async def run(database_url: str, fast: bool, steps: list[Step]) -> dict[str, Any
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
-async def test_the_fast_path_and_the_orm_store_write_the_same_rows(
+async def test_the_fast_path_and_the_orm_recorder_write_the_same_rows(
     name: str,
     pg_database_url: str,
     second_pg_database_url: str,
@@ -250,7 +250,7 @@ async def test_the_fast_path_and_the_orm_store_write_the_same_rows(
 ) -> None:
     steps = SEQUENCES[name]
     outcomes = {}
-    for store, url, fast in [
+    for recorder, url, fast in [
         ("fast path", pg_database_url, True),
         ("ORM on PostgreSQL", second_pg_database_url, False),
         ("ORM on SQLite", databases.copy_sqlite(sqlite_template, tmp_path), False),
@@ -258,10 +258,10 @@ async def test_the_fast_path_and_the_orm_store_write_the_same_rows(
         # The same clock for each: delivery n is received n seconds after START.
         clock = (START + timedelta(seconds=n) for n in itertools.count(1))
         monkeypatch.setattr(callback_service, "utcnow", lambda clock=clock: next(clock))
-        outcomes[store] = await run(url, fast, steps)
+        outcomes[recorder] = await run(url, fast, steps)
 
     fast_rows = outcomes["fast path"]
     assert fast_rows["inbox"], "deliveries were recorded"
-    for store in ("ORM on PostgreSQL", "ORM on SQLite"):
-        for table, rows in outcomes[store].items():
-            assert fast_rows[table] == rows, f"{table}: fast path vs {store}"
+    for recorder in ("ORM on PostgreSQL", "ORM on SQLite"):
+        for table, rows in outcomes[recorder].items():
+            assert fast_rows[table] == rows, f"{table}: fast path vs {recorder}"

@@ -1,4 +1,4 @@
-"""The general callback store: SQLAlchemy ORM in one transaction, on any database.
+"""The general callback recorder: SQLAlchemy ORM in one transaction, on any database.
 
 It handles every case, including the rare ones (malformed bodies, bodies about another upstream
 task, adopting the upstream id of a submission whose answer was lost)."""
@@ -39,10 +39,13 @@ from app.workers.models import JobKind
 log = logging.getLogger(__name__)
 
 
-_REFUSALS = {DeliveryOutcome.MALFORMED: MALFORMED, DeliveryOutcome.MISMATCH: MISMATCH}
+_REFUSALS: dict[str, Answer] = {
+    DeliveryOutcome.MALFORMED: MALFORMED,
+    DeliveryOutcome.MISMATCH: MISMATCH,
+}
 
 
-class OrmCallbackStore:
+class OrmRecorder:
     """Inbox row, transition and follow-up job in one ORM transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:

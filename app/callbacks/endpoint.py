@@ -21,12 +21,13 @@ from starlette.types import Receive, Scope, Send
 
 from app.callbacks.service import ACCEPTED, DUPLICATE, UNSTORED, Answer, CallbackService
 from app.core import metrics
+from app.core.body_cap import MAX_BODY_BYTES, capped_receive
 from app.core.callback_tokens import CALLBACK_PREFIX
+from app.core.errors import BodyTooLarge
 from app.core.headers import NOSNIFF
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 ANSWER_WITHIN_SECONDS = 8.0
 # The whole body must arrive within this long: a client trickling bytes cannot hold a connection.
 BODY_WITHIN_SECONDS = 10.0
@@ -50,10 +51,6 @@ DATABASE_ERRORS = (
     TimeoutError,
 )
 _PREFIX = CALLBACK_PREFIX + "/"
-
-
-class BodyTooLarge(Exception):
-    """The body passed the cap."""
 
 
 class BodyTooSlow(Exception):
@@ -139,20 +136,13 @@ def _count(answer: Answer) -> None:
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
     """The body, refusing more than MAX_BODY_BYTES whatever Content-Length says (the caller
     bounds the time it may take)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-            raise BodyTooLarge
+    receive = capped_receive(scope, receive, MAX_BODY_BYTES)
     chunks: list[bytes] = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyTooLarge
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             break
     return b"".join(chunks)
