@@ -7,6 +7,8 @@ from app.core.db import Base
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.tasks.notifications import Notification
+from app.tasks.references import TaskReference
+from app.uploads.models import Upload
 from app.workers.models import Job
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "Task",
     "TaskEvent",
     "TaskImage",
+    "TaskReference",
+    "Upload",
 ]

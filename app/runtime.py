@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.archive.archiving import ArchiveContext, Archiver, OwnImages
 from app.archive.fetch import create_fetch_client
 from app.archive.presenting import present_tasks
-from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -21,6 +20,7 @@ from app.core.http import create_http_client
 from app.core.safe_http import FetchPolicy
 from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.provider.evolink import EvolinkClient
+from app.storage.store import ObjectStore
 from app.tasks.context import TaskContext
 from app.tasks.polling import Poller
 from app.tasks.submission import Submitter

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 
 from app.archive.fetch import ImageInfo, create_fetch_client, open_image
-from app.archive.store import ObjectStore
 from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core.safe_http import FetchPolicy
+from app.storage.store import ObjectStore
 
 POLICY = FetchPolicy(allow_private=True, max_bytes=60 * 1024 * 1024)
 SAMPLE_SECONDS = 0.002

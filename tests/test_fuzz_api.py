@@ -34,11 +34,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.archive.models import TaskImage
-from app.archive.store import ObjectStore
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.main import create_app
+from app.storage.store import ObjectStore
 from app.tasks import service
 from app.tasks.schemas import CreateTaskRequest
 from tests.conftest import auth, settings_values

@@ -1,8 +1,9 @@
 """Dependencies point one way: every import in app/ goes down the table of rooms, never up.
 
-Entry points -> routers (console, API, operations) -> domain rooms (callbacks, archive, notify)
--> tasks -> workers, provider -> core. A module may import its own room and any room of a lower
-layer; rooms of one layer do not import each other. Imports inside functions count too."""
+Entry points -> routers (console, API, operations) -> domain rooms (callbacks, archive, notify,
+uploads) -> tasks -> workers, provider, storage -> core. A module may import its own room and any
+room of a lower layer; rooms of one layer do not import each other. Imports inside functions count
+too."""
 
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ ROOMS: tuple[tuple[str, str, int], ...] = (
     ("app.operations", "operations", 5),
     ("app.tasks.router", "api", 5),
     ("app.archive.router", "api", 5),
+    ("app.uploads.router", "api", 5),
+    ("app.references", "api", 5),  # reference images: resolved at create, served under /inputs/
     ("app.callbacks", "callbacks", 4),
     ("app.archive", "archive", 4),
     ("app.notify", "notify", 4),
+    ("app.uploads", "uploads", 4),
     ("app.tasks", "tasks", 3),
     ("app.workers", "workers", 2),
     ("app.provider", "provider", 2),
+    ("app.storage", "storage", 2),
     ("app.core", "core", 1),
 )
 

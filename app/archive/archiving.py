@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import repository as images
 from app.archive.fetch import ImageInfo, LinkGone, TransientFetchError, open_image
-from app.archive.store import ObjectStore, StoreError
 from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
@@ -27,6 +26,7 @@ from app.core.config import Settings
 from app.core.retry import RetryStrategy
 from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
+from app.storage.store import ObjectStore, StoreError
 from app.tasks import event_repository, repository, service
 from app.tasks.events import EventKind
 from app.tasks.links import upstream_completed_at

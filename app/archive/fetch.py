@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
-from app.archive.sniff import MAGIC_LENGTH, ImageFormat, SizeReader, sniff_format
 from app.core.safe_http import (
     FetchError,
     FetchPolicy,
@@ -22,6 +21,7 @@ from app.core.safe_http import (
     timeout_for,
 )
 from app.core.urls import check_outbound_url
+from app.storage.sniff import MAGIC_LENGTH, ImageFormat, SizeReader, sniff_format
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _HEADERS = {

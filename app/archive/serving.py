@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from app.archive.store import ObjectStore, StoreError
+from app.storage.store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from app.archive.decoding import (
     check_pixels,
     pillow_format,
 )
-from app.archive.store import ObjectStore, StoreError
+from app.storage.store import ObjectStore, StoreError
 
 THUMBNAIL_CONTENT_TYPE: Final = "image/webp"
 # The store buffers bodies up to one cloud part for a single put: keeping their chunks until the

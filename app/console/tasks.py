@@ -13,7 +13,6 @@ from app.archive import repository as images
 from app.archive.models import TaskImage
 from app.archive.presenting import presentation
 from app.archive.serving import ObjectUnavailable, StoreDep, etag_matches, serve_object
-from app.archive.store import ObjectStore
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import repository, timeline
 from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
@@ -28,6 +27,7 @@ from app.console.web import (
 )
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, WakeWorkersDep
+from app.storage.store import ObjectStore
 from app.tasks import event_repository
 from app.tasks import repository as tasks
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     allow_private_networks: bool = False
     poll_after_seconds: Seconds = timedelta(seconds=60)
     run_workers: bool = True
+    reference_delivery: Literal["signed-url", "provider-files"] = "signed-url"
+    provider_files_base_url: str = "https://files-api.evolink.ai"
+    upload_ttl_seconds: Seconds = Field(default=timedelta(days=1), gt=timedelta(0))
 
     # Choices of this implementation (documented in docs/configuration.md).
     poll_max_wait_seconds: Seconds = timedelta(hours=2)
@@ -142,7 +145,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown storage scheme; use one of {', '.join(STORAGE_SCHEMES)}")
         return value
 
-    @field_validator("public_base_url", "provider_base_url")
+    @field_validator("public_base_url", "provider_base_url", "provider_files_base_url")
     @classmethod
     def _origin_without_slash(cls, value: str | None) -> str | None:
         if value is None:

@@ -13,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.archive.serving import StoreDep
-from app.archive.store import StoreError
 from app.core.deps import SessionsDep, SettingsDep
 from app.core.migrate import alembic_config
+from app.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 

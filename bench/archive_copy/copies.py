@@ -15,7 +15,7 @@ import obstore
 from obstore.store import LocalStore, S3Store
 
 from app.archive.fetch import open_image
-from app.archive.store import ObjectStore
+from app.storage.store import ObjectStore
 
 from .config import API_KEY, BUCKET, MIB, POLICY
 from .servers import Server, s3_client

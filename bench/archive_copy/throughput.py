@@ -15,8 +15,8 @@ from obstore.store import LocalStore, S3Store
 
 from app.archive.archiving import image_key
 from app.archive.fetch import create_fetch_client
-from app.archive.store import ObjectStore
 from app.provider.types import PIXELS
+from app.storage.store import ObjectStore
 
 from .config import BUCKET, MIB, POLICY, SIMULATOR_CACHE, SIZE, TARGET_RATIO
 from .copies import (

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.archive.archiving import ArchiveContext, Archiver, image_key
 from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.store import ObjectStore, StoredObject, StoreError
 from app.archive.thumbnails import (
     MAX_SOURCE_BYTES,
     THUMBNAIL_CONTENT_TYPE,
@@ -27,6 +26,7 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.safe_http import FetchPolicy
+from app.storage.store import ObjectStore, StoredObject, StoreError
 from app.tasks import repository
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.archive.sniff import (
+from app.storage.sniff import (
     JPEG,
     MAGIC_LENGTH,
     PNG,

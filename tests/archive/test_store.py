@@ -20,7 +20,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from app.archive.store import ObjectStore, StoreError
+from app.storage.store import ObjectStore, StoreError
 from tests.support.waiting import until
 
 BUCKET = "imagegen-test"
@@ -408,7 +408,7 @@ async def test_a_failing_store_stops_an_endless_upload(durable_target: Target) -
 # just after an S3 upload resolves, and Python's finalization would then abort (SIGABRT).
 UPLOAD_64_MIB = """
 import asyncio, os, sys, tracemalloc
-from app.archive.store import ObjectStore
+from app.storage.store import ObjectStore
 
 async def main() -> None:
     store = ObjectStore.from_url(sys.argv[1])

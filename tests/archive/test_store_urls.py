@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.archive.store import ObjectStore, UnknownStorageUrl
+from app.storage.store import ObjectStore, UnknownStorageUrl
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from app.archive.archiving import ArchiveContext, Archiver, image_key
 from app.archive.fetch import create_fetch_client
 from app.archive.models import TaskImage
-from app.archive.store import ObjectStore
 from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
 from app.core.safe_http import FetchPolicy
+from app.storage.store import ObjectStore
 from app.tasks import repository
 from app.workers.models import Job, JobKind
 from tests.archive.hanging_decoder import MARK

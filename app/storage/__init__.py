@@ -1,0 +1,1 @@
+"""Where bytes are kept: the object store and the image format sniffing that checks them."""
