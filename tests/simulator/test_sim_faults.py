@@ -192,6 +192,12 @@ def test_fault_and_config_validation() -> None:
         SimulatorConfig(api_keys=())
     with pytest.raises(ValueError, match="duration"):
         SimulatorConfig(duration_seconds=-1)
+    with pytest.raises(ValueError, match="files_429_rate"):
+        SimulatorFaults(files_429_rate=-0.5)
+    with pytest.raises(ValueError, match="reference_timeout_seconds"):
+        SimulatorConfig(reference_timeout_seconds=0)
+    with pytest.raises(ValueError, match="files_ttl_seconds"):
+        SimulatorConfig(files_ttl_seconds=-1)
 
 
 async def test_throttled_downloads_take_their_time_and_are_counted() -> None:

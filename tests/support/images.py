@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -18,9 +19,9 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
 
 
 def image_bytes(image_format: str = "png", size: tuple[int, int] = (8, 6), seed: int = 0) -> bytes:
-    """A valid `image_format` image of `size` whose pixels depend on `seed`."""
+    """A valid `image_format` image of `size` whose random pixels depend only on `seed`."""
     width, height = size
-    pixels = bytes((seed * 31 + i * 7) % 256 for i in range(width * height * 3))
+    pixels = random.Random(seed).randbytes(width * height * 3)
     out = io.BytesIO()
     Image.frombytes("RGB", size, pixels).save(out, FORMATS[image_format])
     return out.getvalue()
@@ -33,10 +34,12 @@ def sha256(data: bytes) -> str:
 class ImageHost:
     """An ASGI app: `/{name}` serves `files[name]` (bytes, declared type); `/status/{code}`
     answers that status; `/redirect/{name}` redirects to `/{name}`; `/hang` never answers;
-    `/endless` streams zeros without end. `hits` counts requests by path."""
+    `/endless` streams zeros without end. `hits` counts requests by path; an event in
+    `gates[name]` holds answers of `/{name}` back until it is set."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.gates: dict[str, asyncio.Event] = {}
         self.hits: Counter[str] = Counter()
         self.app = Starlette(
             routes=[
@@ -55,7 +58,11 @@ class ImageHost:
 
     async def _file(self, request: Request) -> Response:
         self.hits[request.url.path] += 1
-        found = self.files.get(request.path_params["name"])
+        name = request.path_params["name"]
+        gate = self.gates.get(name)
+        if gate is not None:
+            await gate.wait()
+        found = self.files.get(name)
         if found is None:
             return Response(status_code=404)
         data, content_type = found

@@ -111,6 +111,11 @@ class FileStore:
         self._files: dict[str, StoredFile] = {}
         self._expired: set[str] = set()
 
+    @property
+    def directory(self) -> Path | None:
+        """Where the bytes are, once the first upload came (until `close`)."""
+        return self._directory
+
     def spool(self) -> Spool:
         """A new file to receive an upload, capped at `max_image_bytes`."""
         if self._directory is None:
