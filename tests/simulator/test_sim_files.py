@@ -300,6 +300,15 @@ async def test_unknown_files_are_404() -> None:
         assert_refused(response, 404, "not found")
 
 
+async def test_unknown_routes_and_methods_answer_in_the_files_api_shape() -> None:
+    async with running(SimulatorConfig()) as (_, client):
+        no_route = await client.post("/api/v1/files/upload/ftp", json={})
+        no_method = await client.get(STREAM)
+
+    assert_refused(no_route, 404, "Not Found")
+    assert_refused(no_method, 405, "Method Not Allowed")
+
+
 async def test_the_quota_runs_out_with_402_until_files_expire(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -77,9 +77,13 @@ def service_unavailable() -> ApiError:
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """The framework's own 404 and 405 (no such route or method) in the provider's shape; a
-    query path whose id is empty or has more segments is an invalid task id."""
+    """The framework's own 404 and 405 (no such route or method) in the provider's shape (the
+    Files API's below its paths); a query path whose id is empty or has more segments is an
+    invalid task id."""
     status = getattr(exc, "status_code", 500)
+    if "/api/v1/files/" in request.url.path:  # the Files API answers in its own shape
+        files_error = FilesApiError(status, str(getattr(exc, "detail", exc)))
+        return JSONResponse(files_error.body(), status_code=status)
     if status == 404 and "/v1/tasks/" in request.url.path:  # also under a mount prefix
         error = invalid_task_id()
     elif status == 404:

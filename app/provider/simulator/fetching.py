@@ -93,7 +93,7 @@ class Fetcher:
                     error = f"larger than {limits.max_bytes} bytes"
         except (TimeoutError, httpx.TimeoutException):
             error = f"timed out after {limits.seconds:g} s"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # IDNAError among them
             error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         return Fetched(
             url=url,
