@@ -45,6 +45,13 @@ def test_every_option() -> None:
         "--fail-rate=0.25",
         "--link-ttl=60",
         "--down",
+        "--no-fetch-references",
+        "--reference-timeout=2.5",
+        "--max-image-bytes=4096",
+        "--files-ttl=90",
+        "--files-quota=3",
+        "--files-429-rate=0.15",
+        "--files-error-rate=0.35",
     )
     assert (ns.host, ns.port) == ("192.0.2.1", 9999)
     assert cli.config_from_args(ns) == SimulatorConfig(
@@ -54,6 +61,11 @@ def test_every_option() -> None:
         image_format="webp",
         image_noise=1.0,
         seed=7,
+        fetch_references=False,
+        reference_timeout_seconds=2.5,
+        max_image_bytes=4096,
+        files_ttl_seconds=90,
+        files_quota=3,
         faults=SimulatorFaults(
             callback_drop_rate=0.3,
             callback_duplicates=3,
@@ -66,6 +78,8 @@ def test_every_option() -> None:
             fail_rate=0.25,
             link_ttl_seconds=60,
             down=True,
+            files_429_rate=0.15,
+            files_error_rate=0.35,
         ),
     )
 
@@ -77,6 +91,12 @@ def test_out_of_range_values_are_refused() -> None:
         cli.main(["--fail-rate=-1"])
     with pytest.raises(ValueError, match="image_noise"):
         cli.config_from_args(parse("--image-noise=1.5"))
+    with pytest.raises(ValueError, match="files_error_rate"):
+        cli.config_from_args(parse("--files-error-rate=2"))
+    with pytest.raises(ValueError, match="files_quota"):
+        cli.config_from_args(parse("--files-quota=-1"))
+    with pytest.raises(ValueError, match="max_image_bytes"):
+        cli.config_from_args(parse("--max-image-bytes=0"))
 
 
 def test_image_noise_takes_a_fraction() -> None:

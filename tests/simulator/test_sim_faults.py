@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.provider.simulator import Simulator, SimulatorConfig, SimulatorFaults
+from tests.support.images import ImageHost, image_bytes, sha256
 from tests.support.waiting import eventually
 
 from .helpers import AUTH, CREATE, assert_error, create_body, running, serve
@@ -145,13 +146,24 @@ async def test_put_faults_rejects_non_json() -> None:
 
 
 async def test_inspection_lists_tasks_with_their_request() -> None:
-    async with running(SimulatorConfig(duration_seconds=0)) as (_, client):
+    host = ImageHost()
+    reference = image_bytes("png")
+    path = host.add("ref.png", reference)
+    async with (
+        serve(host.app) as images,
+        running(SimulatorConfig(duration_seconds=0)) as (_, client),
+    ):
         body = create_body(
             callback_url="https://hooks.example.com/cb/abc",
-            image_urls=["https://img.example.com/ref.png"],
+            image_urls=[f"{images}{path}"],
             extra="kept",
         )
         task_id = (await client.post(CREATE, json=body)).json()["id"]
+        await eventually(
+            lambda: client.get(f"/_sim/tasks/{task_id}"),
+            lambda response: response.json()["status"] == "completed",
+            what="the task to complete",
+        )
         await client.get(f"/v1/tasks/{task_id}")
         client.headers.pop("Authorization")
         (record,) = (await client.get("/_sim/tasks")).json()
@@ -161,6 +173,8 @@ async def test_inspection_lists_tasks_with_their_request() -> None:
         assert record["status"] == "completed"
         assert record["results"][0].startswith(f"http://sim.test/files/{task_id}/")
         assert set(record) >= {"image_sha256", "image_bytes", "callbacks", "callback_dropped"}
+        [fetch] = record["references"]
+        assert (fetch["url"], fetch["sha256"]) == (f"{images}{path}", sha256(reference))
         missing = await client.get("/_sim/tasks/task-unified-1-abcdefgh")
         assert missing.status_code == 404
         stats = (await client.get("/_sim/stats")).json()
@@ -178,6 +192,12 @@ def test_fault_and_config_validation() -> None:
         SimulatorConfig(api_keys=())
     with pytest.raises(ValueError, match="duration"):
         SimulatorConfig(duration_seconds=-1)
+    with pytest.raises(ValueError, match="files_429_rate"):
+        SimulatorFaults(files_429_rate=-0.5)
+    with pytest.raises(ValueError, match="reference_timeout_seconds"):
+        SimulatorConfig(reference_timeout_seconds=0)
+    with pytest.raises(ValueError, match="files_ttl_seconds"):
+        SimulatorConfig(files_ttl_seconds=-1)
 
 
 async def test_throttled_downloads_take_their_time_and_are_counted() -> None:

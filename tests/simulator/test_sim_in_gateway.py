@@ -19,6 +19,7 @@ from app.core.config import Settings
 from app.provider.types import MODEL
 from tests.conftest import ALPHA_KEY, NOTIFY_SECRET, SIMULATOR_KEY, auth
 from tests.simulator.helpers import Receiver
+from tests.support.images import image_bytes, sha256
 from tests.support.servers import bound_socket, serve_app
 from tests.support.waiting import eventually
 
@@ -51,6 +52,14 @@ def served_app(monkeypatch: pytest.MonkeyPatch, port: int) -> FastAPI:
     [app] = served
     assert isinstance(app, FastAPI)
     return app
+
+
+async def finished(client: httpx.AsyncClient, task_id: str) -> httpx.Response:
+    """The gateway's answer about `task_id` once it succeeded or failed."""
+    return await eventually(
+        lambda: client.get(f"/v1/tasks/{task_id}"),
+        lambda r: r.json()["status"] in ("succeeded", "failed"),
+    )
 
 
 def dead_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,3 +161,50 @@ async def test_the_built_in_simulator_calls_back_nowhere_but_the_service(
     assert accepted.status_code == 200, accepted.text
     assert stats["creates_accepted"] == 1
     assert receiver.deliveries == []
+
+
+async def test_the_built_in_simulator_serves_the_files_api_and_downloads_its_own_links(
+    sqlite_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo_environment(monkeypatch, sqlite_database_url)
+    dead_proxies(monkeypatch)  # the simulator's own downloads ignore them too
+    data = image_bytes("png", seed=4)
+    sock = bound_socket()
+    app = served_app(monkeypatch, sock.getsockname()[1])
+    async with (
+        serve_app(app, sock) as url,
+        httpx.AsyncClient(base_url=url, headers=auth(), trust_env=False) as client,
+    ):
+        files_api = f"{url}/_simulator/api/v1/files/upload/stream"
+        file = {"file": ("ref.png", data, "image/png")}
+        refused = await client.post(files_api, files=file, headers={"Authorization": "Bearer x"})
+        simulator_key = {"Authorization": f"Bearer {SIMULATOR_KEY}"}
+        upload = (await client.post(files_api, files=file, headers=simulator_key)).json()["data"]
+        served = await client.get(upload["file_url"])
+        good = await client.post(
+            "/v1/images/generations", json={"prompt": "p", "image_urls": [upload["file_url"]]}
+        )
+        bad = await client.post(
+            "/v1/images/generations",
+            json={"prompt": "p", "image_urls": [f"{url}/_simulator/files-api/uploads/none.png"]},
+        )
+        tasks = [await finished(client, created.json()["id"]) for created in (good, bad)]
+        records = [
+            (await client.get(f"/_simulator/_sim/tasks/{task.json()['provider_task_id']}")).json()
+            for task in tasks
+        ]
+
+    assert refused.status_code == 401
+    assert refused.json() == {"success": False, "code": 401, "msg": "Invalid or missing API key"}
+    assert upload["file_url"].startswith(f"{url}/_simulator/files-api/uploads/file_")
+    assert upload["download_url"] == f"{url}/_simulator/api/v1/files/download/{upload['file_id']}"
+    assert (served.status_code, served.content) == (200, data)
+    succeeded, failed = (task.json() for task in tasks)
+    assert succeeded["status"] == "succeeded", succeeded
+    [fetch] = records[0]["references"]
+    assert (fetch["url"], fetch["sha256"]) == (upload["file_url"], sha256(data))
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "image_processing_error"
+    assert "image_urls[0]" in failed["error"]["message"]
+    assert records[1]["error_code"] == "image_processing_error"
+    assert records[1]["references"][0]["status"] == 404

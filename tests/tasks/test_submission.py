@@ -14,6 +14,8 @@ from app.provider.types import ProviderTask
 from app.tasks.models import SubmitState, Task
 from app.tasks.submission import Submitter
 from app.workers.models import JobKind
+from tests.support.images import ImageHost, image_bytes, sha256
+from tests.support.servers import serve_app
 from tests.support.stack import running_stack
 from tests.support.waiting import eventually
 
@@ -46,14 +48,21 @@ async def test_task_is_submitted_once_and_follows_the_provider(database_url: str
 
 
 async def test_image_urls_are_sent_when_given(database_url: str) -> None:
-    async with running_stack(database_url) as stack:
-        urls = ["https://images.example.com/a.png", "https://images.example.com/b.webp"]
+    host = ImageHost()
+    references = [image_bytes("png", seed=1), image_bytes("webp", seed=2)]
+    paths = [host.add("a.png", references[0]), host.add("b.webp", references[1], "image/webp")]
+    async with serve_app(host.app) as images, running_stack(database_url) as stack:
+        urls = [f"{images}{path}" for path in paths]
         created = await stack.create({"prompt": "blend these", "image_urls": urls})
 
-        await stack.wait_for(created["id"], lambda task: task["provider_task_id"] is not None)
+        await stack.wait_for(created["id"], status_is("succeeded"))
 
         [upstream] = await stack.sim_tasks()
         assert upstream["request"]["image_urls"] == urls
+        # The provider downloaded exactly these bytes when the task started.
+        assert [(r["url"], r["sha256"]) for r in upstream["references"]] == [
+            (url, sha256(data)) for url, data in zip(urls, references, strict=True)
+        ]
 
 
 async def test_a_prompt_over_the_provider_token_limit_fails_clearly(database_url: str) -> None:

@@ -28,6 +28,14 @@ def base_url(request: Request) -> str:
     return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
 
 
+def has_known_key(request: Request, api_keys: tuple[str, ...]) -> bool:
+    """Whether the request carries `Authorization: Bearer <one of api_keys>`."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    presented = key.strip().encode()
+    known = [secrets.compare_digest(presented, k.encode()) for k in api_keys]
+    return scheme.lower() == "bearer" and any(known)
+
+
 def api_router(engine: Engine) -> APIRouter:
     """Routes of the EvoLink API as the simulator serves them."""
     router = APIRouter()
@@ -40,10 +48,7 @@ def api_router(engine: Engine) -> APIRouter:
             else:
                 engine.stats.queries_rejected_503 += 1
             raise errors.service_unavailable()
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        presented = key.strip().encode()
-        known = [secrets.compare_digest(presented, k.encode()) for k in engine.config.api_keys]
-        if scheme.lower() != "bearer" or not any(known):
+        if not has_known_key(request, engine.config.api_keys):
             engine.stats.unauthorized += 1
             raise errors.unauthorized()
 

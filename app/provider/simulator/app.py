@@ -10,7 +10,14 @@ from starlette.exceptions import HTTPException
 
 from .api import api_router
 from .engine import Engine
-from .errors import ApiError, api_error_handler, http_error_handler
+from .errors import (
+    ApiError,
+    FilesApiError,
+    api_error_handler,
+    files_api_error_handler,
+    http_error_handler,
+)
+from .files_api import files_router
 from .inspection import inspection_router
 
 if TYPE_CHECKING:
@@ -20,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class Simulator:
-    """The fake upstream: `app` serves it; `start`/`stop` run its scheduler and callback client."""
+    """The fake upstream: `app` serves the task API and the Files API; `start`/`stop` run its
+    scheduler and its HTTP clients (callbacks, reference downloads)."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -30,8 +38,10 @@ class Simulator:
             lifespan=self._lifespan,
         )
         self.app.add_exception_handler(ApiError, api_error_handler)
+        self.app.add_exception_handler(FilesApiError, files_api_error_handler)
         self.app.add_exception_handler(HTTPException, http_error_handler)
         self.app.include_router(api_router(self.engine))
+        self.app.include_router(files_router(self.engine))
         self.app.include_router(inspection_router(self.engine))
 
     @property

@@ -35,6 +35,8 @@ FAULT_OPTIONS = [
         "result download speed limit in bytes/s, 0 for none",
     ),
     ("--down", "down", "answer every create and query 503, as during an outage"),
+    ("--files-429-rate", "files_429_rate", "Files API uploads answered 429"),
+    ("--files-error-rate", "files_error_rate", "Files API uploads answered 503"),
 ]
 
 
@@ -81,6 +83,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fill this fraction of each image's rows with incompressible noise (alone: 1.0); "
         "1024x1024 PNGs are 3 MiB at 1.0 and 2 MiB at 0.667",
     )
+    parser.add_argument(
+        "--no-fetch-references",
+        dest="fetch_references",
+        action="store_false",
+        help="development shortcut: do not download a task's image_urls (the provider does, and "
+        "fails the task when one is unusable)",
+    )
+    parser.add_argument(
+        "--reference-timeout",
+        type=float,
+        default=defaults.reference_timeout_seconds,
+        metavar="SECONDS",
+        help="time allowed to download one reference image or a URL upload (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=defaults.max_image_bytes,
+        metavar="BYTES",
+        help="largest reference image and uploaded file (%(default)s)",
+    )
+    parser.add_argument(
+        "--files-ttl",
+        type=float,
+        default=defaults.files_ttl_seconds,
+        metavar="SECONDS",
+        help="lifetime of a file uploaded to the Files API, 72 h by default",
+    )
+    parser.add_argument(
+        "--files-quota",
+        type=int,
+        default=defaults.files_quota,
+        metavar="N",
+        help="files the Files API stores at once; uploads past it are answered 402 "
+        "(default: no limit)",
+    )
     group = parser.add_argument_group("faults (rates are fractions in [0, 1])")
     for flag, field, what in FAULT_OPTIONS:
         default = getattr(faults, field)
@@ -102,6 +140,11 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         image_format=ns.image_format,
         image_noise=ns.image_noise,
         seed=ns.seed,
+        fetch_references=ns.fetch_references,
+        reference_timeout_seconds=ns.reference_timeout,
+        max_image_bytes=ns.max_image_bytes,
+        files_ttl_seconds=ns.files_ttl,
+        files_quota=ns.files_quota,
         faults=faults,
     )
 

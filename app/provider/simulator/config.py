@@ -17,7 +17,11 @@ RATE_FIELDS = (
     "create_hang_rate",
     "query_500_rate",
     "fail_rate",
+    "files_429_rate",
+    "files_error_rate",
 )
+MAX_IMAGE_BYTES = 50 * 1024 * 1024  # the provider's bound on a reference image and an upload
+FILES_TTL_SECONDS = 72 * 3600.0
 
 
 @dataclass
@@ -35,7 +39,9 @@ class SimulatorFaults:
     fail_rate: float = 0.0
     link_ttl_seconds: float = 86400.0
     file_bytes_per_second: float = 0.0  # throttle result downloads (0: as fast as possible)
-    down: bool = False
+    down: bool = False  # the task API only: the Files API has the two rates below
+    files_429_rate: float = 0.0
+    files_error_rate: float = 0.0  # Files API uploads answered 503
 
     def __post_init__(self) -> None:
         for name in RATE_FIELDS:
@@ -93,6 +99,13 @@ class SimulatorConfig:
     image_format: str = "png"
     image_noise: float = 0.0  # fraction of each image's rows that are incompressible noise
     seed: int | None = None
+    # Download every `image_urls` entry when a task starts, as the provider does; off only as a
+    # development shortcut (the task then never looks at its references).
+    fetch_references: bool = True
+    reference_timeout_seconds: float = 10.0  # per reference download, and per URL upload
+    max_image_bytes: int = MAX_IMAGE_BYTES  # per reference and per uploaded file
+    files_ttl_seconds: float = FILES_TTL_SECONDS  # lifetime of an uploaded file
+    files_quota: int | None = None  # files that may be stored (unexpired) at once; None: no limit
     faults: SimulatorFaults = field(default_factory=SimulatorFaults)
 
     def __post_init__(self) -> None:
@@ -106,3 +119,11 @@ class SimulatorConfig:
         self.image_noise = float(self.image_noise)
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}")
+        if not self.reference_timeout_seconds > 0.0:
+            raise ValueError("reference_timeout_seconds must be positive")
+        if self.max_image_bytes < 1:
+            raise ValueError("max_image_bytes must be at least 1")
+        if not self.files_ttl_seconds >= 0.0:
+            raise ValueError("files_ttl_seconds must not be negative")
+        if self.files_quota is not None and self.files_quota < 0:
+            raise ValueError("files_quota must not be negative")

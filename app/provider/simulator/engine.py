@@ -21,11 +21,16 @@ from app.provider.types import (
 )
 
 from .callbacks import CallbackSender
+from .fetching import Fetcher, FetchLimits
+from .files import FileStore
 from .images import ImageCache, render_image
+from .references import failure_message, fetch_references
 from .stats import SimulatorStats
 from .tasks import SimTask, final_body, stale_body
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from .config import SimulatorConfig, SimulatorFaults
     from .validation import CreateParams
 
@@ -36,7 +41,8 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 class Engine:
-    """Holds every task and finalizes each one at its due time (image, then callback)."""
+    """Holds every task and the uploaded files; checks each task's references when it starts
+    and finalizes it at its due time (image, then callback)."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -45,6 +51,8 @@ class Engine:
         self.tasks: dict[str, SimTask] = {}
         self.images = ImageCache()
         self.callbacks = CallbackSender(self.stats, only_under=config.callback_base_url)
+        self.fetcher = Fetcher()
+        self.files = FileStore(config, self.stats, lambda: self.now())
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._wakeup: asyncio.Event | None = None
@@ -91,10 +99,47 @@ class Engine:
             task.error_code = self.rng.choice(TASK_ERROR_CODES)
         self.tasks[task_id] = task
         self.stats.creates_accepted += 1
-        heapq.heappush(self._due, (task.due_at, next(self._order), task_id))
+        if params.image_urls and self.config.fetch_references:
+            task.fetching_references = True
+            self._spawn(self._check_references(task))
+        else:
+            self._schedule(task)
+        return task
+
+    def _schedule(self, task: SimTask) -> None:
+        """Queue a task (its due time now known) for finalization."""
+        heapq.heappush(self._due, (task.due_at, next(self._order), task.id))
         if self._wakeup is not None:
             self._wakeup.set()
-        return task
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background until it ends or the simulator stops."""
+        job = asyncio.create_task(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _check_references(self, task: SimTask) -> None:
+        """Download the task's references, as the provider does when it starts a task; an
+        unusable one fails the task (image_processing_error) once all are done."""
+        try:
+            fetches = await fetch_references(
+                self.fetcher, task.id, task.params.image_urls, self.fetch_limits()
+            )
+        except Exception:
+            logger.exception("downloading the references of %s failed", task.id)
+            fetches = []
+            task.reference_error = "Reference images could not be downloaded (simulator fault)"
+        for fetch in fetches:
+            self.stats.reference_fetches.append(fetch)
+            if fetch.ok:
+                self.stats.references_fetched += 1
+            else:
+                self.stats.references_failed += 1
+        task.references = fetches
+        task.reference_error = task.reference_error or failure_message(fetches)
+        task.references_settled_at = self.now()
+        task.fetching_references = False
+        self._schedule(task)
 
     def _new_id(self, created: int) -> str:
         while True:
@@ -102,6 +147,10 @@ class Engine:
             task_id = f"{TASK_ID_PREFIX}{created}-{suffix}"
             if task_id not in self.tasks:
                 return task_id
+
+    def fetch_limits(self) -> FetchLimits:
+        """Time and size limits of one download by the simulator (a reference, a URL upload)."""
+        return FetchLimits(self.config.reference_timeout_seconds, self.config.max_image_bytes)
 
     def link_expired(self, task: SimTask) -> bool:
         """Whether the result link of a completed task has outlived its TTL."""
@@ -128,16 +177,18 @@ class Engine:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def start(self) -> None:
-        """Open the callback client and start the scheduler; a second call does nothing."""
+        """Open the HTTP clients and start the scheduler; a second call does nothing."""
         if self._scheduler is not None:
             return
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         await self.callbacks.start()
+        await self.fetcher.start()
         self._scheduler = asyncio.create_task(self._run(), name="simulator-scheduler")
 
     async def stop(self) -> None:
-        """Cancel the scheduler and every pending finalization, then close the client."""
+        """Cancel the scheduler, every reference check and pending finalization, then close the
+        clients and delete the uploaded files."""
         if self._scheduler is None:
             return
         assert self._stopping is not None
@@ -149,6 +200,8 @@ class Engine:
         await asyncio.gather(*pending, return_exceptions=True)
         self._jobs.clear()
         await self.callbacks.aclose()
+        await self.fetcher.aclose()
+        self.files.close()
 
     async def _run(self) -> None:
         """Finalize tasks as they fall due, sleeping until the next one or a new task."""
@@ -158,9 +211,7 @@ class Engine:
             now = self.now()
             while self._due and self._due[0][0] <= now:
                 _, _, task_id = heapq.heappop(self._due)
-                job = asyncio.create_task(self._finalize(self.tasks[task_id]))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+                self._spawn(self._finalize(self.tasks[task_id]))
             timeout = self._due[0][0] - now if self._due else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)

@@ -77,9 +77,13 @@ def service_unavailable() -> ApiError:
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """The framework's own 404 and 405 (no such route or method) in the provider's shape; a
-    query path whose id is empty or has more segments is an invalid task id."""
+    """The framework's own 404 and 405 (no such route or method) in the provider's shape (the
+    Files API's below its paths); a query path whose id is empty or has more segments is an
+    invalid task id."""
     status = getattr(exc, "status_code", 500)
+    if "/api/v1/files/" in request.url.path:  # the Files API answers in its own shape
+        files_error = FilesApiError(status, str(getattr(exc, "detail", exc)))
+        return JSONResponse(files_error.body(), status_code=status)
     if status == 404 and "/v1/tasks/" in request.url.path:  # also under a mount prefix
         error = invalid_task_id()
     elif status == 404:
@@ -99,4 +103,65 @@ def not_found(message: str, code: str = "task_not_found") -> ApiError:
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     """Render an `ApiError` as its JSON body."""
     assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+class FilesApiError(Exception):
+    """A Files API answer other than 2xx: `{"success": false, "code": <status>, "msg": ...}`."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body; `code` repeats the HTTP status."""
+        return {"success": False, "code": self.status, "msg": self.msg}
+
+
+def files_unauthorized() -> FilesApiError:
+    """401 for a missing or unknown API key."""
+    return FilesApiError(401, "Invalid or missing API key")
+
+
+def files_bad_request(msg: str) -> FilesApiError:
+    """400 for an upload the API cannot take as it is."""
+    return FilesApiError(400, msg)
+
+
+def files_quota_exhausted(quota: int) -> FilesApiError:
+    """402 once the account's file quota is used up."""
+    return FilesApiError(
+        402, f"File quota exhausted: at most {quota} stored files; uploads fail until some expire"
+    )
+
+
+def files_too_large(limit: int) -> FilesApiError:
+    """413 for a file (or a request body) over the size limit."""
+    return FilesApiError(413, f"File too large: at most {limit} bytes")
+
+
+def files_unsupported_type() -> FilesApiError:
+    """415 for bytes that are not a JPEG, PNG, GIF or WebP image (sniffed, not declared)."""
+    return FilesApiError(415, "Unsupported file type: only JPEG, PNG, GIF and WebP images")
+
+
+def files_rate_limited() -> FilesApiError:
+    """429 as a throttled upload is answered."""
+    return FilesApiError(429, "Too many requests, please retry later")
+
+
+def files_unavailable() -> FilesApiError:
+    """503 for a Files API fault."""
+    return FilesApiError(503, "Service temporarily unavailable, please retry")
+
+
+def files_not_found(msg: str = "File not found") -> FilesApiError:
+    """404 for an unknown or expired file."""
+    return FilesApiError(404, msg)
+
+
+async def files_api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """Render a `FilesApiError` as its JSON body."""
+    assert isinstance(exc, FilesApiError)
     return JSONResponse(exc.body(), status_code=exc.status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
         "status": status,
         "progress": progress,
         "final_status": task.final_status,
-        "error_code": task.error_code,
+        "error_code": task.failure_code,
         "created": task.created,
         "accepted_at": task.accepted_at,
         "final_at": final_at,
@@ -45,6 +46,8 @@ def describe(engine: Engine, task: SimTask, base: str) -> dict[str, Any]:
         "callback_dropped": task.callback_dropped,
         "downloads": task.downloads,
         "callbacks": list(task.callback_log),
+        "fetching_references": task.fetching_references,
+        "references": [dataclasses.asdict(fetch) for fetch in task.references],
     }
 
 

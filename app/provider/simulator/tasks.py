@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 from app.provider.types import MODEL, PIXELS
 
 if TYPE_CHECKING:
+    from .references import ReferenceFetch
     from .validation import CreateParams
 
 OBJECT = "image.generation.task"
+REFERENCE_ERROR = "image_processing_error"  # the code of a task whose references are unusable
 PENDING_SHARE = 0.2  # the first 20% of the duration is `pending`
 STALE_PROGRESS = 50
 CREDITS = {"low": 36, "medium": 108, "high": 252}
@@ -57,6 +59,12 @@ class SimTask:
     callback_dropped: bool = False
     downloads: int = 0
     callback_log: list[dict[str, Any]] = field(default_factory=list)
+    # Its `image_urls` downloads: while they run the task cannot end; an unusable reference
+    # fails it as soon as they are all done.
+    fetching_references: bool = False
+    references_settled_at: float | None = None
+    reference_error: str | None = None
+    references: list[ReferenceFetch] = field(default_factory=list)
 
     @property
     def callback_url(self) -> str | None:
@@ -64,14 +72,40 @@ class SimTask:
         return self.params.callback_url
 
     @property
-    def due_at(self) -> float:
-        """Monotonic time at which the task reaches its final status."""
+    def planned_at(self) -> float:
+        """Monotonic time at which the task ends unless its references hold it up."""
         return self.created_at + self.duration
 
     @property
+    def due_at(self) -> float:
+        """Monotonic time at which the task reaches its final status: never while its
+        references download, when they are done if one is unusable, else as planned (or when
+        they are done, if later)."""
+        if self.fetching_references:
+            return math.inf
+        settled = self.references_settled_at
+        if settled is None:
+            return self.planned_at
+        if self.reference_error is not None:
+            return settled
+        return max(self.planned_at, settled)
+
+    @property
+    def failure_code(self) -> str | None:
+        """The error code the task ends with, None when it completes."""
+        return REFERENCE_ERROR if self.reference_error is not None else self.error_code
+
+    @property
+    def failure_message(self) -> str:
+        """The error message of a failed task."""
+        if self.reference_error is not None:
+            return self.reference_error
+        return ERROR_MESSAGES[self.failure_code or "unknown_error"]
+
+    @property
     def final_status(self) -> str:
-        """`failed` when a failure was drawn at create time, else `completed`."""
-        return "failed" if self.error_code else "completed"
+        """`failed` when a failure was drawn at create time or a reference is unusable."""
+        return "failed" if self.failure_code else "completed"
 
     @property
     def pixels(self) -> tuple[int, int]:
@@ -87,12 +121,15 @@ class SimTask:
         """Status and progress at monotonic time `now`; progress never decreases before the end."""
         # Compared with due_at itself: `due_at - created_at` can round below `duration`.
         if now >= self.due_at:
-            return (self.final_status, 0 if self.error_code else 100)
+            return (self.final_status, 0 if self.failure_code else 100)
         elapsed = now - self.created_at
         start = self.duration * PENDING_SHARE
         if elapsed < start:
             return ("pending", 0)
-        return ("processing", 1 + int(99 * (elapsed - start) / (self.duration - start)))
+        span = self.duration - start
+        if elapsed >= self.duration or span <= 0:  # past its plan: held up by its references
+            return ("processing", 99)
+        return ("processing", 1 + int(99 * (elapsed - start) / span))
 
 
 def result_url(task: SimTask, base_url: str) -> str:
@@ -123,14 +160,14 @@ def query_body(task: SimTask, now: float, base_url: str) -> dict[str, Any]:
     """The 200 answer to a task query at monotonic time `now`."""
     status, progress = task.phase(now)
     if status == "failed":
-        code = task.error_code or "unknown_error"
+        code = task.failure_code or "unknown_error"
         return {
             "id": task.id,
             "object": OBJECT,
             "status": "failed",
             "model": MODEL,
             "progress": 0,
-            "error": {"code": code, "message": ERROR_MESSAGES[code], "type": "task_error"},
+            "error": {"code": code, "message": task.failure_message, "type": "task_error"},
         }
     body: dict[str, Any] = {
         "created": task.created,
@@ -144,7 +181,8 @@ def query_body(task: SimTask, now: float, base_url: str) -> dict[str, Any]:
         body["results"] = [result_url(task, base_url)]
         body["task_info"] = {"can_cancel": False}
     else:
-        remaining = max(1, math.ceil(task.due_at - now))
+        expected = task.planned_at if task.fetching_references else task.due_at
+        remaining = max(1, math.ceil(expected - now))
         body["task_info"] = {"can_cancel": True, "estimated_time": remaining}
     body["type"] = "image"
     return body

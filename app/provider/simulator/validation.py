@@ -97,12 +97,13 @@ def _image_urls(value: object) -> tuple[str, ...]:
         raise invalid_request(
             f"image_urls must be a list of 1 to {MAX_IMAGE_URLS} URLs", "image_urls"
         )
-    if not all(isinstance(url, str) and _is_http_url(url) for url in value):
+    if not all(isinstance(url, str) and is_http_url(url) for url in value):
         raise invalid_request("image_urls must hold http(s) URLs", "image_urls")
     return tuple(value)
 
 
-def _is_http_url(url: str) -> bool:
+def is_http_url(url: str) -> bool:
+    """Whether `url` is an absolute http(s) URL with a host."""
     try:
         parts = urlsplit(url)
     except ValueError:
