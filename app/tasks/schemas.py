@@ -61,6 +61,11 @@ def is_valid_unicode(value: str) -> bool:
     return True
 
 
+def _and(names: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
 """An absolute http(s) URL (image_urls entries, url references, notify_url)."""
 
@@ -93,6 +98,16 @@ class ReferenceIn(BaseModel):
         description="http or https, the same rules as an `image_urls` entry.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: object) -> object:
+        if not isinstance(value, dict | ReferenceIn):
+            raise ValueError(
+                'must be an object: {"upload_id": ...}, {"task_id": ..., "index": ...} '
+                'or {"url": ...}'
+            )
+        return value
+
     @field_validator("upload_id")
     @classmethod
     def _upload_id(cls, value: str | None) -> str | None:
@@ -115,7 +130,7 @@ class ReferenceIn(BaseModel):
         if len(given) != 1:
             raise ValueError(
                 "must hold exactly one of upload_id, task_id (with index) or url, "
-                f"got {' and '.join(given) if given else 'none'}"
+                f"got {_and(given) if given else 'none'}"
             )
         if self.task_id is not None and self.index is None:
             raise ValueError("task_id needs index (0 for the first image)")
@@ -250,14 +265,14 @@ class ImageOut(BaseModel):
 class UrlReferenceOut(BaseModel):
     """A reference image given as a URL (an `image_urls` entry or a `url` reference)."""
 
-    source: Literal["url"] = "url"
+    source: Literal["url"]
     url: str
 
 
 class UploadReferenceOut(BaseModel):
     """A reference image the caller uploaded, as it was when the task was created."""
 
-    source: Literal["upload"] = "upload"
+    source: Literal["upload"]
     upload_id: str
     content_type: str
     bytes: int = Field(ge=0)
@@ -267,7 +282,7 @@ class UploadReferenceOut(BaseModel):
 class TaskReferenceOut(BaseModel):
     """A reference image that is an archived image of the caller's own task."""
 
-    source: Literal["task"] = "task"
+    source: Literal["task"]
     task_id: str
     index: int = Field(ge=0)
     content_type: str

@@ -294,7 +294,7 @@ def references_out(task: Task, rows: Sequence[TaskReference]) -> list[ReferenceO
     """A task's reference images as callers see them, in position order. A task made before
     `task_references` existed has no rows: its `image_urls` are its references."""
     if not rows:
-        return [UrlReferenceOut(url=url) for url in task.image_urls]
+        return [UrlReferenceOut(source="url", url=url) for url in task.image_urls]
     return [reference_out(row) for row in rows]
 
 
@@ -303,7 +303,7 @@ def reference_out(row: TaskReference) -> ReferenceOut:
     source = ReferenceSource(row.source)
     if source is ReferenceSource.URL:
         assert row.url is not None
-        return UrlReferenceOut(url=row.url)
+        return UrlReferenceOut(source="url", url=row.url)
     # Rows of stored images always carry what was checked of them (reference_repository.add_all).
     assert row.content_type is not None
     assert row.bytes is not None
@@ -311,6 +311,7 @@ def reference_out(row: TaskReference) -> ReferenceOut:
     if source is ReferenceSource.UPLOAD:
         assert row.upload_id is not None
         return UploadReferenceOut(
+            source="upload",
             upload_id=row.upload_id,
             content_type=row.content_type,
             bytes=row.bytes,
@@ -319,6 +320,7 @@ def reference_out(row: TaskReference) -> ReferenceOut:
     assert row.source_task_id is not None
     assert row.source_index is not None
     return TaskReferenceOut(
+        source="task",
         task_id=row.source_task_id,
         index=row.source_index,
         content_type=row.content_type,
