@@ -85,15 +85,27 @@ def describe_validation(errors: Sequence[Any]) -> str:
     """`field: problem; field: problem` from pydantic's error list."""
     parts = []
     for error in errors:
-        location = [str(item) for item in error.get("loc", ()) if item not in ("body", "query")]
-        field = ".".join(location) or "body"
+        location = [item for item in error.get("loc", ()) if item not in ("body", "query")]
+        field = field_path(location) or "body"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":  # the location is a character position
             why = (error.get("ctx") or {}).get("error", "")
             message = f"{message} ({why})" if why else message
-            field, message = "body", f"{message} at character {'.'.join(location) or 0}"
+            position = ".".join(str(item) for item in location) or 0
+            field, message = "body", f"{message} at character {position}"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
+
+
+def field_path(location: Sequence[object]) -> str:
+    """`("reference_images", 2, "index")` -> `reference_images[2].index`."""
+    path = ""
+    for item in location:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        else:
+            path += f".{item}" if path else str(item)
+    return path
 
 
 def install_error_handlers(app: FastAPI) -> None:

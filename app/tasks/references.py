@@ -7,6 +7,7 @@ API upload (delivery `provider-files`) before the create that uses it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -51,3 +52,23 @@ class TaskReference(Base):
     provider_file_id: Mapped[str | None] = mapped_column(String(128))
     provider_file_url: Mapped[str | None] = mapped_column(Text)
     provider_file_uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedReference:
+    """A reference image checked at create, before it is saved as a row of its task."""
+
+    source: ReferenceSource
+    url: str | None = None
+    upload_id: str | None = None
+    source_task_id: str | None = None
+    source_index: int | None = None
+    key: str | None = None
+    content_type: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def of_url(cls, url: str) -> ResolvedReference:
+        """A URL, sent to the provider as it is."""
+        return cls(ReferenceSource.URL, url=url)

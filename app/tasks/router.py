@@ -16,6 +16,7 @@ from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.urls import UrlPolicyError, check_outbound_url
+from app.references import resolving
 from app.tasks import event_repository, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
@@ -89,7 +90,8 @@ async def create_generation(
         ),
     ] = None,
 ) -> JSONResponse:
-    """Ask for an image. The task is saved as `queued` and submitted upstream in the background."""
+    """Ask for an image, from text or from reference images (`image_urls`, `reference_images`).
+    The task is saved as `queued` and submitted upstream in the background."""
     key = _check_idempotency_key(idempotency_key)
     if body.notify_url is not None:
         try:
@@ -105,9 +107,7 @@ async def create_generation(
                 "notify_url: this service sends no notifications (IMAGEGEN_NOTIFY_SECRET is "
                 "not set); poll GET /v1/tasks/{id} instead",
             )
-    task, created = await service.create_task(
-        session, caller=caller, request=body, idempotency_key=key, now=utcnow()
-    )
+    task, created = await _create_or_replay(session, caller, body, key)
     await session.commit()
     log.info(
         "task created" if created else "task request replayed",
@@ -120,6 +120,27 @@ async def create_generation(
         content,
         status_code=202 if created else 200,
         headers={"Location": f"/v1/tasks/{task.id}"},
+    )
+
+
+async def _create_or_replay(
+    session: AsyncSession, caller: str, body: CreateTaskRequest, key: str | None
+) -> tuple[Task, bool]:
+    """The replay of an accepted create as it was (its references are not checked again: an
+    upload that has expired since never turns a replay into a refusal), else a new task whose
+    references are checked first."""
+    if key is not None:
+        replayed = await service.replay_of(
+            session, caller=caller, request=body, idempotency_key=key
+        )
+        if replayed is not None:
+            return replayed, False
+    now = utcnow()
+    references = await resolving.resolve(
+        session, caller=caller, references=body.reference_images, now=now
+    )
+    return await service.create_task(
+        session, caller=caller, request=body, idempotency_key=key, now=now, references=references
     )
 
 

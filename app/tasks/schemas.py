@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.provider.types import MAX_IMAGE_URLS
 
@@ -18,6 +26,9 @@ MAX_METADATA_BYTES = 4096
 MAX_URL_CHARS = 2048
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 TASK_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UPLOAD_ID_PATTERN = re.compile(r"upl_[A-Za-z0-9_-]{1,36}")  # at most 40 characters, as stored
+MAX_REFERENCES = MAX_IMAGE_URLS  # image_urls and reference_images together
+MAX_SOURCE_INDEX = 2**31 - 1  # what the database's integer holds
 
 Size = Literal["1:1", "2:3", "3:2", "1024x1024", "1024x1536", "1536x1024"]
 Quality = Literal["low", "medium", "high"]
@@ -50,6 +61,84 @@ def is_valid_unicode(value: str) -> bool:
     return True
 
 
+def _and(names: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
+"""An absolute http(s) URL (image_urls entries, url references, notify_url)."""
+
+
+class ReferenceIn(BaseModel):
+    """One reference image of a create: exactly one of an upload, a task's image or a URL."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["upload_id"]},
+                {"required": ["task_id", "index"]},
+                {"required": ["url"]},
+            ]
+        },
+    )
+
+    upload_id: str | None = Field(
+        default=None, description="An upload of the caller (`POST /v1/uploads`), not expired."
+    )
+    task_id: str | None = Field(
+        default=None, description="A succeeded task of the caller; with `index`."
+    )
+    index: Annotated[int, Field(strict=True, ge=0, le=MAX_SOURCE_INDEX)] | None = Field(
+        default=None, description="Which archived image of `task_id` (0 for the first)."
+    )
+    url: HttpUrlText | None = Field(
+        default=None,
+        description="http or https, the same rules as an `image_urls` entry.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: object) -> object:
+        if not isinstance(value, dict | ReferenceIn):
+            raise ValueError(
+                'must be an object: {"upload_id": ...}, {"task_id": ..., "index": ...} '
+                'or {"url": ...}'
+            )
+        return value
+
+    @field_validator("upload_id")
+    @classmethod
+    def _upload_id(cls, value: str | None) -> str | None:
+        if value is not None and UPLOAD_ID_PATTERN.fullmatch(value) is None:
+            raise ValueError("must be an upload id (upl_ and up to 36 letters, digits, _ or -)")
+        return value
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_task_id(value):
+            raise ValueError("must be a task id (a UUID in lower case)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReferenceIn:
+        given = [
+            name for name in ("upload_id", "task_id", "url") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "must hold exactly one of upload_id, task_id (with index) or url, "
+                f"got {_and(given) if given else 'none'}"
+            )
+        if self.task_id is not None and self.index is None:
+            raise ValueError("task_id needs index (0 for the first image)")
+        if self.task_id is None and self.index is not None:
+            raise ValueError("index goes with task_id only")
+        return self
+
+
 class CreateTaskRequest(BaseModel):
     """A request for one image: text-to-image, or image-to-image/editing with `image_urls`."""
 
@@ -70,13 +159,23 @@ class CreateTaskRequest(BaseModel):
     )
     size: Size = Field(default="1024x1024", description="Aspect ratio or pixel size.")
     quality: Quality = Field(default="high", description="`low` is fastest, `high` is best.")
-    image_urls: list[str] = Field(
+    image_urls: list[HttpUrlText] = Field(
         default_factory=list,
         max_length=MAX_IMAGE_URLS,
         description=(
             f"0 to {MAX_IMAGE_URLS} reference images (http or https, at most {MAX_URL_CHARS} "
             "characters each; .jpeg .jpg .png .webp up to 50 MB, directly downloadable by the "
-            "provider). Empty for text-to-image."
+            "provider). Empty for text-to-image. With `reference_images` at most "
+            f"{MAX_REFERENCES} in all; the provider gets these first."
+        ),
+    )
+    reference_images: list[ReferenceIn] = Field(
+        default_factory=list,
+        max_length=MAX_REFERENCES,
+        description=(
+            f"0 to {MAX_REFERENCES} reference images, each an upload of the caller, an archived "
+            "image of the caller's own succeeded task, or a URL; checked at create. With "
+            f"`image_urls` at most {MAX_REFERENCES} in all."
         ),
     )
     n: Literal[1] = Field(default=1, description="Number of images; only 1 is supported.")
@@ -109,14 +208,17 @@ class CreateTaskRequest(BaseModel):
             raise ValueError("must not contain NUL characters")
         return value
 
-    @field_validator("image_urls")
+    @field_validator("reference_images")
     @classmethod
-    def _urls(cls, values: list[str]) -> list[str]:
-        for index, value in enumerate(values):
-            try:
-                _check_http_url(value)
-            except ValueError as exc:
-                raise ValueError(f"item {index} {exc}") from None
+    def _at_most_16_in_all(
+        cls, values: list[ReferenceIn], info: ValidationInfo
+    ) -> list[ReferenceIn]:
+        urls = len(info.data.get("image_urls", ()))
+        if urls + len(values) > MAX_REFERENCES:
+            raise ValueError(
+                f"image_urls and reference_images hold at most {MAX_REFERENCES} images in all, "
+                f"got {urls} + {len(values)}"
+            )
         return values
 
     @field_validator("notify_url")
@@ -140,7 +242,13 @@ class CreateTaskRequest(BaseModel):
 
     def fingerprint(self) -> str:
         """sha256 of the normalised request: equal for bodies that ask for the same thing."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        normalised = self.model_dump(mode="json", exclude={"reference_images"})
+        if self.reference_images:  # left out when empty: the hash of older requests stands
+            normalised["reference_images"] = [
+                reference.model_dump(mode="json", exclude_none=True)
+                for reference in self.reference_images
+            ]
+        canonical = json.dumps(normalised, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -152,6 +260,40 @@ class ImageOut(BaseModel):
     content_type: str
     bytes: int = Field(ge=0)
     sha256: str
+
+
+class UrlReferenceOut(BaseModel):
+    """A reference image given as a URL (an `image_urls` entry or a `url` reference)."""
+
+    source: Literal["url"]
+    url: str
+
+
+class UploadReferenceOut(BaseModel):
+    """A reference image the caller uploaded, as it was when the task was created."""
+
+    source: Literal["upload"]
+    upload_id: str
+    content_type: str
+    bytes: int = Field(ge=0)
+    sha256: str
+
+
+class TaskReferenceOut(BaseModel):
+    """A reference image that is an archived image of the caller's own task."""
+
+    source: Literal["task"]
+    task_id: str
+    index: int = Field(ge=0)
+    content_type: str
+    bytes: int = Field(ge=0)
+    sha256: str
+
+
+ReferenceOut = Annotated[
+    UrlReferenceOut | UploadReferenceOut | TaskReferenceOut, Field(discriminator="source")
+]
+"""One reference image of a task; the fields that do not apply to its source are absent."""
 
 
 class ErrorOut(BaseModel):
@@ -200,6 +342,13 @@ class TaskOut(BaseModel):
     notify_url: str | None = None
     provider_task_id: str | None = None
     images: list[ImageOut] = Field(default_factory=list)
+    reference_images: list[ReferenceOut] = Field(
+        default_factory=list,
+        description=(
+            "Every reference image in the order the provider gets them: `image_urls` entries "
+            "(source `url`), then `reference_images` as given."
+        ),
+    )
     error: ErrorOut | None = None
     created_at: datetime
     updated_at: datetime

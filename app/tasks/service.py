@@ -15,11 +15,22 @@ from app.core.callback_tokens import new_nonce
 from app.core.clock import utcnow
 from app.core.db import after_commit
 from app.core.errors import ApiProblem
-from app.tasks import event_repository, notification_repository, repository
+from app.tasks import event_repository, notification_repository, reference_repository, repository
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.notifications import Notification, event_type
-from app.tasks.schemas import CreateTaskRequest, ErrorOut, ImageOut, NotificationOut, TaskOut
+from app.tasks.references import ReferenceSource, ResolvedReference, TaskReference
+from app.tasks.schemas import (
+    CreateTaskRequest,
+    ErrorOut,
+    ImageOut,
+    NotificationOut,
+    ReferenceOut,
+    TaskOut,
+    TaskReferenceOut,
+    UploadReferenceOut,
+    UrlReferenceOut,
+)
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -40,15 +51,19 @@ async def create_task(
     request: CreateTaskRequest,
     idempotency_key: str | None,
     now: datetime,
+    references: Sequence[ResolvedReference] = (),
 ) -> tuple[Task, bool]:
-    """Save a queued task and its submission job; (task, created). Replays return the original."""
+    """Save a queued task, its references and its submission job; (task, created). Replays
+    return the original. `references` are the request's `reference_images`, checked by the
+    caller (app/references/resolving.py); the `image_urls` entries are put before them."""
+    if len(references) != len(request.reference_images):
+        raise ValueError("reference_images must be resolved before the task is created")
     task_id = str(uuid.uuid4())
-    fingerprint = request.fingerprint()
     values: dict[str, Any] = {
         "id": task_id,
         "caller": caller,
         "idempotency_key": idempotency_key,
-        "request_hash": fingerprint,
+        "request_hash": request.fingerprint(),
         "model": request.model,
         "prompt": request.prompt,
         "size": request.size,
@@ -66,21 +81,34 @@ async def create_task(
         "updated_at": now,
     }
     if await repository.insert_if_new(session, values):
+        urls = [ResolvedReference.of_url(url) for url in request.image_urls]
+        await reference_repository.add_all(session, task_id, [*urls, *references])
         await jobs.enqueue(session, JobKind.SUBMIT, task_id, now)
         task = await repository.get(session, task_id)
         assert task is not None
         return task, True
     assert idempotency_key is not None
-    existing = await repository.get_by_idempotency_key(session, caller, idempotency_key)
+    existing = await replay_of(
+        session, caller=caller, request=request, idempotency_key=idempotency_key
+    )
     if existing is None:  # pragma: no cover - the conflicting row is committed by now
         raise ApiProblem(409, "conflict", "a request with this Idempotency-Key is in progress")
-    if existing.request_hash != fingerprint:
+    return existing, False
+
+
+async def replay_of(
+    session: AsyncSession, *, caller: str, request: CreateTaskRequest, idempotency_key: str
+) -> Task | None:
+    """The caller's task made earlier with this key and this request, or None when the key is
+    new; `422 idempotency_key_reused` when the key was used with another request."""
+    existing = await repository.get_by_idempotency_key(session, caller, idempotency_key)
+    if existing is not None and existing.request_hash != request.fingerprint():
         raise ApiProblem(
             422,
             "idempotency_key_reused",
             "Idempotency-Key was already used with a different request body",
         )
-    return existing, False
+    return existing
 
 
 def state_of(task: Task) -> TaskState:
@@ -230,10 +258,13 @@ async def _write_effects(
 
 
 def present(
-    task: Task, images: Sequence[ImageOut] = (), notes: Sequence[Notification] = ()
+    task: Task,
+    images: Sequence[ImageOut] = (),
+    notes: Sequence[Notification] = (),
+    references: Sequence[TaskReference] = (),
 ) -> TaskOut:
     """The task object callers see, given its archived images (as archive/presenting.py shows
-    them) and its notifications."""
+    them), its notifications and its reference rows."""
     error = None
     if task.error_code is not None:
         error = ErrorOut(code=task.error_code, message=task.error_message or "")
@@ -250,11 +281,51 @@ def present(
         notify_url=task.notify_url,
         provider_task_id=task.provider_task_id,
         images=list(images),
+        reference_images=references_out(task, references),
         error=error,
         created_at=task.created_at,
         updated_at=task.updated_at,
         completed_at=task.completed_at,
         notification=_notification(task, notes),
+    )
+
+
+def references_out(task: Task, rows: Sequence[TaskReference]) -> list[ReferenceOut]:
+    """A task's reference images as callers see them, in position order. A task made before
+    `task_references` existed has no rows: its `image_urls` are its references."""
+    if not rows:
+        return [UrlReferenceOut(source="url", url=url) for url in task.image_urls]
+    return [reference_out(row) for row in rows]
+
+
+def reference_out(row: TaskReference) -> ReferenceOut:
+    """One reference row as callers see it: only the fields of its source."""
+    source = ReferenceSource(row.source)
+    if source is ReferenceSource.URL:
+        assert row.url is not None
+        return UrlReferenceOut(source="url", url=row.url)
+    # Rows of stored images always carry what was checked of them (reference_repository.add_all).
+    assert row.content_type is not None
+    assert row.bytes is not None
+    assert row.sha256 is not None
+    if source is ReferenceSource.UPLOAD:
+        assert row.upload_id is not None
+        return UploadReferenceOut(
+            source="upload",
+            upload_id=row.upload_id,
+            content_type=row.content_type,
+            bytes=row.bytes,
+            sha256=row.sha256,
+        )
+    assert row.source_task_id is not None
+    assert row.source_index is not None
+    return TaskReferenceOut(
+        source="task",
+        task_id=row.source_task_id,
+        index=row.source_index,
+        content_type=row.content_type,
+        bytes=row.bytes,
+        sha256=row.sha256,
     )
 
 
