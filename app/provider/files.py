@@ -152,7 +152,9 @@ def error_of(body: Any, fallback: str) -> tuple[str, str]:
         return parse_error_body(body, fallback)
     if isinstance(body, dict) and ("msg" in body or "code" in body):
         message = _text(body.get("msg") or body.get("message")) or fallback[:500]
-        return _text(body.get("code")), message
+        code = body.get("code")
+        # An integer code repeats the HTTP status: no code of its own.
+        return ("" if isinstance(code, int) else _text(code)), message
     return "", fallback[:500]
 
 

@@ -236,7 +236,7 @@ async def test_refusals_for_good(
 
     assert caught.value.status_code == status
     assert caught.value.message == "no"
-    assert caught.value.code in ("quota_exhausted", str(status))
+    assert caught.value.code in ("quota_exhausted", "")
 
 
 @pytest.mark.parametrize("code", [400, 401, 402, 403, 413])

@@ -38,6 +38,7 @@ class StoredReference:
     content_type: str = "image/png"
     source: str = ReferenceSource.UPLOAD.value
     key: str | None = None  # a fresh key when None
+    stored: bool = True  # False: the row names an object that is not in the store
 
     @property
     def sha256(self) -> str:
@@ -95,7 +96,8 @@ async def make_task_with_references(
             keys.append(None)
             continue
         key = reference.key or f"uploads/{caller}/upl_{uuid.uuid4().hex}"
-        await put_object(store, key, reference.data, reference.content_type)
+        if reference.stored:
+            await put_object(store, key, reference.data, reference.content_type)
         rows.append(
             {
                 "source": reference.source,
