@@ -56,8 +56,10 @@ class GatewayApp(FastAPI):
             # Reference images for the provider; answers carry `nosniff` themselves.
             started = time.perf_counter()
             status = await self.state.inputs(scope, receive, send)
+            # Any method reaches here: only GET and HEAD get a label of their own.
+            method = scope["method"] if scope["method"] in ("GET", "HEAD") else "other"
             metrics.observe_request(
-                scope["method"], metrics.INPUT_ROUTE, status, time.perf_counter() - started
+                method, metrics.INPUT_ROUTE, status, time.perf_counter() - started
             )
             return
         recorder = metrics.StatusRecorder(with_nosniff(send))

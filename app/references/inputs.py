@@ -85,23 +85,24 @@ class InputServer:
         """Answer one request; returns the HTTP status sent."""
         method = scope.get("method", "")
         if method not in ("GET", "HEAD"):
-            return await self._refuse(send, Refusal.BAD_METHOD)
+            return await self._refuse(send, Refusal.BAD_METHOD, head=False)
+        head = method == "HEAD"
         path: str = scope.get("path", "")
         name = path[len(INPUTS_PREFIX) :] if path.startswith(INPUTS_PREFIX) else ""
         token = read_name(self._key, name, now=utcnow())
         if isinstance(token, Refusal):
-            return await self._refuse(send, token)
+            return await self._refuse(send, token, head=head)
         try:
             found = await self._find(token)
-            opened = await self._open(found, head=method == "HEAD") if found else None
+            opened = await self._open(found, head=head) if found else None
         except (*_DATABASE_ERRORS, StoreError) as exc:
             log.warning(
                 "input unavailable", extra={"task_id": token.task_id, "error": str(exc)[:300]}
             )
-            await _answer(send, 503, UNAVAILABLE_BODY)
+            await _answer(send, 503, UNAVAILABLE_BODY, head=head)
             return 503
         if found is None or opened is None:
-            return await self._refuse(send, Refusal.NOT_SERVABLE)
+            return await self._refuse(send, Refusal.NOT_SERVABLE, head=head)
         stored, chunks = opened
         await send(
             {
@@ -160,9 +161,9 @@ class InputServer:
         stored, chunks = opened
         return stored, chunks
 
-    async def _refuse(self, send: Send, reason: Refusal) -> int:
+    async def _refuse(self, send: Send, reason: Refusal, *, head: bool) -> int:
         self._refusals.note(reason.value)
-        await _answer(send, 404, NOT_FOUND_BODY)
+        await _answer(send, 404, NOT_FOUND_BODY, head=head)
         return 404
 
 
@@ -173,7 +174,8 @@ async def _close(chunks: AsyncIterator[bytes]) -> None:
         await aclose()
 
 
-async def _answer(send: Send, status: int, body: bytes) -> None:
+async def _answer(send: Send, status: int, body: bytes, *, head: bool) -> None:
+    """A small JSON answer; for HEAD its headers alone."""
     await send(
         {
             "type": "http.response.start",
@@ -186,4 +188,4 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -102,6 +102,10 @@ async def test_signed_urls_go_upstream_in_position_order_and_serve_the_bytes(
         async with httpx.AsyncClient() as client:
             png = await client.get(upstream["request"]["image_urls"][1])
             jpeg = await client.get(upstream["request"]["image_urls"][3])
+            head = await client.head(upstream["request"]["image_urls"][3])
+            listing = await client.get(f"{base}/inputs/")
+        assert (head.status_code, head.headers["content-length"]) == (200, str(len(JPEG)))
+        assert (listing.status_code, listing.json()["error"]["code"]) == (404, "not_found")
         assert (png.status_code, png.content, png.headers["content-type"]) == (
             200,
             PNG,
