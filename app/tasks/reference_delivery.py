@@ -158,6 +158,8 @@ class ReferenceDelivery:
             stored = await self.store.head(self._key(task, reference))
         except StoreError as exc:
             raise ReferenceUnavailable(f"the object store is unavailable: {exc}") from exc
+        except ValueError as exc:  # a key the store does not take
+            raise ReferenceRejected(f"{reference_name(task, reference)}: {exc}") from exc
         self._expect_object(task, reference, stored)
 
     async def _upload(self, task: Task, reference: TaskReference, now: datetime) -> None:
@@ -172,6 +174,8 @@ class ReferenceDelivery:
             opened = await self.store.open(self._key(task, reference))
         except StoreError as exc:
             raise ReferenceUnavailable(f"the object store is unavailable: {exc}") from exc
+        except ValueError as exc:  # a key the store does not take
+            raise ReferenceRejected(f"{name}: {exc}") from exc
         stored = self._expect_object(task, reference, opened[0] if opened else None)
         assert opened is not None
         chunks = _checked(opened[1], reference.sha256)

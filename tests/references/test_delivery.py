@@ -18,13 +18,14 @@ from app.core.input_tokens import input_expiry, input_key, input_url
 from app.provider.simulator.app import Simulator
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.runtime import SIMULATOR_MOUNT, provider_files_origin
-from app.storage.store import ObjectStore
+from app.storage.store import ObjectStore, StoreError
 from app.tasks import event_repository
 from app.tasks.models import SubmitState
 from app.tasks.reference_delivery import PROVIDER_FILE_REUSE
 from app.tasks.references import TaskReference
 from app.tasks.submission import Submitter
 from app.workers.models import Job, JobKind
+from app.workers.outcomes import Done, RetryAt
 from tests.conftest import CALLBACK_SECRET, SIMULATOR_KEY, auth, settings_values
 from tests.support.files_api import FakeFilesApi, running_files_api
 from tests.support.gateway import Gateway, running_gateway
@@ -426,3 +427,54 @@ def test_the_files_api_of_the_built_in_simulator_is_its_mount() -> None:
 
     assert provider_files_origin(builtin) == "http://gw.test" + SIMULATOR_MOUNT
     assert provider_files_origin(evolink) == "https://files.example.com"
+
+
+async def test_a_store_outage_is_retried_without_upload_or_create(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await make_task_with_references(
+        bench.gateway.sessions, store_of(bench.gateway), [StoredReference(PNG)]
+    )
+
+    async def down(self: ObjectStore, key: str) -> Any:
+        raise StoreError("get 'x' on s3://b failed: connection refused")
+
+    monkeypatch.setattr(ObjectStore, "open", down)
+    outcome = await bench.submitter(await bench.job(made.task.id))
+
+    assert isinstance(outcome, RetryAt)
+    task = await bench.gateway.task_row(made.task.id)
+    assert (task.status, task.submit_state, task.submit_attempts) == ("queued", "retry", 0)
+    assert (bench.files.uploads, await bench.creates()) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sha256": "0" * 64}, "reference_images[0] in the object store does not match its sha256"),
+        ({"bytes": 7}, "reference_images[0] in the object store has {size} bytes, not 7"),
+        ({"key": "../../etc/passwd"}, "reference_images[0]: invalid object key '../../etc/passwd'"),
+        ({"key": None}, "reference_images[0] names no stored object"),
+    ],
+)
+async def test_an_object_that_is_not_the_one_checked_fails_the_task(
+    bench: Bench, change: dict[str, Any], message: str
+) -> None:
+    made = await make_task_with_references(
+        bench.gateway.sessions, store_of(bench.gateway), [StoredReference(PNG)]
+    )
+    async with bench.gateway.sessions() as session:
+        row = await session.get(TaskReference, (made.task.id, 0))
+        assert row is not None
+        for name, value in change.items():
+            setattr(row, name, value)
+        await session.commit()
+
+    outcome = await bench.submitter(await bench.job(made.task.id))
+
+    assert isinstance(outcome, Done)
+    task = await bench.gateway.task_row(made.task.id)
+    assert (task.status, task.error_code) == ("failed", "submission_rejected")
+    assert task.error_message is not None
+    assert task.error_message.startswith(message.format(size=len(PNG)))
+    assert (bench.files.uploads, await bench.creates()) == ([], [])
