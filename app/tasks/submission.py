@@ -2,7 +2,11 @@
 
 A create whose answer was lost may have produced a paid task upstream. Such a task is never
 resubmitted automatically: the service waits for the provider's callback (which carries the
-upstream id), and fails the task with `provider_timeout` if none arrives in time."""
+upstream id), and fails the task with `provider_timeout` if none arrives in time.
+
+Reference images are prepared before the create is marked in flight (checked in the store, or
+uploaded to the provider's Files API and recorded: app/tasks/reference_delivery.py), so that a
+worker killed while preparing them leaves a task that is simply submitted again."""
 
 from __future__ import annotations
 
