@@ -24,8 +24,10 @@ from app.core.config import Settings
 from app.core.db import asyncpg_dsn
 from app.core.errors import install_error_handlers
 from app.core.headers import with_nosniff
+from app.core.input_tokens import input_key
 from app.operations.health import router as health_router
 from app.operations.metrics import router as metrics_router
+from app.references.inputs import InputServer, is_input_path
 from app.runtime import SIMULATOR_MOUNT, Runtime
 from app.tasks.router import router as tasks_router
 
@@ -33,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with provider callbacks answered before the framework's stack, and the headers
-    every answer carries (`X-Content-Type-Options: nosniff`) added to all of them here."""
+    """FastAPI, with provider callbacks and `/inputs/` answered before the framework's stack,
+    and the headers every answer carries (`X-Content-Type-Options: nosniff`) added to all of
+    them here."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,6 +50,16 @@ class GatewayApp(FastAPI):
             status = await handle_callback(self.state.callbacks, target, scope, receive, send)
             metrics.observe_callback(
                 status, time.perf_counter() - started, legacy=target.nonce is None
+            )
+            return
+        if is_input_path(scope):
+            # Reference images for the provider; answers carry `nosniff` themselves.
+            started = time.perf_counter()
+            status = await self.state.inputs(scope, receive, send)
+            # Any method reaches here: only GET and HEAD get a label of their own.
+            method = scope["method"] if scope["method"] in ("GET", "HEAD") else "other"
+            metrics.observe_request(
+                method, metrics.INPUT_ROUTE, status, time.perf_counter() - started
             )
             return
         recorder = metrics.StatusRecorder(with_nosniff(send))
@@ -106,6 +119,9 @@ def create_app(settings: Settings) -> FastAPI:
         recorders.append(OrmRecorder(runtime.sessions))
         app.state.callbacks = CallbackService(
             settings.callback_secret_bytes(), recorders, app.state.wake_workers
+        )
+        app.state.inputs = InputServer(
+            input_key(settings.callback_secret_bytes()), runtime.sessions, runtime.store
         )
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise stall requests for tens of milliseconds.

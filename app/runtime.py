@@ -20,6 +20,7 @@ from app.core.http import create_http_client
 from app.core.safe_http import FetchPolicy
 from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.provider.evolink import EvolinkClient
+from app.provider.files import ProviderFilesClient
 from app.storage.store import ObjectStore
 from app.tasks.context import TaskContext
 from app.tasks.polling import Poller
@@ -28,6 +29,15 @@ from app.workers.models import JobKind
 from app.workers.runner import Worker
 
 SIMULATOR_MOUNT = "/_simulator"
+
+
+def provider_files_origin(settings: Settings) -> str:
+    """Base URL of the provider's Files API (the built-in simulator's mount in simulator mode;
+    the key is the one of `provider_origin`)."""
+    if settings.provider == "simulator":
+        assert settings.public_base_url is not None
+        return settings.public_base_url + SIMULATOR_MOUNT
+    return settings.provider_files_base_url
 
 
 def provider_origin(settings: Settings) -> tuple[str, str]:
@@ -95,6 +105,8 @@ class Runtime:
                 settings=settings,
                 provider=provider,
                 callback_base_url=settings.public_base_url or "",
+                store=store,
+                files=ProviderFilesClient(http, provider_files_origin(settings), api_key),
             ),
             archive=ArchiveContext(
                 sessions=sessions,

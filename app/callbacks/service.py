@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -17,15 +15,13 @@ from typing import Any, Protocol
 from app.core import metrics
 from app.core.callback_tokens import is_nonce, token_matches
 from app.core.clock import utcnow
+from app.core.refusals import RefusalLog
 from app.provider.parsing import ProviderBodyError, parse_task
 from app.provider.types import ProviderTask
 from app.tasks.schemas import is_task_id
 from app.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
-
-# Refusals decided from the URL are counted, and logged at most once in this many seconds.
-REFUSAL_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,28 +87,6 @@ class CallbackRecorder(Protocol):
     async def receive(self, delivery: Delivery) -> Answer | None: ...
 
 
-class RefusalLog:
-    """Counts refusals by reason and logs them at most once every `period` seconds."""
-
-    def __init__(self, period: float = REFUSAL_LOG_SECONDS) -> None:
-        self._period = period
-        self._counts: Counter[str] = Counter()
-        self._next = 0.0
-
-    def note(self, reason: str) -> None:
-        metrics.CALLBACK_REFUSALS[reason].inc()
-        self._counts[reason] += 1
-        now = time.monotonic()
-        if now >= self._next:
-            # The message of every refusal; this line sums up those of the last period.
-            log.warning(
-                "callback refused",
-                extra={"refused_by_url": dict(self._counts), "within_seconds": self._period},
-            )
-            self._counts.clear()
-            self._next = now + self._period
-
-
 class CallbackService:
     """Admits a URL, then tries the recorders in order: a fast path for the common case, then the
     general one."""
@@ -126,7 +100,10 @@ class CallbackService:
         self._secret = secret
         self._recorders = recorders
         self._wake = wake_workers
-        self._refusals = RefusalLog()
+        # Refusals decided from the URL are counted, and logged in one line a minute.
+        self._refusals = RefusalLog(
+            log, "callback refused", metrics.CALLBACK_REFUSALS, field="refused_by_url"
+        )
 
     def check(self, task_id: str, nonce: str | None, token: str) -> Admitted | Answer | None:
         """Whether the path may post this task's callbacks, from the path alone and without any

@@ -78,6 +78,22 @@ CALLBACK_REFUSALS_BY_REASON = Counter(
 CALLBACK_REFUSALS = {
     reason: CALLBACK_REFUSALS_BY_REASON.labels(reason) for reason in ("unknown_task", "bad_token")
 }
+INPUT_REFUSALS_BY_REASON = Counter(
+    "imagegen_input_refusals_total",
+    "Requests under /inputs/ answered 404: bad_name, bad_method, bad_token, expired, "
+    "not_servable (no such task or reference, task terminal, wrong extension, object gone).",
+    ["reason"],
+)
+INPUT_REFUSALS = {
+    reason: INPUT_REFUSALS_BY_REASON.labels(reason)
+    for reason in ("bad_name", "bad_method", "bad_token", "expired", "not_servable")
+}
+INPUTS_SERVED = Counter(
+    "imagegen_inputs_served_total",
+    "Reference images served under /inputs/ (GET and HEAD answered 200).",
+    ["method"],
+)
+INPUT_ROUTE = "/inputs/{name}"
 CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
 # The form given out before the nonce was in the path (its tasks' callbacks still come there).
 LEGACY_CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{token}"

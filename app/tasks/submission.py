@@ -2,13 +2,17 @@
 
 A create whose answer was lost may have produced a paid task upstream. Such a task is never
 resubmitted automatically: the service waits for the provider's callback (which carries the
-upstream id), and fails the task with `provider_timeout` if none arrives in time."""
+upstream id), and fails the task with `provider_timeout` if none arrives in time.
+
+Reference images are prepared before the create is marked in flight (checked in the store, or
+uploaded to the provider's Files API and recorded: app/tasks/reference_delivery.py), so that a
+worker killed while preparing them leaves a task that is simply submitted again."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.callback_tokens import callback_url
 from app.core.clock import utcnow
 from app.core.db import write_durably
+from app.core.input_tokens import input_key
 from app.provider.types import (
     CreateTaskRequest,
     ProviderOutcomeUnknown,
@@ -23,10 +28,17 @@ from app.provider.types import (
     ProviderTask,
     ProviderUnavailable,
 )
-from app.tasks import event_repository, repository, service
+from app.tasks import event_repository, reference_repository, repository, service
 from app.tasks.context import TaskContext
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
+from app.tasks.reference_delivery import (
+    ReferenceDelivery,
+    ReferenceRejected,
+    ReferenceUnavailable,
+    TaskMovedOn,
+)
+from app.tasks.references import TaskReference
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers import repository as jobs
 from app.workers.models import Job, JobKind
@@ -42,10 +54,20 @@ class Submitter:
 
     def __init__(self, context: TaskContext) -> None:
         self._ctx = context
+        self._delivery = ReferenceDelivery(
+            mode=context.settings.reference_delivery,
+            public_base_url=context.callback_base_url,
+            input_key=input_key(context.settings.callback_secret_bytes()),
+            store=context.store,
+            files=context.files,
+            sessions=context.sessions,
+        )
 
     async def __call__(self, job: Job) -> Outcome:
         now = utcnow()
         max_wait = self._ctx.settings.submit_max_wait_seconds
+        references: Sequence[TaskReference] = ()
+        prepared = False
         # Sessions are never nested: on SQLite an open transaction holds the write lock.
         async with self._ctx.sessions() as session:
             task = await repository.get(session, job.task_id)
@@ -57,21 +79,11 @@ class Submitter:
                 return Done()
             unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
             expired = now - task.created_at > max_wait
-            if not unsure and not expired:
-                marked = await repository.update_fields(
-                    session,
-                    task.id,
-                    {
-                        "submit_state": SubmitState.IN_FLIGHT,
-                        "submit_attempts": task.submit_attempts + 1,
-                        "submit_started_at": now,
-                        "updated_at": now,
-                    },
-                    status=TaskStatus.QUEUED.value,
-                    submit_state=task.submit_state,
-                )
-                await session.commit()
-                if not marked:
+            ready = not unsure and not expired
+            if ready:
+                references = await reference_repository.in_order(session, task.id)
+                prepared = not self._delivery.needs_preparation(references)
+                if prepared and not await self._mark_in_flight(session, task, now):
                     return Done()
         if unsure:
             return await self._outcome_unknown(task, now, reason=None)
@@ -81,15 +93,88 @@ class Submitter:
                 "provider_timeout",
                 f"the provider could not be reached to submit the task within {max_wait}",
             )
-        return await self._submit(task, job)
+        if not prepared:
+            # Every reference is checked or uploaded (and recorded) before the create is marked
+            # in flight: a worker killed before the mark runs this again from here, reusing the
+            # recorded uploads, and only a create in flight is ever uncertain.
+            outcome = await self._prepare(task, job, references, now)
+            if outcome is not None:
+                return outcome
+            async with self._ctx.sessions() as session:
+                references = await reference_repository.in_order(session, task.id)
+                if not await self._mark_in_flight(session, task, now):
+                    return Done()
+        try:
+            image_urls = self._delivery.upstream_urls(task, references, now=utcnow())
+        except ReferenceRejected as exc:
+            return await self._reference_rejected(task, exc)
+        except ReferenceUnavailable as exc:
+            # Only a copy that aged past its reuse while this job ran: never sent; try again.
+            await self._set_submit_state(task, SubmitState.RETRY, attempt=("retry", exc.message))
+            return RetryAt(utcnow() + self._ctx.retry.delay(job.attempts), exc.message)
+        return await self._submit(task, job, image_urls)
 
-    async def _submit(self, task: Task, job: Job) -> Outcome:
+    async def _mark_in_flight(self, session: AsyncSession, task: Task, now: datetime) -> bool:
+        """Record that a create is about to be sent (committed); False when the task moved on."""
+        marked = await repository.update_fields(
+            session,
+            task.id,
+            {
+                "submit_state": SubmitState.IN_FLIGHT,
+                "submit_attempts": task.submit_attempts + 1,
+                "submit_started_at": now,
+                "updated_at": now,
+            },
+            status=TaskStatus.QUEUED.value,
+            submit_state=task.submit_state,
+        )
+        await session.commit()
+        return marked
+
+    async def _prepare(
+        self, task: Task, job: Job, references: Sequence[TaskReference], now: datetime
+    ) -> Outcome | None:
+        """Check or upload the references; the job's outcome when the create is not to be sent
+        now (the task failed, or a retry later), None when it is."""
+        try:
+            await self._delivery.prepare(task, references, now=now)
+        except TaskMovedOn:
+            return Done()
+        except ReferenceRejected as exc:
+            return await self._reference_rejected(task, exc)
+        except ReferenceUnavailable as exc:
+            delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
+            if exc.retry_after is not None:
+                delay = max(delay, timedelta(seconds=exc.retry_after))
+            log.info(
+                "reference images could not be delivered; submission will be retried",
+                extra={
+                    "task_id": task.id,
+                    "caller": task.caller,
+                    "http_status": exc.status_code,
+                    "retry_in": delay.total_seconds(),
+                },
+            )
+            await self._set_submit_state(task, SubmitState.RETRY, attempt=("retry", exc.message))
+            return RetryAt(utcnow() + delay, exc.message)
+        return None
+
+    async def _reference_rejected(self, task: Task, exc: ReferenceRejected) -> Outcome:
+        log.warning(
+            "reference image refused; the task fails",
+            extra={"task_id": task.id, "caller": task.caller, "http_status": exc.status_code},
+        )
+        note = ("rejected", exc.message)
+        await self._set_submit_state(task, SubmitState.REJECTED, attempt=note)
+        return await self._fail(task, "submission_rejected", exc.message)
+
+    async def _submit(self, task: Task, job: Job, image_urls: tuple[str, ...]) -> Outcome:
         settings = self._ctx.settings
         request = CreateTaskRequest(
             prompt=task.prompt,
             size=task.size,
             quality=task.quality,
-            image_urls=tuple(task.image_urls),
+            image_urls=image_urls,
             model=task.model,
             n=task.n,
             callback_url=callback_url(

@@ -301,9 +301,12 @@ def test_ingress_publishes_the_callback_host_with_tls(docs: list[Manifest]) -> N
     assert {rule["host"] for rule in rules} <= tls_hosts
     service = one(docs, "Service", "api")
     for rule in rules:
+        published = [(path["path"], path["pathType"]) for path in rule["http"]["paths"]]
+        # Only the provider's ways in: callbacks, and the reference images it downloads.
+        assert published == [("/callbacks/", "Prefix"), ("/inputs/", "Prefix")]
         for path in rule["http"]["paths"]:
-            assert path["path"].startswith("/callbacks/"), "only callbacks are public"
             assert path["backend"]["service"]["name"] == service["metadata"]["name"]
+            assert path["backend"]["service"]["port"] == {"name": "http"}
 
 
 def test_service_pdb_and_autoscalers_point_at_the_pods(docs: list[Manifest]) -> None:

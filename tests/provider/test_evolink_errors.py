@@ -114,7 +114,7 @@ async def test_create_flags_and_logs_account_problems_at_error_level(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     if operator_problem:
         assert len(errors) == 1
-        assert errors[0].name == "app.provider.evolink"
+        assert errors[0].name == "app.provider.calls"
         assert errors[0].__dict__["http_status"] == status
         assert errors[0].__dict__["provider_code"] == "some_code"
     else:

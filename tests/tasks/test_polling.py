@@ -15,7 +15,9 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.provider.evolink import EvolinkClient
+from app.provider.files import ProviderFilesClient
 from app.provider.types import ProviderStatus, ProviderTask, ProviderUnavailable
+from app.storage.store import ObjectStore
 from app.tasks import repository
 from app.tasks.context import TaskContext
 from app.tasks.events import EventKind, TaskEvent
@@ -78,7 +80,9 @@ def poller(
         )
     )
     provider = cast(EvolinkClient, upstream)  # only get_task is called
-    return Poller(TaskContext(sessions, settings, provider, "http://gateway.test"))
+    files = cast(ProviderFilesClient, None)  # never called by the poller
+    store = ObjectStore.from_url("memory://")
+    return Poller(TaskContext(sessions, settings, provider, "http://gateway.test", store, files))
 
 
 async def task_upstream(
