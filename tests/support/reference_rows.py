@@ -119,7 +119,8 @@ async def make_task_with_references(
             idempotency_key=None,
             now=utcnow(),
         )
-        for position, row in enumerate(rows):
+        # create_task wrote the `image_urls` rows; the references follow them.
+        for position, row in enumerate(rows[len(image_urls) :], start=len(image_urls)):
             session.add(TaskReference(task_id=task.id, position=position, **row))
         if task_fields:
             await repository.update_fields(session, task.id, task_fields)
