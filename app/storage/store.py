@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
@@ -63,6 +63,15 @@ class StoredObject:
     size: int
     etag: str | None
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing."""
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 class ObjectStore:
@@ -221,6 +230,20 @@ class ObjectStore:
         except _STORE_ERRORS as exc:
             raise self._error("list", prefix, exc) from exc
         return sorted(keys)
+
+    async def list_batches(self, prefix: str) -> AsyncIterator[list[ListedObject]]:
+        """The objects under `prefix` (whole path segments), a batch at a time, in no set order;
+        for sweeps over many keys (memory holds one batch)."""
+        prefix = prefix.strip("/")
+        _check_key(prefix)
+        try:
+            async for batch in obstore.list(self._backend, prefix):
+                yield [
+                    ListedObject(meta["path"], meta["size"], meta["last_modified"])
+                    for meta in batch
+                ]
+        except _STORE_ERRORS as exc:
+            raise self._error("list", prefix, exc) from exc
 
     async def _put_whole(
         self, key: str, parts: list[bytes], content_type: str, size: int

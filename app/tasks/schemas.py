@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.headers import MAX_IDEMPOTENCY_KEY_CHARS as MAX_IDEMPOTENCY_KEY_CHARS
 from app.provider.types import MAX_IMAGE_URLS
 
 MAX_PROMPT_CHARS = 32_000
 MAX_METADATA_BYTES = 4096
 MAX_URL_CHARS = 2048
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 TASK_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Size = Literal["1:1", "2:3", "3:2", "1024x1024", "1024x1536", "1536x1024"]
