@@ -44,6 +44,7 @@ _REQUEST_TIMEOUT: Final = timedelta(minutes=5)
 _ENV_PREFIX: Final = {"s3": "AWS", "gs": "GOOGLE", "az": "AZURE"}
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
 _SCHEMES: Final = ("file", "s3", "gs", "az", "memory")
+_STAGED: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*#\d+")  # LocalStore's multipart staging
 _pending_aborts: set[asyncio.Future[Any]] = set()
 
 
@@ -244,6 +245,32 @@ class ObjectStore:
                 ]
         except _STORE_ERRORS as exc:
             raise self._error("list", prefix, exc) from exc
+
+    async def remove_abandoned_parts(self, prefix: str, before: datetime) -> int:
+        """Delete what uploads interrupted by a killed process left under `prefix`, unseen by any
+        listing, when last written before `before`; how many. The file store stages a multipart
+        upload in `<key>#<n>` beside the key and only an abort (which a SIGKILL skips) removes
+        it. Other stores: 0 (S3 keeps an incomplete multipart upload until a bucket lifecycle
+        rule, AbortIncompleteMultipartUpload, ends it; memory dies with the process)."""
+        prefix = prefix.strip("/")
+        _check_key(prefix)
+        if not isinstance(self._backend, LocalStore) or self._backend.prefix is None:
+            return 0
+        folder = Path(self._backend.prefix) / prefix
+        deadline = before.timestamp()
+
+        def remove() -> int:
+            removed = 0
+            for path in folder.rglob("*#*"):
+                if _STAGED.fullmatch(path.name) and path.stat().st_mtime < deadline:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+
+        try:
+            return await asyncio.to_thread(remove)
+        except OSError as exc:
+            raise self._error("remove abandoned parts", prefix, exc) from exc
 
     async def _put_whole(
         self, key: str, parts: list[bytes], content_type: str, size: int

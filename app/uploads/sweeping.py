@@ -9,9 +9,9 @@ Rules (docs/reference-images.md, "Lifecycle"):
   once), then the object, unless a task's reference names its key. A crash in between leaves
   an orphan object, never a row without its object.
 - Orphans: objects under `uploads/` older than ORPHAN_AGE that no upload row and no reference
-  names (a crash between the store write and the row insert, or the case above), swept every
-  ORPHANS_EVERY. An object is written just before its row, so an hour-old object without a row
-  will never get one.
+  names (a crash between the store write and the row insert, or the case above), and the file
+  store's staging files of uploads a crash interrupted, swept every ORPHANS_EVERY. An object
+  is written just before its row, so an hour-old object without a row will never get one.
 Deleting an object that is already gone is not an error."""
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ async def sweep_orphans(
     *,
     min_age: timedelta = ORPHAN_AGE,
 ) -> SweepResult:
-    """Delete objects under `uploads/` older than `min_age` that no row or reference names."""
+    """Delete objects under `uploads/` older than `min_age` that no row or reference names, and
+    the file store's staging files of uploads a killed process never finished."""
     result = SweepResult()
+    result.orphans += await store.remove_abandoned_parts(UPLOAD_PREFIX, now - min_age)
     async for listed in store.list_batches(UPLOAD_PREFIX):
         old = {item.key for item in listed if item.last_modified < now - min_age}
         if not old:
