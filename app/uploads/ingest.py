@@ -84,39 +84,41 @@ def _allowed(image_format: ImageFormat, sizer: SizeReader) -> ImageHead:
     return ImageHead(image_format, width, height)
 
 
+def _reader_for(held: list[bytes]) -> tuple[ImageFormat, SizeReader]:
+    """The format the first bytes name (else 415), and a size reader fed what was held."""
+    head = bytearray()
+    for piece in held:
+        head += piece[: MAGIC_LENGTH - len(head)]
+        if len(head) == MAGIC_LENGTH:
+            break
+    image_format = _sniffed(bytes(head))
+    sizer = SizeReader(image_format)
+    for piece in held:
+        sizer.feed(piece)
+    return image_format, sizer
+
+
 async def read_head(chunks: AsyncIterator[bytes]) -> tuple[ImageHead, list[bytes]]:
     """Read until the format and pixel size are known and allowed: what they are, and the
     pieces read so far. 415 for another format, 422 for an empty, truncated or unreadable
     header or too many pixels, 413 when the head alone passes the cap."""
     held: list[bytes] = []
     count = 0
-    image_format: ImageFormat | None = None
-    sizer: SizeReader | None = None
+    found: tuple[ImageFormat, SizeReader] | None = None
     async for piece in chunks:
         held.append(piece)
         count += len(piece)
         if count > MAX_UPLOAD_BYTES:
             raise too_large(MAX_UPLOAD_BYTES)
-        if sizer is None:
-            if count < MAGIC_LENGTH:
-                continue
-            image_format = _sniffed(b"".join(held)[:MAGIC_LENGTH])
-            sizer = SizeReader(image_format)
-            for earlier in held:
-                sizer.feed(earlier)
-        else:
-            sizer.feed(piece)
-        if sizer.done:
-            assert image_format is not None
-            return _allowed(image_format, sizer), held
+        if found is not None:
+            found[1].feed(piece)
+        elif count >= MAGIC_LENGTH:
+            found = _reader_for(held)
+        if found is not None and found[1].done:
+            return _allowed(*found), held
     if not count:
         raise ApiProblem(422, "empty_body", "the body is empty: send the image's bytes")
-    if sizer is None:
-        image_format = _sniffed(b"".join(held))
-        sizer = SizeReader(image_format)
-        for earlier in held:
-            sizer.feed(earlier)
-    assert image_format is not None
+    image_format, sizer = found or _reader_for(held)
     if not sizer.done:
         raise invalid_image(f"the {image_format.extension.upper()} file ends inside its header")
     return _allowed(image_format, sizer), held
