@@ -34,6 +34,7 @@ Index (case -> expected answer -> where it is tested; "here" is this package):
 | caller | upload of 0 bytes (raw or an empty part) | 422 `empty_body` | test_uploads POSTS |
 | caller | multipart without parts, with another part, two `file` parts, a part before or after `file`, a part without a name, no closing boundary, not multipart, no or a 71-char boundary | 422 `validation_error` | test_uploads POSTS |
 | caller | upload over 50 MiB: declared (raw, multipart) or chunked (in process, and over real HTTP with uvicorn) | 413 `payload_too_large`, cut off at the cap, nothing stored | test_uploads |
+| caller | upload body that stalls (nothing for 30 s) | 408 `request_timeout`, nothing stored | test_uploads |
 | caller | upload Idempotency-Key bad; the seeded key with other bytes | 422 `validation_error`; 422 `idempotency_key_reused` | test_uploads |
 | caller | upload id of another caller, expired, deleted, unknown, malformed, upper case, too long, NUL, traversal (GET, /content, DELETE); DELETE of one a queued task uses; wrong methods | 404 `not_found`; 409 `upload_in_use`; 405 | test_uploads |
 | caller | anything generated from the OpenAPI document | no 5xx, every answer documented | tests/test_fuzz_api.py |

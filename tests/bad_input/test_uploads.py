@@ -407,3 +407,21 @@ async def test_a_method_the_route_lacks_is_405(
 
     assert (response.status_code, error_of(response)["code"]) == (405, "method_not_allowed")
     assert await uploads.snapshot() == before
+
+
+async def test_a_body_that_stalls_is_cut_off(
+    uploads: WithUploads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.uploads.body.IDLE_SECONDS", 0.2)
+    before = await uploads.snapshot()
+    never = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield ENDLESS_PNG_HEAD
+        await never.wait()  # the client sends nothing more
+        yield b""
+
+    response = await uploads.client.post(UPLOADS, content=stalling(), headers=auth())
+
+    assert (response.status_code, error_of(response)["code"]) == (408, "request_timeout")
+    assert await uploads.snapshot() == before
