@@ -141,7 +141,7 @@ async def _run_worker(settings: Settings) -> None:
         extra={"worker": worker.name, "metrics_port": settings.worker_metrics_port},
     )
     try:
-        await worker.run(stop)
+        await runtime.run_workers(worker, stop)
     finally:
         await runtime.close()
         log.info("worker stopped", extra={"worker": worker.name})

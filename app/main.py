@@ -30,6 +30,7 @@ from app.operations.metrics import router as metrics_router
 from app.references.inputs import InputServer, is_input_path
 from app.runtime import SIMULATOR_MOUNT, Runtime
 from app.tasks.router import router as tasks_router
+from app.uploads.router import router as uploads_router
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.run_workers:
             worker = runtime.build_worker()
             app.state.wake_workers = worker.wake
-            runner = asyncio.create_task(worker.run(stop), name="workers")
+            runner = asyncio.create_task(runtime.run_workers(worker, stop), name="workers")
         recorders: list[CallbackRecorder] = []
         callback_pool = None
         if not settings.is_sqlite:
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(tasks_router)
     app.include_router(images_router)
+    app.include_router(uploads_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
     install_console(app, settings)

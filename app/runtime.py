@@ -5,6 +5,7 @@ workers run exactly the same handlers."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import httpx
@@ -25,6 +26,7 @@ from app.storage.store import ObjectStore
 from app.tasks.context import TaskContext
 from app.tasks.polling import Poller
 from app.tasks.submission import Submitter
+from app.uploads.sweeping import UploadSweeper
 from app.workers.models import JobKind
 from app.workers.runner import Worker
 
@@ -139,6 +141,11 @@ class Runtime:
             lease=self.settings.job_lease_seconds,
             grace=self.settings.shutdown_grace_seconds.total_seconds(),
         )
+
+    async def run_workers(self, worker: Worker, stop: asyncio.Event) -> None:
+        """The job worker and the periodic upload sweep (app/uploads/sweeping.py) until `stop`:
+        every process that runs workers runs both."""
+        await asyncio.gather(worker.run(stop), UploadSweeper(self.sessions, self.store).run(stop))
 
     async def close(self) -> None:
         """Close clients and connections, end the thumbnail decoder process."""

@@ -7,7 +7,8 @@ content type, headers and body schema. The provider callback route is answered a
 and is not in the document, so it is not fuzzed here.
 
 Path parameters sometimes name seeded tasks (queued; succeeded with an archived image; failed
-and retryable; another caller's), so the answers for real tasks are checked too.
+and retryable; another caller's) or a seeded upload, so the answers for real ones are checked
+too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from app.main import create_app
 from app.storage.store import ObjectStore
 from app.tasks import service
 from app.tasks.schemas import CreateTaskRequest
+from app.uploads.models import Upload
+from app.uploads.schemas import new_upload_id
 from tests.conftest import auth, settings_values
 
 # The document `GET /openapi.json` serves; building it touches no database.
@@ -65,6 +68,7 @@ class Seeded:
 
     task_ids: tuple[str, ...]
     image_etag: str
+    upload_id: str  # alpha's upload of PNG
 
 
 async def _seed(database_url: str, storage_url: str) -> Seeded:
@@ -110,10 +114,31 @@ async def _seed(database_url: str, storage_url: str) -> Seeded:
                     task.provider_task_id = f"task-unified-{prompt}"
                     task.error_code, task.error_message = "provider_timeout", "no answer"
                     task.completed_at = now
+            upload = _seed_upload(now)
+            session.add(upload)
+            await ObjectStore.from_url(storage_url).put_stream(
+                upload.key, _chunks(PNG), content_type="image/png"
+            )
             await session.commit()
     finally:
         await engine.dispose()
-    return Seeded(tuple(ids), f'"{hashlib.sha256(PNG).hexdigest()}"')
+    return Seeded(tuple(ids), f'"{hashlib.sha256(PNG).hexdigest()}"', upload.id)
+
+
+def _seed_upload(now: datetime) -> Upload:
+    upload_id = new_upload_id()
+    return Upload(
+        id=upload_id,
+        caller="alpha",
+        key=f"uploads/{upload_id}.png",
+        content_type="image/png",
+        bytes=len(PNG),
+        sha256=hashlib.sha256(PNG).hexdigest(),
+        width=1,
+        height=1,
+        created_at=now,
+        expires_at=now + timedelta(days=1),
+    )
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -158,6 +183,8 @@ def test_no_server_error_and_every_answer_documented(
     seeded: Seeded,
 ) -> None:
     path = case.path_parameters
+    if pick and path and "upload_id" in path:
+        path["upload_id"] = seeded.upload_id
     if pick and path and "task_id" in path:
         path["task_id"] = seeded.task_ids[pick - 1]
         if first_image and "index" in path:

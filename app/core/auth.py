@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 
 from app.core.body_cap import CappedBodyRoute
 from app.core.errors import ApiProblem
@@ -77,6 +78,18 @@ def without_empty_values(query: bytes) -> bytes:
     return b"&".join(kept)
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _authenticated(handler: Handler) -> Handler:
+    async def authenticated(request: Request) -> Response:
+        require_caller(request, get_caller_keys(request))
+        request.scope["query_string"] = without_empty_values(request.scope["query_string"])
+        return await handler(request)
+
+    return authenticated
+
+
 class CallerRoute(CappedBodyRoute):
     """A route of the caller API: the key is checked before the body is read, so a request
     without a valid key gets `401` whatever its body (FastAPI parses a JSON body, and the cap
@@ -84,12 +97,14 @@ class CallerRoute(CappedBodyRoute):
     (`?status=&limit=`, as forms and some clients send them) is taken as not given. Body capped
     as `CappedBodyRoute`."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def get_route_handler(self) -> Handler:
+        return _authenticated(super().get_route_handler())
 
-        async def authenticated(request: Request) -> Response:
-            require_caller(request, get_caller_keys(request))
-            request.scope["query_string"] = without_empty_values(request.scope["query_string"])
-            return await handler(request)
 
-        return authenticated
+class StreamingCallerRoute(APIRoute):
+    """A caller route whose handler reads the body itself, as a stream with its own limit
+    (uploads, app/uploads/body.py): the key is checked first as on `CallerRoute`, without the
+    1 MiB cap of JSON bodies. Its endpoint must not declare a body parameter."""
+
+    def get_route_handler(self) -> Handler:
+        return _authenticated(super().get_route_handler())

@@ -64,6 +64,17 @@ LEASE_TAKEOVERS = Counter(
     "Jobs claimed after another worker's lease expired (that worker died or hung).",
     ["kind"],
 )
+UPLOADS = Counter(
+    "imagegen_uploads_total",
+    "POST /v1/uploads by outcome: stored, replayed (same Idempotency-Key and bytes), refused.",
+    ["outcome"],
+)
+UPLOAD_BYTES = Counter("imagegen_upload_bytes_total", "Bytes of uploads stored.")
+UPLOADS_SWEPT = Counter(
+    "imagegen_uploads_swept_total",
+    "What the upload sweep deleted: rows (expired uploads), objects (theirs), orphans.",
+    ["kind"],
+)
 
 # The callback path is the hottest of the service: its children are bound once.
 CALLBACK_ACCEPTED = CALLBACKS.labels("accepted")

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
@@ -44,6 +44,7 @@ _REQUEST_TIMEOUT: Final = timedelta(minutes=5)
 _ENV_PREFIX: Final = {"s3": "AWS", "gs": "GOOGLE", "az": "AZURE"}
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
 _SCHEMES: Final = ("file", "s3", "gs", "az", "memory")
+_STAGED: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*#\d+")  # LocalStore's multipart staging
 _pending_aborts: set[asyncio.Future[Any]] = set()
 
 
@@ -63,6 +64,15 @@ class StoredObject:
     size: int
     etag: str | None
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing."""
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 class ObjectStore:
@@ -221,6 +231,46 @@ class ObjectStore:
         except _STORE_ERRORS as exc:
             raise self._error("list", prefix, exc) from exc
         return sorted(keys)
+
+    async def list_batches(self, prefix: str) -> AsyncIterator[list[ListedObject]]:
+        """The objects under `prefix` (whole path segments), a batch at a time, in no set order;
+        for sweeps over many keys (memory holds one batch)."""
+        prefix = prefix.strip("/")
+        _check_key(prefix)
+        try:
+            async for batch in obstore.list(self._backend, prefix):
+                yield [
+                    ListedObject(meta["path"], meta["size"], meta["last_modified"])
+                    for meta in batch
+                ]
+        except _STORE_ERRORS as exc:
+            raise self._error("list", prefix, exc) from exc
+
+    async def remove_abandoned_parts(self, prefix: str, before: datetime) -> int:
+        """Delete what uploads interrupted by a killed process left under `prefix`, unseen by any
+        listing, when last written before `before`; how many. The file store stages a multipart
+        upload in `<key>#<n>` beside the key and only an abort (which a SIGKILL skips) removes
+        it. Other stores: 0 (S3 keeps an incomplete multipart upload until a bucket lifecycle
+        rule, AbortIncompleteMultipartUpload, ends it; memory dies with the process)."""
+        prefix = prefix.strip("/")
+        _check_key(prefix)
+        if not isinstance(self._backend, LocalStore) or self._backend.prefix is None:
+            return 0
+        folder = Path(self._backend.prefix) / prefix
+        deadline = before.timestamp()
+
+        def remove() -> int:
+            removed = 0
+            for path in folder.rglob("*#*"):
+                if _STAGED.fullmatch(path.name) and path.stat().st_mtime < deadline:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+
+        try:
+            return await asyncio.to_thread(remove)
+        except OSError as exc:
+            raise self._error("remove abandoned parts", prefix, exc) from exc
 
     async def _put_whole(
         self, key: str, parts: list[bytes], content_type: str, size: int

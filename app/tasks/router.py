@@ -15,6 +15,7 @@ from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
+from app.core.headers import checked_idempotency_key
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.references import resolving
 from app.tasks import event_repository, repository, service
@@ -51,20 +52,6 @@ async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
     return task
 
 
-def _check_idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    # Header bytes arrive as Latin-1: anything but ASCII would be stored as mojibake.
-    length_ok = 0 < len(value) <= MAX_IDEMPOTENCY_KEY_CHARS
-    if not (length_ok and value.isascii() and value.isprintable()):
-        raise ApiProblem(
-            422,
-            "validation_error",
-            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
-        )
-    return value
-
-
 @router.post(
     "/images/generations",
     status_code=202,
@@ -92,7 +79,7 @@ async def create_generation(
 ) -> JSONResponse:
     """Ask for an image, from text or from reference images (`image_urls`, `reference_images`).
     The task is saved as `queued` and submitted upstream in the background."""
-    key = _check_idempotency_key(idempotency_key)
+    key = checked_idempotency_key(idempotency_key)
     if body.notify_url is not None:
         try:
             check_outbound_url(

@@ -19,12 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.headers import MAX_IDEMPOTENCY_KEY_CHARS as MAX_IDEMPOTENCY_KEY_CHARS
 from app.provider.types import MAX_IMAGE_URLS
 
 MAX_PROMPT_CHARS = 32_000
 MAX_METADATA_BYTES = 4096
 MAX_URL_CHARS = 2048
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 TASK_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 UPLOAD_ID_PATTERN = re.compile(r"upl_[A-Za-z0-9_-]{1,36}")  # at most 40 characters, as stored
 MAX_REFERENCES = MAX_IMAGE_URLS  # image_urls and reference_images together

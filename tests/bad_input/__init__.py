@@ -31,6 +31,15 @@ Index (case -> expected answer -> where it is tested; "here" is this package):
 | caller | retry of a task with nothing to retry; wrong method; unknown route | 409 `not_retryable`; 405; 404 | here: PATHS; tests/tasks/test_redrive.py |
 | caller | limit 0/101/-1/huge/x/1e3/empty, status unknown/upper case/empty, cursor garbage/too long/NUL/not JSON/not a pair/not a date/naive/bad id | 422 naming the parameter | here: QUERIES; tests/tasks/test_api.py |
 | caller | a well-formed cursor pointing at another caller's task | 200, the caller's own tasks only | here |
+| caller | upload whose bytes are no JPEG/PNG/WebP whatever it declares (text named .png, GIF, HTML, ZIP, SVG); a Content-Type other than image/png, image/jpeg, image/webp, application/octet-stream, multipart/form-data | 415 `unsupported_media_type`; nothing stored | test_uploads POSTS |
+| caller | upload: PNG signature then garbage, IHDR then garbage, signature alone, cut in half, zero width, 20000x20000 bomb (a real PNG), JPEG without its end, WebP shorter than its RIFF length | 422 `invalid_image`; nothing stored | test_uploads POSTS; tests/uploads/test_structure.py (every truncation, any changed PNG byte) |
+| caller | polyglots: PNG then ZIP, PNG header glued to a JPEG, JPEG then HTML, WebP then ZIP | 422 `invalid_image` (bytes after the image); HTML inside a JPEG comment is a valid JPEG: stored, served `nosniff` as an attachment | test_uploads POSTS; tests/uploads/test_uploads_api.py |
+| caller | upload of 0 bytes (raw or an empty part) | 422 `empty_body` | test_uploads POSTS |
+| caller | multipart without parts, with another part, two `file` parts, a part before or after `file`, a part without a name, no closing boundary, not multipart, no or a 71-char boundary | 422 `validation_error` | test_uploads POSTS |
+| caller | upload over 50 MiB: declared (raw, multipart) or chunked (in process, and over real HTTP with uvicorn) | 413 `payload_too_large`, cut off at the cap, nothing stored | test_uploads |
+| caller | upload body that stalls (nothing for 30 s) | 408 `request_timeout`, nothing stored | test_uploads |
+| caller | upload Idempotency-Key bad; the seeded key with other bytes | 422 `validation_error`; 422 `idempotency_key_reused` | test_uploads |
+| caller | upload id of another caller, expired, deleted, unknown, malformed, upper case, too long, NUL, traversal (GET, /content, DELETE); DELETE of one a queued task uses; wrong methods | 404 `not_found`; 409 `upload_in_use`; 405 | test_uploads |
 | caller | anything generated from the OpenAPI document | no 5xx, every answer documented | tests/test_fuzz_api.py |
 | provider | callback without token, empty/random/other-secret/other-task/suffixed/truncated token, extra segment, unknown or malformed task id, GET | 401 or 404; nothing recorded | here: FORGED; tests/callbacks/test_endpoint.py |
 | provider | valid token, body about another upstream task (ours or not, upper case) | 400, recorded as `mismatch`, task unchanged | here; tests/callbacks/test_endpoint.py |

@@ -32,6 +32,10 @@ ROUTES = [
     ("GET", "/v1/tasks/{task_id}/events"),
     ("GET", "/v1/tasks/{task_id}/images/{index}"),
     ("POST", "/v1/tasks/{task_id}/retry"),
+    ("POST", "/v1/uploads"),
+    ("GET", "/v1/uploads/{upload_id}"),
+    ("GET", "/v1/uploads/{upload_id}/content"),
+    ("DELETE", "/v1/uploads/{upload_id}"),
 ]
 TASK_ROUTES = [route for route in ROUTES if "{task_id}" in route[1]]
 
@@ -55,7 +59,10 @@ async def call(
     task_id: str | None = None,
 ) -> httpx.Response:
     method, template = route
-    path = template.format(task_id=task_id or seeded.mine["id"], index=0)
+    # Upload routes get an id of the right shape (their bad input: test_uploads.py).
+    path = template.format(
+        task_id=task_id or seeded.mine["id"], index=0, upload_id="upl_" + "a" * 26
+    )
     body = json.dumps({"prompt": "p"}).encode() if template == CREATE else None
     if isinstance(headers, dict):
         headers = headers | (JSON if body else {})
@@ -127,6 +134,9 @@ UNREAD: list[tuple[str, str, str, list[tuple[bytes, bytes]], bytes]] = [
     ("bad limit", "GET", "/v1/tasks?limit=0&status=nonsense&cursor=%%%", [], b""),
     ("bad task id", "GET", "/v1/tasks/not-a-task", [], b""),
     ("bad image index", "GET", "/v1/tasks/{task_id}/images/99", [], b""),
+    ("upload declared too large", "POST", "/v1/uploads", [(CL, b"%d" % (60 << 20))], b"x"),
+    ("upload not an image", "POST", "/v1/uploads", [(CT, b"image/png")], b"GIF89a..."),
+    ("upload of another type", "POST", "/v1/uploads", [(CT, b"text/plain")], b"text"),
 ]
 
 
