@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from app.core.clock import utcnow
 from app.core.config import Settings
@@ -19,10 +20,11 @@ from app.provider.simulator.app import Simulator
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.runtime import SIMULATOR_MOUNT, provider_files_origin
 from app.storage.store import ObjectStore, StoreError
-from app.tasks import event_repository
+from app.tasks import event_repository, service
 from app.tasks.models import SubmitState
 from app.tasks.reference_delivery import PROVIDER_FILE_REUSE
 from app.tasks.references import TaskReference
+from app.tasks.schemas import CreateTaskRequest
 from app.tasks.submission import Submitter
 from app.workers.models import Job, JobKind
 from app.workers.outcomes import Done, RetryAt
@@ -47,6 +49,13 @@ JPEG = image_bytes("image/jpeg", shade=2)
 WEBP = image_bytes("image/webp", shade=3)
 GIVEN = "https://images.example.com/given.png"
 LINKED = "https://images.example.com/linked.webp"
+
+
+def not_fetching(duration_seconds: float = 0.5) -> SimulatorConfig:
+    """A simulator that does not download the references: GIVEN and LINKED lead nowhere, and
+    these tests are about what the gateway sends (tests/e2e/test_reference_images.py has the
+    simulator download every reference)."""
+    return SimulatorConfig(duration_seconds=duration_seconds, fetch_references=False)
 
 
 def store_of(gateway: Gateway) -> ObjectStore:
@@ -86,7 +95,8 @@ async def submit_attempts(stack: Stack, task_id: str) -> int:
 async def test_signed_urls_go_upstream_in_position_order_and_serve_the_bytes(
     database_url: str,
 ) -> None:
-    async with running_stack(database_url) as stack:
+    # The task stays unfinished upstream while the test reads its /inputs/ URLs.
+    async with running_stack(database_url, not_fetching(duration_seconds=60)) as stack:
         made = await four_references(stack.gateway)
 
         await stack.wait_for(made.task.id, accepted)
@@ -116,7 +126,8 @@ async def test_signed_urls_go_upstream_in_position_order_and_serve_the_bytes(
 
 
 async def test_a_retried_submission_sends_the_same_signed_urls(sqlite_database_url: str) -> None:
-    config = SimulatorConfig(duration_seconds=0.5, faults=SimulatorFaults(down=True))
+    config = not_fetching()
+    config.faults = SimulatorFaults(down=True)
     async with running_stack(sqlite_database_url, config) as stack:
         made = await four_references(stack.gateway)
         await eventually(lambda: submit_attempts(stack, made.task.id), lambda n: n >= 2)
@@ -141,6 +152,7 @@ async def test_a_reference_missing_from_the_store_fails_the_task_clearly(
         running_files_api() as files,
         running_stack(
             sqlite_database_url,
+            not_fetching(),
             reference_delivery=delivery,
             provider_files_base_url=files.base_url,
         ) as stack,
@@ -167,8 +179,18 @@ async def test_a_reference_missing_from_the_store_fails_the_task_clearly(
 
 async def test_a_task_without_reference_rows_sends_its_image_urls(sqlite_database_url: str) -> None:
     # Tasks made before reference rows existed (migration 0007) keep their image_urls.
-    async with running_stack(sqlite_database_url) as stack:
-        created = await stack.create({"prompt": "p", "image_urls": [GIVEN, LINKED]})
+    async with running_stack(sqlite_database_url, not_fetching()) as stack:
+        async with stack.gateway.sessions() as session:
+            task, _ = await service.create_task(
+                session,
+                caller="alpha",
+                request=CreateTaskRequest(prompt="p", image_urls=[GIVEN, LINKED]),
+                idempotency_key=None,
+                now=utcnow(),
+            )
+            await session.execute(delete(TaskReference).where(TaskReference.task_id == task.id))
+            await session.commit()
+        created = {"id": task.id}
 
         await stack.wait_for(created["id"], accepted)
 
@@ -186,6 +208,7 @@ async def files_stack(database_url: str, **overrides: Any) -> AsyncIterator[tupl
         running_files_api() as files,
         running_stack(
             database_url,
+            not_fetching(),
             reference_delivery="provider-files",
             provider_files_base_url=files.base_url,
             **overrides,

@@ -104,6 +104,11 @@ async def make_task_with_references(
                 "upload_id": key.rsplit("/", 1)[-1]
                 if reference.source == ReferenceSource.UPLOAD.value
                 else None,
+                # A task source names a (made-up) source task and its image index.
+                "source_task_id": str(uuid.uuid4())
+                if reference.source == ReferenceSource.TASK.value
+                else None,
+                "source_index": 0 if reference.source == ReferenceSource.TASK.value else None,
                 "key": key,
                 "content_type": reference.content_type,
                 "bytes": len(reference.data),
