@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -25,6 +26,8 @@ POLL_SECONDS = 0.5
 SLOW_POLL_SECONDS = 2.0
 SLOW_POLL_AFTER_SECONDS = 60.0
 REFUSED_INPUT = frozenset({413, 415, 422})  # the service's verdict on what was sent
+UPLOAD_EXPIRED = "upload_expired"  # 409: the upload an Idempotency-Key made has expired
+KEY_IN_USE = "conflict"  # 409: a request with this Idempotency-Key is in progress
 OUTAGE_SECONDS = 30.0  # how long following a task survives a service that does not answer
 SAVING_STEP = 10  # without a terminal, print the download's progress every 10%
 UPLOADING_STEP = 10  # and an upload's
@@ -92,14 +95,20 @@ class Generation:
         return references
 
     def upload(self, image: LocalImage) -> str:
-        """POST one file, repeating it with its Idempotency-Key after transient errors; its id."""
+        """POST one file, repeating it with its Idempotency-Key after transient errors; its id.
+
+        When the upload that key made has expired (409 upload_expired, until the service's
+        sweep forgets it), the file goes up once more under a key of its own."""
         self.uploading = image
         large = image.size >= LARGE_UPLOAD_BYTES
         on_bytes = self._transfer("uploading", image.size) if large else _ignore
+        key = image.idempotency_key
         delay = BACKOFF_SECONDS
-        for attempt in range(1, ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                upload, created = upload_image(self.gateway, image, on_bytes)
+                upload, created = upload_image(self.gateway, image, on_bytes, key)
                 break
             except FileChanged as exc:
                 raise Stop(ExitCode.USAGE, f"{exc}; nothing was submitted") from None
@@ -110,8 +119,13 @@ class Generation:
                     f"sha256 {image.sha256}; nothing was submitted",
                 ) from None
             except GatewayError as exc:
+                if exc.code == UPLOAD_EXPIRED and key == image.idempotency_key:
+                    key = f"{image.idempotency_key}-{uuid.uuid4().hex}"
+                    attempt -= 1
+                    continue
                 self._refused(exc, f"the service refused {image.path}")
-                if not exc.transient:
+                busy = exc.status == 409 and exc.code == KEY_IN_USE  # a concurrent run's upload
+                if not (exc.transient or busy):
                     raise Stop(
                         ExitCode.SERVICE, f"uploading {image.path}: the service answered {exc}"
                     ) from None

@@ -45,16 +45,16 @@ def file_chunks(image: LocalImage, on_bytes: Callable[[int], None]) -> Iterator[
 
 
 def upload_image(
-    gateway: Gateway, image: LocalImage, on_bytes: Callable[[int], None]
+    gateway: Gateway, image: LocalImage, on_bytes: Callable[[int], None], idempotency_key: str
 ) -> tuple[UploadView, bool]:
-    """Upload the file under its own Idempotency-Key; the upload and whether it is new.
+    """Upload the file under `idempotency_key`; the upload and whether it is new.
 
     UploadMismatch when the service's size or sha256 is not the file's."""
     upload, created = gateway.upload(
         file_chunks(image, on_bytes),
         size=image.size,
         content_type=image.content_type,
-        idempotency_key=image.idempotency_key,
+        idempotency_key=idempotency_key,
     )
     if upload.bytes != image.size or upload.sha256 != image.sha256:
         raise UploadMismatch(upload)

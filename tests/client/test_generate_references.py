@@ -138,6 +138,56 @@ def test_an_upload_whose_answer_was_lost_is_repeated_with_the_same_key(
     assert all(request.read() == PNG for request in posts)  # the file is read again each time
 
 
+def test_an_expired_upload_of_the_key_is_uploaded_again_under_a_key_of_its_own(
+    tmp_path: Path, photos: tuple[Path, Path]
+) -> None:
+    first, _ = photos
+    message = "the upload this Idempotency-Key made has expired; upload again with a new key"
+    expired = httpx.Response(409, json={"error": {"code": "upload_expired", "message": message}})
+    fake = FakeGateway([succeeded()], upload_answers=[expired, httpx.ReadTimeout("lost")])
+
+    result = run_client(fake, tmp_path / "x.png", "--image", str(first))
+
+    assert result.code == ExitCode.OK, result.stderr
+    keys = [request.headers["idempotency-key"] for request in fake.upload_posts()]
+    base = f"cli-upload-sha256-{sha(PNG)}"
+    assert keys[0] == base
+    assert keys[1].startswith(f"{base}-")
+    assert keys[2] == keys[1]  # the new key is kept for its own retries
+    assert f"uploaded {first} as " in result.stderr
+
+
+def test_an_upload_in_progress_under_the_same_key_is_waited_for(
+    tmp_path: Path, photos: tuple[Path, Path]
+) -> None:
+    first, _ = photos
+    busy = httpx.Response(
+        409,
+        json={"error": {"code": "conflict", "message": "a request with this key is in progress"}},
+    )
+    fake = FakeGateway([succeeded()], upload_answers=[busy])
+
+    result = run_client(fake, tmp_path / "x.png", "--image", str(first))
+
+    assert result.code == ExitCode.OK, result.stderr
+    assert len({request.headers["idempotency-key"] for request in fake.upload_posts()}) == 1
+    assert len(fake.upload_posts()) == 2
+
+
+def test_another_conflict_exits_3_with_the_service_message(
+    tmp_path: Path, photos: tuple[Path, Path]
+) -> None:
+    first, _ = photos
+    expired = httpx.Response(409, json={"error": {"code": "upload_expired", "message": "gone"}})
+    fake = FakeGateway([succeeded()], upload_answers=[expired, expired])
+
+    result = run_client(fake, tmp_path / "x.png", "--image", str(first))
+
+    assert result.code == ExitCode.SERVICE
+    assert f"uploading {first}: the service answered HTTP 409 upload_expired: gone" in result.stderr
+    assert len(fake.upload_posts()) == 2
+
+
 @pytest.mark.parametrize(
     ("status", "code", "message"),
     [
