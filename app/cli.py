@@ -177,12 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the background workers alone")
     worker.set_defaults(func=cmd_worker)
 
-    from app.client import command as generate_command
+    from app.client import options as generate_options
 
     generate = commands.add_parser(
         "generate", help="submit a generation to a running service and save the image"
     )
-    generate_command.add_arguments(generate)
+    generate_options.add_arguments(generate)
     generate.set_defaults(func=cmd_generate)
 
     from app.provider.simulator import cli as simulator_cli

@@ -1,9 +1,10 @@
-"""HTTP calls of the client: submit a generation, read a task, stream an image."""
+"""HTTP calls of the client: upload a reference image, submit a generation, read a task, stream
+an image."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -47,6 +48,15 @@ class TaskView(BaseModel):
         return self.status in TERMINAL_STATUSES
 
 
+class UploadView(BaseModel):
+    """The fields of an upload object the client uses."""
+
+    id: str
+    content_type: str
+    bytes: int
+    sha256: str
+
+
 class GatewayError(Exception):
     """The service could not be reached, or answered with an error."""
 
@@ -78,11 +88,21 @@ def _task(response: httpx.Response) -> TaskView:
     try:
         return TaskView.model_validate(response.json())
     except (ValueError, ValidationError):
-        raise GatewayError(
-            f"unexpected answer to {response.request.method} {response.request.url.path}: "
-            "not a task object",
-            status=response.status_code,
-        ) from None
+        raise _unexpected(response, "a task object") from None
+
+
+def _upload(response: httpx.Response) -> UploadView:
+    try:
+        return UploadView.model_validate(response.json())
+    except (ValueError, ValidationError):
+        raise _unexpected(response, "an upload object") from None
+
+
+def _unexpected(response: httpx.Response, what: str) -> GatewayError:
+    return GatewayError(
+        f"unexpected answer to {response.request.method} {response.request.url.path}: not {what}",
+        status=response.status_code,
+    )
 
 
 class Gateway:
@@ -108,6 +128,25 @@ class Gateway:
             return self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise GatewayError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+
+    def upload(
+        self, chunks: Iterable[bytes], *, size: int, content_type: str, idempotency_key: str
+    ) -> tuple[UploadView, bool]:
+        """POST an image as the raw body, streamed from `chunks` (exactly `size` bytes, sent with
+        that Content-Length); the upload and whether it is new (201) or a replay of the key."""
+        response = self._send(
+            "POST",
+            "/v1/uploads",
+            content=chunks,
+            headers={
+                "Content-Type": content_type,
+                "Content-Length": str(size),
+                "Idempotency-Key": idempotency_key,
+            },
+        )
+        if response.status_code not in (200, 201):
+            raise _problem(response)
+        return _upload(response), response.status_code == 201
 
     def create(self, body: dict[str, Any], idempotency_key: str) -> tuple[TaskView, bool]:
         """POST the request; the task and whether it is new (202) or a replay of the key (200)."""

@@ -1,4 +1,5 @@
-"""`imagegen-gateway generate`: submit, follow with a progress bar, save the archived image."""
+"""`imagegen-gateway generate`: upload local reference images, submit, follow with a progress
+bar, save the archived image."""
 
 from __future__ import annotations
 
@@ -8,174 +9,33 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import IntEnum
-from pathlib import Path
-from typing import Any, TextIO, get_args
-from urllib.parse import urlsplit
+from typing import Any, TextIO
 
 import httpx
 
 from app.client.api import Gateway, GatewayError, ImageView, TaskView
 from app.client.download import ChecksumMismatch, save_image
+from app.client.options import ExitCode, Options, Stop, resolve_options
 from app.client.progress import Progress, format_bytes
-from app.tasks.schemas import MAX_IDEMPOTENCY_KEY_CHARS, Quality, Size
+from app.client.references import LocalImage, TaskImage
+from app.client.upload import FileChanged, UploadMismatch, upload_image
 
-ENV_URL = "IMAGEGEN_GATEWAY_URL"
-ENV_API_KEY = "IMAGEGEN_GATEWAY_API_KEY"
-ENV_TIMEOUT = "IMAGEGEN_GATEWAY_TIMEOUT"
-DEFAULT_URL = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT_SECONDS = 600.0
-
-ATTEMPTS = 3  # of the submission and of the download, on transient errors
+ATTEMPTS = 3  # of each upload, the submission and the download, on transient errors
 BACKOFF_SECONDS = 0.5  # doubled after each failed attempt
 POLL_SECONDS = 0.5
 SLOW_POLL_SECONDS = 2.0
 SLOW_POLL_AFTER_SECONDS = 60.0
+REFUSED_INPUT = frozenset({413, 415, 422})  # the service's verdict on what was sent
+UPLOAD_EXPIRED = "upload_expired"  # 409: the upload an Idempotency-Key made has expired
+KEY_IN_USE = "conflict"  # 409: a request with this Idempotency-Key is in progress
 OUTAGE_SECONDS = 30.0  # how long following a task survives a service that does not answer
 SAVING_STEP = 10  # without a terminal, print the download's progress every 10%
-
-EXIT_CODES_HELP = """\
-environment:
-  IMAGEGEN_GATEWAY_URL      service origin (default http://127.0.0.1:8000)
-  IMAGEGEN_GATEWAY_API_KEY  caller key from the service's IMAGEGEN_API_KEYS
-  IMAGEGEN_GATEWAY_TIMEOUT  seconds to wait for the task (default 600)
-
-exit codes:
-  0    the image is saved
-  1    the task failed or was cancelled
-  2    usage or configuration error, or the service refused the key or the request (401, 422)
-  3    the service could not be reached or answered with an unexpected error
-  4    the task did not finish within --timeout (it goes on in the service)
-  5    the downloaded image does not match the service's sha256 (nothing saved)
-  130  interrupted (Ctrl-C)
-"""
-
-
-class ExitCode(IntEnum):
-    """How `generate` ends."""
-
-    OK = 0
-    TASK_FAILED = 1
-    USAGE = 2
-    SERVICE = 3
-    TIMEOUT = 4
-    CHECKSUM = 5
-    INTERRUPTED = 130
-
-
-class Stop(Exception):
-    """Ends the command with a message on stderr and an exit code."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Options:
-    """The command's settings, from flags and then the environment."""
-
-    prompt: str
-    size: str | None
-    quality: str | None
-    image_urls: tuple[str, ...]
-    out: Path
-    url: str
-    api_key: str
-    timeout: float
-    idempotency_key: str
-
-    def body(self) -> dict[str, Any]:
-        """The create request; fields not given are left to the service's defaults."""
-        body: dict[str, Any] = {"prompt": self.prompt}
-        if self.size is not None:
-            body["size"] = self.size
-        if self.quality is not None:
-            body["quality"] = self.quality
-        if self.image_urls:
-            body["image_urls"] = list(self.image_urls)
-        return body
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `generate`."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EXIT_CODES_HELP
-    parser.add_argument("prompt", help="what to draw, or how to edit the reference images")
-    parser.add_argument("--size", choices=get_args(Size), help="default: the service's (1024x1024)")
-    parser.add_argument(
-        "--quality", choices=get_args(Quality), help="default: the service's (high)"
-    )
-    parser.add_argument(
-        "--image-url",
-        dest="image_urls",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="a reference image (repeat for several)",
-    )
-    parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="save here")
-    parser.add_argument("--url", help=f"service origin (${ENV_URL}, default {DEFAULT_URL})")
-    parser.add_argument("--api-key", metavar="KEY", help=f"caller key (${ENV_API_KEY})")
-    parser.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        help=f"wait at most this long for the task (${ENV_TIMEOUT}, default "
-        f"{DEFAULT_TIMEOUT_SECONDS:.0f})",
-    )
-    parser.add_argument(
-        "--idempotency-key",
-        metavar="KEY",
-        help="repeat a request without making a second task (default: a new random key)",
-    )
-
-
-def resolve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
-    """Flags first, then the environment; Stop(USAGE) names what is wrong."""
-    api_key = (args.api_key or environ.get(ENV_API_KEY, "")).strip()
-    if not api_key:
-        raise Stop(ExitCode.USAGE, f"no API key: pass --api-key or set {ENV_API_KEY}")
-    url = (args.url or environ.get(ENV_URL, "") or DEFAULT_URL).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Stop(ExitCode.USAGE, f"--url / {ENV_URL}: not an http(s) URL: {url!r}")
-    raw_timeout = args.timeout or environ.get(ENV_TIMEOUT, "") or str(DEFAULT_TIMEOUT_SECONDS)
-    try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        timeout = float("nan")
-    if not timeout > 0 or timeout == float("inf"):
-        raise Stop(ExitCode.USAGE, f"--timeout / {ENV_TIMEOUT}: not a positive number of seconds")
-    key = args.idempotency_key if args.idempotency_key is not None else f"cli-{uuid.uuid4()}"
-    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
-        raise Stop(
-            ExitCode.USAGE,
-            f"--idempotency-key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
-        )
-    out: Path = args.out
-    if out.is_dir():
-        raise Stop(ExitCode.USAGE, f"--out: {out} is a directory")
-    if not out.absolute().parent.is_dir():
-        raise Stop(ExitCode.USAGE, f"--out: the directory of {out} does not exist")
-    if not args.prompt.strip():
-        raise Stop(ExitCode.USAGE, "the prompt is empty")
-    return Options(
-        prompt=args.prompt,
-        size=args.size,
-        quality=args.quality,
-        image_urls=tuple(args.image_urls),
-        out=out,
-        url=url,
-        api_key=api_key,
-        timeout=timeout,
-        idempotency_key=key,
-    )
+UPLOADING_STEP = 10  # and an upload's
+LARGE_UPLOAD_BYTES = 1024 * 1024  # smaller uploads get no progress bar, only their line
 
 
 class Generation:
-    """One run of the command: submit, follow, save."""
+    """One run of the command: upload, submit, follow, save."""
 
     def __init__(
         self,
@@ -194,11 +54,12 @@ class Generation:
         self.sleep = sleep
         self.clock = clock
         self.started = clock()
+        self.uploading: LocalImage | None = None
         self.task_id: str | None = None
 
     def run(self) -> None:
         """Everything; raises Stop unless the image is saved."""
-        task = self.follow(self.submit())
+        task = self.follow(self.submit(self.upload_references()))
         if task.status != "succeeded":
             reason = f": {task.error.code}: {task.error.message}" if task.error else ""
             verb = "was cancelled" if task.status == "cancelled" else task.status
@@ -219,20 +80,80 @@ class Generation:
         """How to follow the same task again from this command."""
         return f"rerun with --idempotency-key {self.options.idempotency_key} to follow it again"
 
-    def submit(self) -> TaskView:
+    def upload_references(self) -> list[dict[str, Any]]:
+        """Upload the local files (each distinct file once), in order; the create's
+        `reference_images`."""
+        uploaded: dict[str, str] = {}  # sha256 -> upload id
+        references: list[dict[str, Any]] = []
+        for image in self.options.images:
+            if isinstance(image, TaskImage):
+                references.append(image.reference())
+                continue
+            if image.sha256 not in uploaded:
+                uploaded[image.sha256] = self.upload(image)
+            references.append({"upload_id": uploaded[image.sha256]})
+        return references
+
+    def upload(self, image: LocalImage) -> str:
+        """POST one file, repeating it with its Idempotency-Key after transient errors; its id.
+
+        When the upload that key made has expired (409 upload_expired, until the service's
+        sweep forgets it), the file goes up once more under a key of its own."""
+        self.uploading = image
+        large = image.size >= LARGE_UPLOAD_BYTES
+        on_bytes = self._transfer("uploading", image.size) if large else _ignore
+        key = image.idempotency_key
+        delay = BACKOFF_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                upload, created = upload_image(self.gateway, image, on_bytes, key)
+                break
+            except FileChanged as exc:
+                raise Stop(ExitCode.USAGE, f"{exc}; nothing was submitted") from None
+            except UploadMismatch as exc:
+                raise Stop(
+                    ExitCode.CHECKSUM,
+                    f"uploading {image.path}: {exc}, but the file has {image.size} bytes with "
+                    f"sha256 {image.sha256}; nothing was submitted",
+                ) from None
+            except GatewayError as exc:
+                if exc.code == UPLOAD_EXPIRED and key == image.idempotency_key:
+                    key = f"{image.idempotency_key}-{uuid.uuid4().hex}"
+                    attempt -= 1
+                    continue
+                self._refused(exc, f"the service refused {image.path}")
+                busy = exc.status == 409 and exc.code == KEY_IN_USE  # a concurrent run's upload
+                if not (exc.transient or busy):
+                    raise Stop(
+                        ExitCode.SERVICE, f"uploading {image.path}: the service answered {exc}"
+                    ) from None
+                if attempt == ATTEMPTS:
+                    raise Stop(
+                        ExitCode.SERVICE, f"uploading {image.path}: {self._unavailable(exc)}"
+                    ) from None
+                self.sleep(delay)
+                delay *= 2
+        self.uploading = None
+        what = "uploaded" if created else "already uploaded"
+        self.progress.message(
+            f"{what} {image.path} as {upload.id} ({format_bytes(upload.bytes)}, "
+            f"{upload.content_type})"
+        )
+        return upload.id
+
+    def submit(self, reference_images: list[dict[str, Any]]) -> TaskView:
         """POST the request, repeating it with the same Idempotency-Key after transient errors."""
         delay = BACKOFF_SECONDS
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 task, created = self.gateway.create(
-                    self.options.body(), self.options.idempotency_key
+                    self.options.body(reference_images), self.options.idempotency_key
                 )
                 break
             except GatewayError as exc:
-                if exc.status in (401, 403):
-                    raise Stop(ExitCode.USAGE, f"the service refused the API key ({exc})") from None
-                if exc.status == 422:
-                    raise Stop(ExitCode.USAGE, f"the service refused the request ({exc})") from None
+                self._refused(exc, "the service refused the request")
                 if not exc.transient:
                     raise Stop(ExitCode.SERVICE, f"the service answered {exc}") from None
                 if attempt == ATTEMPTS:
@@ -244,6 +165,14 @@ class Generation:
         self.progress.message(f"task {task.id} {what}")
         self._show(task)
         return task
+
+    @staticmethod
+    def _refused(exc: GatewayError, what: str) -> None:
+        """Stop(USAGE) with the service's message when it refused the key or the input."""
+        if exc.status in (401, 403):
+            raise Stop(ExitCode.USAGE, f"the service refused the API key ({exc})") from None
+        if exc.status in REFUSED_INPUT:
+            raise Stop(ExitCode.USAGE, f"{what} ({exc})") from None
 
     def _unavailable(self, exc: GatewayError) -> str:
         if exc.status is None:
@@ -296,7 +225,8 @@ class Generation:
         delay = BACKOFF_SECONDS
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                save_image(self.gateway, image, self.options.out, self._saving(image.bytes))
+                on_bytes = self._transfer("saving", image.bytes)
+                save_image(self.gateway, image, self.options.out, on_bytes)
                 return image
             except ChecksumMismatch as exc:
                 raise Stop(
@@ -315,8 +245,8 @@ class Generation:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _saving(self, total: int) -> Callable[[int], None]:
-        """Shows the download's progress, redrawing only when the percentage moves."""
+    def _transfer(self, phase: str, total: int) -> Callable[[int], None]:
+        """Shows a transfer's progress, redrawing only when the percentage moves."""
         shown = -1
 
         def on_bytes(done: int) -> None:
@@ -325,9 +255,13 @@ class Generation:
             if percent != shown:
                 shown = percent
                 detail = f"{format_bytes(done)} of {format_bytes(total)}"
-                self.progress.update("saving", percent, detail)
+                self.progress.update(phase, percent, detail)
 
         return on_bytes
+
+
+def _ignore(done: int) -> None:
+    """A transfer too small to show."""
 
 
 def run(
@@ -349,7 +283,7 @@ def run(
     except Stop as stop:
         print(f"imagegen-gateway generate: {stop.message}", file=stderr)
         return stop.code
-    progress = Progress(stderr, tty=tty, steps={"saving": SAVING_STEP})
+    progress = Progress(stderr, tty=tty, steps={"saving": SAVING_STEP, "uploading": UPLOADING_STEP})
     gateway = Gateway(options.url, options.api_key, transport=transport)
     generation = Generation(options, gateway, progress, stdout=stdout, sleep=sleep, clock=clock)
     try:
@@ -360,7 +294,12 @@ def run(
         return stop.code
     except KeyboardInterrupt:
         progress.close()
-        if generation.task_id is None:
+        if generation.uploading is not None:
+            print(
+                f"interrupted while uploading {generation.uploading.path}: nothing was submitted",
+                file=stderr,
+            )
+        elif generation.task_id is None:
             print(
                 "interrupted before the service answered; rerun with --idempotency-key "
                 f"{options.idempotency_key} to pick up the task if one was made",

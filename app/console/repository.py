@@ -1,4 +1,5 @@
-"""The console's queries: task search across callers, and the overview's counts."""
+"""The console's queries: task search across callers, a task's reference images, and the
+overview's counts."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.archive.models import TaskImage
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
+from app.tasks.references import TaskReference
 from app.tasks.repository import newest_first
 from app.tasks.states import TaskStatus
 from app.workers.models import Job, JobKind, JobState
@@ -70,6 +73,35 @@ _CALLERS = text(
 async def callers(session: AsyncSession) -> list[str]:
     """The callers that have tasks, in order, for the filter form."""
     return list((await session.scalars(_CALLERS)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRow:
+    """A reference image of a task and, for a `task` source, that task's archived image row."""
+
+    reference: TaskReference
+    source_image_recorded: bool  # a `task` source whose image row exists
+    source_thumbnail_key: str | None
+
+
+async def references(session: AsyncSession, task_id: str) -> list[ReferenceRow]:
+    """The task's reference images in request order, in one query."""
+    source_image = and_(
+        TaskImage.task_id == TaskReference.source_task_id,
+        TaskImage.index == TaskReference.source_index,
+    )
+    rows = await session.execute(
+        select(TaskReference, TaskImage.task_id, TaskImage.thumbnail_key)
+        .outerjoin(TaskImage, source_image)
+        .where(TaskReference.task_id == task_id)
+        .order_by(TaskReference.position)
+    )
+    return [ReferenceRow(row, image is not None, thumb) for row, image, thumb in rows]
+
+
+async def reference(session: AsyncSession, task_id: str, position: int) -> TaskReference | None:
+    """One reference image of a task."""
+    return await session.get(TaskReference, (task_id, position))
 
 
 async def deliveries(session: AsyncSession, task_id: str) -> list[CallbackDelivery]:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
 
 from app.archive import repository as images
 from app.archive.models import TaskImage
 from app.archive.presenting import presentation
-from app.archive.serving import ObjectUnavailable, StoreDep, etag_matches, serve_object
+from app.archive.serving import StoreDep
 from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
-from app.console import repository, timeline
+from app.console import references, repository, timeline
 from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
+from app.console.images import Index, placeholder, stream_stored
 from app.console.web import (
     PREFIX,
-    STATIC,
     ConsoleAuthDep,
     ConsoleRoute,
     OperatorDep,
@@ -27,7 +27,6 @@ from app.console.web import (
 )
 from app.core.clock import utcnow
 from app.core.deps import SessionDep, WakeWorkersDep
-from app.storage.store import ObjectStore
 from app.tasks import event_repository
 from app.tasks import repository as tasks
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
@@ -45,8 +44,6 @@ router = APIRouter(
 PAGE_SIZE = 50
 SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "all": None}
 MAX_SEARCH_CHARS = 128
-_IMAGE_CACHE = "private, max-age=86400"
-Index = Annotated[int, Path(ge=0, le=15)]
 
 
 def _clean(value: str | None, what: str, limit: int = MAX_SEARCH_CHARS) -> str | None:
@@ -154,8 +151,10 @@ async def task_detail(
     operator: OperatorDep,
     session: SessionDep,
     auth: ConsoleAuthDep,
+    store: StoreDep,
 ) -> Response:
-    """One task: what was asked, everything that happened, its images, its retry."""
+    """One task: what was asked, its reference images, everything that happened, its images,
+    its retry."""
     task = await _task(session, task_id)
     lines = timeline.build(
         task,
@@ -171,6 +170,7 @@ async def task_detail(
         nav="tasks",
         task=task,
         lines=lines,
+        references=await references.views(session, store, task),
         images=presented.images,
         retry=retry,
         flash=flash,
@@ -239,7 +239,7 @@ async def image(
     console's pages load images from their own origin only)."""
     found = await _image(session, task_id, index)
     etag = f'"{found.sha256}"'
-    return await _stream(request, store, task_id, found.key, found.content_type, etag)
+    return await stream_stored(request, store, task_id, found.key, found.content_type, etag)
 
 
 @router.get("/{task_id}/images/{index}/thumbnail")
@@ -254,27 +254,7 @@ async def thumbnail(
     """The image's small WebP, or a placeholder when it has none (never the full image)."""
     found = await _image(session, task_id, index)
     if found.thumbnail_key is None:
-        return FileResponse(
-            STATIC / "placeholder.svg",
-            media_type="image/svg+xml",
-            headers={"Cache-Control": "no-store"},
-        )
+        return placeholder()
     etag = f'"{found.sha256}-thumbnail"'
-    return await _stream(request, store, task_id, found.thumbnail_key, THUMBNAIL_CONTENT_TYPE, etag)
-
-
-async def _stream(
-    request: Request, store: ObjectStore, task_id: str, key: str, content_type: str, etag: str
-) -> Response:
-    if etag_matches(etag, request.headers.get("if-none-match")):
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE})
-    try:
-        return await serve_object(
-            store,
-            key,
-            content_type=content_type,
-            headers={"ETag": etag, "Cache-Control": _IMAGE_CACHE},
-            task_id=task_id,
-        )
-    except ObjectUnavailable as exc:
-        raise PageError(503, str(exc)) from None
+    key = found.thumbnail_key
+    return await stream_stored(request, store, task_id, key, THUMBNAIL_CONTENT_TYPE, etag)

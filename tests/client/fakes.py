@@ -1,4 +1,5 @@
-"""A scripted gateway behind httpx.MockTransport, and a clock that sleeps instantly."""
+"""A scripted gateway behind httpx.MockTransport (uploads, creates, tasks, images), and a clock
+that sleeps instantly."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class FakeGateway:
     states: Sequence[dict[str, Any]]
     created: int = 202
     create_answers: list[Answer] = field(default_factory=list)  # before the normal answer
+    upload_answers: list[Answer] = field(default_factory=list)  # before the normal answer
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # by Idempotency-Key
     poll_answers: list[Answer] = field(default_factory=list)  # before the next state
     served: bytes = PNG
     redirect: bool = False
@@ -85,6 +88,8 @@ class FakeGateway:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
+        if request.method == "POST" and path == "/v1/uploads":
+            return self._next(self.upload_answers) or self._upload(request)
         if request.method == "POST" and path == "/v1/images/generations":
             return self._next(self.create_answers) or httpx.Response(
                 self.created, json=self.states[0]
@@ -103,6 +108,26 @@ class FakeGateway:
             return httpx.Response(200, content=self.served)
         return httpx.Response(404, json={"error": {"code": "not_found", "message": "no"}})
 
+    def _upload(self, request: httpx.Request) -> httpx.Response:
+        """201 with a new upload object, or 200 with the one made earlier under the same key."""
+        key = request.headers.get("idempotency-key", "")
+        if key in self.uploads:
+            return httpx.Response(200, json=self.uploads[key])
+        body = request.read()
+        upload = {
+            "id": f"upl_{len(self.uploads) + 1:024d}",
+            "content_type": request.headers["content-type"],
+            "bytes": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "width": 64,
+            "height": 64,
+            "created_at": "2026-01-01T00:00:00Z",
+            "expires_at": "2026-01-02T00:00:00Z",
+        }
+        if key:
+            self.uploads[key] = upload
+        return httpx.Response(201, json=upload)
+
     @staticmethod
     def _next(answers: list[Answer]) -> httpx.Response | None:
         if not answers:
@@ -113,7 +138,11 @@ class FakeGateway:
         return answer
 
     def posts(self) -> list[httpx.Request]:
-        return [r for r in self.requests if r.method == "POST"]
+        """The creates."""
+        return [r for r in self.requests if r.url.path == "/v1/images/generations"]
+
+    def upload_posts(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path == "/v1/uploads"]
 
 
 class FakeTime:

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.client.command import OUTAGE_SECONDS, ExitCode
+from app.client.command import OUTAGE_SECONDS
+from app.client.options import ExitCode
 from tests.client.fakes import (
     API_KEY,
     PNG,

@@ -2,96 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
-import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.support.servers import ROOT, Process, free_port
-from tests.support.waiting import wait_until_up
+from tests.client.service import Service, client_env, generate, task_id_in
+from tests.support.servers import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
-KEY = "demo-key-0123456789"
-TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PROGRESS = re.compile(r"^(\w+) +\[[#-]+\] +(\d+)%")
 PHASES = ("queued", "pending", "processing", "archiving", "saving")
-
-
-@dataclass
-class Service:
-    url: str
-    images: Path
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        response = httpx.get(
-            f"{self.url}/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {KEY}"}
-        )
-        response.raise_for_status()
-        task: dict[str, Any] = response.json()
-        return task
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """`migrate`, then `serve` with the built-in simulator, SQLite and a file store."""
-    directory = tmp_path_factory.mktemp("gateway")
-    port = free_port()
-    env = {
-        "IMAGEGEN_PROVIDER": "simulator",
-        "IMAGEGEN_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/gateway.db",
-        "IMAGEGEN_STORAGE_URL": f"file://{directory}/images",
-        "IMAGEGEN_API_KEYS": f"demo:{KEY}",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "app.cli", "migrate"],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    process = Process(["serve", "--port", str(port)], env, directory / "serve.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        asyncio.run(wait_until_up(f"{url}/healthz", process, timeout=60))
-        yield Service(url, directory / "images")
-    finally:
-        process.stop(timeout=10)
-
-
-def client_env(service: Service, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_GATEWAY_")}
-    return env | {"IMAGEGEN_GATEWAY_URL": service.url, "IMAGEGEN_GATEWAY_API_KEY": KEY} | extra
-
-
-def generate(service: Service, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the client to its end; stdout and stderr are pipes, not a terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "generate", *argv],
-        env=client_env(service, **env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def task_id_in(text: str) -> str:
-    found = TASK_ID.search(text)
-    assert found is not None, text
-    return found.group(0)
 
 
 def test_an_image_is_generated_saved_and_matches_the_service_sha256(

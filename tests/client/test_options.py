@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.client import command
-from app.client.command import Stop, resolve_options
+from app.client.options import Stop, resolve_options
 from tests.client.fakes import parse
 
 KEY_ENV = {"IMAGEGEN_GATEWAY_API_KEY": "env-key-0123456789"}
