@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -18,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.limits import NO_LIMITS, Limits, LimitsFileError, load_limits
 from app.core.urls import MAX_CALLBACK_URL_LENGTH, UrlPolicyError, check_outbound_url
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "az", "memory")
@@ -54,6 +57,11 @@ def _seconds(value: object) -> object:
 
 
 Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+def _empty_is_none(value: object) -> object:
+    """An empty variable is the same as an unset one."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 def _schedule(value: object) -> object:
@@ -111,6 +119,7 @@ class Settings(BaseSettings):
     reference_delivery: Literal["signed-url", "provider-files"] = "signed-url"
     provider_files_base_url: str = "https://files-api.evolink.ai"
     upload_ttl_seconds: Seconds = Field(default=timedelta(days=1), gt=timedelta(0))
+    limits_file: Annotated[Path | None, BeforeValidator(_empty_is_none)] = None
 
     # Choices of this implementation (documented in docs/configuration.md).
     poll_max_wait_seconds: Seconds = timedelta(hours=2)
@@ -127,6 +136,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: Seconds = timedelta(seconds=20)
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _limits: Limits = PrivateAttr(default=NO_LIMITS)
 
     @field_validator("database_url")
     @classmethod
@@ -224,6 +235,11 @@ class Settings(BaseSettings):
                     f"IMAGEGEN_PUBLIC_BASE_URL: callback URLs would be {longest} characters, "
                     f"over the provider's limit of {MAX_CALLBACK_URL_LENGTH}"
                 )
+        if self.limits_file is not None:
+            try:
+                self._limits = load_limits(self.limits_file, set(self.callers.values()))
+            except LimitsFileError as exc:
+                raise ValueError(f"IMAGEGEN_LIMITS_FILE: {exc}") from None
         return self
 
     def weaknesses(self) -> list[str]:
@@ -280,6 +296,11 @@ class Settings(BaseSettings):
         """Operator key -> operator name."""
         raw = self.operator_keys.get_secret_value() if self.operator_keys else None
         return parse_key_pairs(raw)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits file as read at start (none: no limits)."""
+        return self._limits
 
     @property
     def is_sqlite(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from app.provider.types import ProviderStatus, ProviderTask, ProviderTaskError
@@ -77,6 +78,45 @@ def parse_results(raw: object) -> tuple[str, ...]:
     return tuple(urls)
 
 
+# Where a body may carry the provider's billing figure, in order of preference: the create
+# answer's `usage.credits_reserved` (documented), then names a query answer or a callback might
+# use (undocumented; read if present).
+CREDIT_FIELDS = ("credits_reserved", "credits", "total_credits")
+# No single image costs anywhere near this; a larger figure is a misreading, not a price.
+MAX_TASK_CREDITS = 1_000_000.0
+
+
+def parse_credits(usage: object) -> float | None:
+    """The credits a task costs according to its `usage` object: a number or a numeric string
+    under one of CREDIT_FIELDS; None (keep the estimate) when absent, and when unusable
+    (negative, NaN, infinite, absurd, not a number), which is logged."""
+    if not isinstance(usage, dict):
+        return None
+    for name in CREDIT_FIELDS:
+        raw = usage.get(name)
+        if raw is None:
+            continue
+        value = _number(raw)
+        if value is None or not 0 <= value <= MAX_TASK_CREDITS:
+            log.warning(
+                "unusable credits figure from the provider ignored",
+                extra={"field": f"usage.{name}", "value": clean_text(str(raw)[:64])},
+            )
+            continue
+        return value
+    return None
+
+
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def parse_task(body: Any) -> ProviderTask:
     """A task from a create, query or callback body."""
     if not isinstance(body, dict):
@@ -97,6 +137,7 @@ def parse_task(body: Any) -> ProviderTask:
         progress=parse_progress(body.get("progress")),
         results=parse_results(body.get("results")),
         error=parse_error(body.get("error")),
+        credits=parse_credits(body.get("usage")),
         raw=body,
     )
 

@@ -83,6 +83,7 @@ class ProviderTask:
     progress: int
     results: tuple[str, ...] = ()
     error: ProviderTaskError | None = None
+    credits: float | None = None  # the provider's billing figure, when it reports one
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -6,7 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, UTCDateTime
@@ -26,6 +36,13 @@ class SubmitState(StrEnum):
     REJECTED = "rejected"  # the provider refused it for good (the task failed)
 
 
+class CreditsSource(StrEnum):
+    """Where a task's `credits` come from."""
+
+    ESTIMATE = "estimate"  # the service's estimate at create (app/provider/pricing.py)
+    PROVIDER = "provider"  # the provider's figure (or its refusal: nothing made, 0)
+
+
 class Task(Base):
     """One image task."""
 
@@ -35,7 +52,24 @@ class Task(Base):
         UniqueConstraint("provider_task_id"),
         CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
-        Index("ix_tasks_caller_created", "caller", "created_at", "id"),
+        # A caller's tasks by creation: its list, its creates of the last minute and its credits
+        # of the day and month (the limits at create: credits ride in the index on PostgreSQL,
+        # so that summing a month is an index-only scan).
+        Index(
+            "ix_tasks_caller_created",
+            "caller",
+            "created_at",
+            "id",
+            postgresql_include=["credits"],
+        ),
+        # A caller's unfinished tasks (max_active_tasks). completed_at is written only when a
+        # task ends (or is retried), so only that update loses HOT, not the news before it.
+        Index(
+            "ix_tasks_caller_active",
+            "caller",
+            postgresql_where=text("completed_at IS NULL"),
+            sqlite_where=text("completed_at IS NULL"),
+        ),
         # The console's list of every caller's tasks (newest first, keyset on (created_at, id))
         # and the overview's counts by creation time.
         Index("ix_tasks_created", "created_at", "id"),
@@ -74,6 +108,12 @@ class Task(Base):
     final_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result_urls: Mapped[list[str] | None] = mapped_column(JSON)
     redriven_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the latest retry
+    # What the task costs (docs/limits.md): an estimate at create, replaced by the provider's
+    # figure when it reports one.
+    credits: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    credits_source: Mapped[str] = mapped_column(
+        String(8), server_default=text("'estimate'"), default=CreditsSource.ESTIMATE
+    )
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -11,6 +11,7 @@ from app.core.retry import RetryStrategy
 from app.provider.types import ProviderRejected, ProviderStatus, ProviderTask, ProviderUnavailable
 from app.tasks import event_repository, repository, service
 from app.tasks.context import TaskContext
+from app.tasks.credits import changed_credits
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
@@ -97,16 +98,17 @@ class Poller:
                 outcome=news.raw_status,
                 detail={"progress": news.progress},
             )
+            billing = changed_credits(fresh, news)
             decision = await service.apply_event(
                 session,
                 fresh,
                 ProviderNews(news, confirmed=True),
                 now=now,
                 source="poll",
-                extra=extra,
+                extra=extra | billing,
             )
             if not decision.changed:
-                await repository.update_fields(session, task.id, {"last_news_at": now})
+                await repository.update_fields(session, task.id, {"last_news_at": now, **billing})
             await session.commit()
             return fresh.status
 

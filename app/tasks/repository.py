@@ -6,12 +6,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, func, or_, select, update
+from sqlalchemy import Select, Update, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import matched_any, upsert_insert
 from app.tasks.models import Task
-from app.tasks.states import TaskState
+from app.tasks.states import TaskState, TaskStatus
+
+ACTIVE_STATUSES = tuple(status.value for status in TaskStatus if not status.is_terminal)
 
 
 async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
@@ -129,3 +131,70 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
     """How many tasks are in each status (one GROUP BY over the table)."""
     rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
     return {status: int(count) for status, count in rows}
+
+
+async def lock_caller_creates(session: AsyncSession, caller: str) -> None:
+    """Serialize the creates of one caller until the transaction ends, across every replica:
+    a PostgreSQL transaction-scoped advisory lock on a hash of the caller (two callers whose
+    hashes collide only wait for each other). SQLite needs none: every transaction there
+    begins IMMEDIATE and holds the database's one write lock (app/core/db.py)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(
+        select(func.pg_advisory_xact_lock(CALLER_LOCK_CLASS, func.hashtext(caller)))
+    )
+
+
+# The first key of the advisory locks above: this service's number for "a caller's creates".
+CALLER_LOCK_CLASS = 16_0001
+
+
+async def recent_usage(
+    session: AsyncSession,
+    caller: str,
+    *,
+    since: datetime,
+    minute_start: datetime,
+    day_start: datetime,
+) -> tuple[int, float, float]:
+    """(creates since `minute_start`, credits since `day_start`, credits since `since`) of the
+    caller's tasks created since `since` (the earliest of the three): one range scan of
+    ix_tasks_caller_created, index-only on PostgreSQL."""
+    recent = case((Task.created_at > minute_start, 1), else_=0)
+    today = case((Task.created_at >= day_start, Task.credits), else_=0.0)
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(recent), 0),
+                func.coalesce(func.sum(today), 0.0),
+                func.coalesce(func.sum(Task.credits), 0.0),
+            ).where(Task.caller == caller, Task.created_at >= since)
+        )
+    ).one()
+    return int(row[0]), float(row[1]), float(row[2])
+
+
+async def nth_newest_created_at(
+    session: AsyncSession, caller: str, *, after: datetime, n: int
+) -> datetime | None:
+    """The creation time of the caller's n-th newest task (1 = the newest) created after
+    `after`: when the rate window frees a slot."""
+    return await session.scalar(
+        select(Task.created_at)
+        .where(Task.caller == caller, Task.created_at > after)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+        .offset(n - 1)
+        .limit(1)
+    )
+
+
+async def count_active(session: AsyncSession, caller: str) -> int:
+    """How many of the caller's tasks are not terminal (ix_tasks_caller_active)."""
+    count = await session.scalar(
+        select(func.count()).where(
+            Task.caller == caller,
+            Task.completed_at.is_(None),
+            Task.status.in_(ACTIVE_STATUSES),
+        )
+    )
+    return int(count or 0)

@@ -16,11 +16,13 @@ from app.core.clock import utcnow
 from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.headers import checked_idempotency_key
+from app.core.limits import CallerLimits
 from app.core.urls import UrlPolicyError, check_outbound_url
 from app.references import resolving
 from app.tasks import event_repository, repository, service
 from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
+from app.tasks.quotas import Refused
 from app.tasks.redrive import NotRetryable, redrive
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -59,7 +61,17 @@ async def _own_task(session: AsyncSession, caller: str, task_id: str) -> Task:
     responses={
         200: {"model": TaskOut, "description": "A replay of an earlier request with this key."},
         202: {"description": "Accepted; the task is saved and will be submitted upstream."},
+        402: {
+            "model": ApiError,
+            "description": "`budget_exhausted`: the task would take the caller over a credit "
+            "budget; the message names it and when it resets.",
+        },
         413: {"model": ApiError, "description": f"The body is over {MAX_BODY_BYTES} bytes."},
+        429: {
+            "model": ApiError,
+            "description": "`rate_limited` (with `Retry-After`, whole seconds) or "
+            "`too_many_active_tasks`: a limit of the caller; nothing was saved.",
+        },
     },
 )
 async def create_generation(
@@ -94,7 +106,16 @@ async def create_generation(
                 "notify_url: this service sends no notifications (IMAGEGEN_NOTIFY_SECRET is "
                 "not set); poll GET /v1/tasks/{id} instead",
             )
-    task, created = await _create_or_replay(session, caller, body, key)
+    limits = settings.limits.for_caller(caller)
+    try:
+        task, created = await _create_or_replay(session, caller, body, key, limits)
+    except Refused as exc:
+        await session.rollback()
+        log.info(
+            "create refused by a limit",
+            extra={"caller": caller, "reason": exc.code, "status_code": exc.status_code},
+        )
+        raise
     await session.commit()
     log.info(
         "task created" if created else "task request replayed",
@@ -111,7 +132,11 @@ async def create_generation(
 
 
 async def _create_or_replay(
-    session: AsyncSession, caller: str, body: CreateTaskRequest, key: str | None
+    session: AsyncSession,
+    caller: str,
+    body: CreateTaskRequest,
+    key: str | None,
+    limits: CallerLimits,
 ) -> tuple[Task, bool]:
     """The replay of an accepted create as it was (its references are not checked again: an
     upload that has expired since never turns a replay into a refusal), else a new task whose
@@ -127,7 +152,13 @@ async def _create_or_replay(
         session, caller=caller, references=body.reference_images, now=now
     )
     return await service.create_task(
-        session, caller=caller, request=body, idempotency_key=key, now=now, references=references
+        session,
+        caller=caller,
+        request=body,
+        idempotency_key=key,
+        now=now,
+        references=references,
+        limits=limits,
     )
 
 

@@ -327,6 +327,18 @@ class NotificationOut(BaseModel):
     delivered_at: datetime | None = None
 
 
+class UsageOut(BaseModel):
+    """What a task costs, in provider credits (docs/limits.md)."""
+
+    credits: float = Field(ge=0)
+    source: Literal["estimate", "provider"] = Field(
+        description=(
+            "`estimate`: the service's estimate at create; `provider`: the provider's own "
+            "figure (0 for a create the provider refused)."
+        )
+    )
+
+
 class TaskOut(BaseModel):
     """A task as callers see it."""
 
@@ -350,6 +362,7 @@ class TaskOut(BaseModel):
         ),
     )
     error: ErrorOut | None = None
+    usage: UsageOut
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None

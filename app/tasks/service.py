@@ -15,9 +15,17 @@ from app.core.callback_tokens import new_nonce
 from app.core.clock import utcnow
 from app.core.db import after_commit
 from app.core.errors import ApiProblem
-from app.tasks import event_repository, notification_repository, reference_repository, repository
+from app.core.limits import CallerLimits
+from app.provider.pricing import estimate_credits
+from app.tasks import (
+    event_repository,
+    notification_repository,
+    quotas,
+    reference_repository,
+    repository,
+)
 from app.tasks.events import EventKind
-from app.tasks.models import SubmitState, Task
+from app.tasks.models import CreditsSource, SubmitState, Task
 from app.tasks.notifications import Notification, event_type
 from app.tasks.references import ReferenceSource, ResolvedReference, TaskReference
 from app.tasks.schemas import (
@@ -30,12 +38,15 @@ from app.tasks.schemas import (
     TaskReferenceOut,
     UploadReferenceOut,
     UrlReferenceOut,
+    UsageOut,
 )
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
 from app.workers.models import JobKind
 
 log = logging.getLogger(__name__)
+
+UNLIMITED = CallerLimits()
 
 _EFFECT_JOBS = {
     Effect.CONFIRM: JobKind.POLL,
@@ -52,12 +63,29 @@ async def create_task(
     idempotency_key: str | None,
     now: datetime,
     references: Sequence[ResolvedReference] = (),
+    limits: CallerLimits = UNLIMITED,
 ) -> tuple[Task, bool]:
     """Save a queued task, its references and its submission job; (task, created). Replays
     return the original. `references` are the request's `reference_images`, checked by the
-    caller (app/references/resolving.py); the `image_urls` entries are put before them."""
+    caller (app/references/resolving.py); the `image_urls` entries are put before them.
+
+    With `limits`, the caller's creates are serialized first and the new task is checked
+    against them (quotas.Refused: nothing is written); a replay is never checked nor counted."""
     if len(references) != len(request.reference_images):
         raise ValueError("reference_images must be resolved before the task is created")
+    estimate = estimate_credits(
+        request.quality, request.size, len(request.image_urls) + len(references)
+    )
+    if limits.any:
+        await repository.lock_caller_creates(session, caller)
+        if idempotency_key is not None:
+            # Under the lock: a concurrent request with this key has committed or not started.
+            existing = await replay_of(
+                session, caller=caller, request=request, idempotency_key=idempotency_key
+            )
+            if existing is not None:
+                return existing, False
+        await quotas.check_create(session, caller, limits, estimate=estimate, now=now)
     task_id = str(uuid.uuid4())
     values: dict[str, Any] = {
         "id": task_id,
@@ -77,6 +105,8 @@ async def create_task(
         "callback_nonce": new_nonce(),
         "submit_state": SubmitState.NONE,
         "submit_attempts": 0,
+        "credits": estimate,
+        "credits_source": CreditsSource.ESTIMATE,
         "created_at": now,
         "updated_at": now,
     }
@@ -283,6 +313,10 @@ def present(
         images=list(images),
         reference_images=references_out(task, references),
         error=error,
+        usage=UsageOut(
+            credits=task.credits,
+            source="provider" if task.credits_source == CreditsSource.PROVIDER else "estimate",
+        ),
         created_at=task.created_at,
         updated_at=task.updated_at,
         completed_at=task.completed_at,

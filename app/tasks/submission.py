@@ -30,6 +30,7 @@ from app.provider.types import (
 )
 from app.tasks import event_repository, reference_repository, repository, service
 from app.tasks.context import TaskContext
+from app.tasks.credits import NOTHING_BILLED, provider_credits
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.reference_delivery import (
@@ -249,6 +250,7 @@ class Submitter:
                     "submitted_at": now,
                     "last_news_at": now,
                     "updated_at": now,
+                    **provider_credits(accepted),
                 },
                 provider_task_id=None,
             )
@@ -317,12 +319,10 @@ class Submitter:
     ) -> None:
         async with self._ctx.sessions() as session:
             now = utcnow()
-            await repository.update_fields(
-                session,
-                task.id,
-                {"submit_state": state, "updated_at": now},
-                status=TaskStatus.QUEUED.value,
-            )
+            values: dict[str, object] = {"submit_state": state, "updated_at": now}
+            if state is SubmitState.REJECTED:
+                values |= NOTHING_BILLED  # the provider made nothing: the task costs nothing
+            await repository.update_fields(session, task.id, values, status=TaskStatus.QUEUED.value)
             await self._record_attempt(session, task, now, attempt)
             await session.commit()
 

@@ -16,7 +16,7 @@ import httpx
 
 from app.cli import build_parser
 from app.client import command
-from app.tasks.schemas import ErrorOut, ImageOut, TaskOut
+from app.tasks.schemas import ErrorOut, ImageOut, TaskOut, UsageOut
 
 TASK_ID = "0b9a3f46-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 API_KEY = "alpha-key-0123456789abcdef"
@@ -57,6 +57,7 @@ def task_json(
         metadata={},
         images=images,
         error=ErrorOut(code=error[0], message=error[1]) if error else None,
+        usage=UsageOut(credits=8.1059, source="estimate"),
         created_at=now,
         updated_at=now,
     )
