@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,14 @@ import pytest
 from sqlalchemy import select
 
 from app.core.config import Settings
+from app.core.limits import CallerLimits
 from app.models import Base
 from app.provider.simulator.tasks import CREDITS
-from app.tasks import service
+from app.provider.types import ProviderStatus, ProviderTask
+from app.tasks import quotas, service
+from app.tasks.credits import changed_credits
+from app.tasks.models import Task
+from app.tasks.schemas import CreateTaskRequest
 from app.tasks.states import ServiceFailure
 from tests.conftest import BETA_KEY, auth, settings_values
 from tests.support.gateway import Gateway, running_gateway
@@ -25,6 +31,7 @@ from tests.support.stack import running_stack
 URL = "/v1/images/generations"
 HIGH = 8.1059  # high, 1024x1024, no reference (app/provider/pricing.py)
 LOW = 0.53
+TASK = "task-unified-1757156493-imcg5zqt"
 
 
 def limits_file(tmp_path: Path, text: str) -> Path:
@@ -208,3 +215,59 @@ async def test_a_create_the_provider_refuses_costs_nothing(database_url: str) ->
 
     assert task["error"]["code"] == "submission_rejected"
     assert task["usage"] == {"credits": 0.0, "source": "provider"}
+
+
+async def test_retry_after_is_when_the_window_frees_a_slot(gateway: Gateway) -> None:
+    start = datetime(2026, 12, 31, 23, 59, 0, tzinfo=UTC)
+    async with gateway.sessions() as session:
+        for seconds in (0, 10):
+            await service.create_task(
+                session,
+                caller="alpha",
+                request=CreateTaskRequest(prompt="p"),
+                idempotency_key=None,
+                now=start + timedelta(seconds=seconds),
+            )
+        await session.commit()
+        at = start + timedelta(seconds=30, microseconds=1)
+        waits = {}
+        for limit in (1, 2):
+            with pytest.raises(quotas.Refused) as raised:
+                await quotas.check_create(
+                    session, "alpha", CallerLimits(creates_per_minute=limit), estimate=1, now=at
+                )
+            waits[limit] = raised.value.headers
+        # Past the window of both, nothing is counted; the year's last day resets at midnight.
+        await quotas.check_create(
+            session,
+            "alpha",
+            CallerLimits(creates_per_minute=1),
+            estimate=1,
+            now=start + timedelta(seconds=70, microseconds=1),
+        )
+        with pytest.raises(quotas.Refused) as budget:
+            await quotas.check_create(
+                session, "alpha", CallerLimits(monthly_credits=16.3), estimate=0.1, now=at
+            )
+
+    assert waits == {1: {"Retry-After": "40"}, 2: {"Retry-After": "30"}}
+    assert budget.value.message == (
+        "monthly_credits budget of 16.3 is exhausted (used 16.2118, this task needs about "
+        "0.1); it resets at 2027-01-01T00:00:00Z"
+    )
+
+
+def test_a_poll_writes_the_providers_figure_only_when_it_changes() -> None:
+    task = Task(credits=HIGH, credits_source="estimate")
+    news = ProviderTask(
+        id=TASK,
+        status=ProviderStatus.COMPLETED,
+        raw_status="completed",
+        progress=100,
+        credits=251.5,
+    )
+
+    assert changed_credits(task, news) == {"credits": 251.5, "credits_source": "provider"}
+    task.credits, task.credits_source = 251.5, "provider"
+    assert changed_credits(task, news) == {}
+    assert changed_credits(task, replace(news, credits=None)) == {}
