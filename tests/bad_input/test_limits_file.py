@@ -82,7 +82,7 @@ CASES = [
 
 
 def settings_with(path: Path) -> Settings:
-    return Settings(provider="simulator", api_keys=KEYS, limits_file=path)  # type: ignore[arg-type]
+    return Settings(provider="simulator", api_keys=KEYS, limits_file=path)
 
 
 def problem(path: Path) -> str:
@@ -153,7 +153,7 @@ def test_a_valid_file_merges_callers_over_the_default_key_by_key(tmp_path: Path)
 
 def test_no_file_and_an_empty_variable_mean_no_limits() -> None:
     for value in (None, ""):
-        limits = Settings(provider="simulator", api_keys=KEYS, limits_file=value).limits  # type: ignore[arg-type]
+        limits = Settings(provider="simulator", api_keys=KEYS, limits_file=value).limits
         assert not limits.for_caller("alpha").any
 
 
