@@ -110,9 +110,9 @@ class Task(Base):
     redriven_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the latest retry
     # What the task costs (docs/limits.md): an estimate at create, replaced by the provider's
     # figure when it reports one.
-    credits: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    credits: Mapped[float] = mapped_column(Float, server_default="0")
     credits_source: Mapped[str] = mapped_column(
-        String(8), server_default=text("'estimate'"), default=CreditsSource.ESTIMATE
+        String(8), server_default=CreditsSource.ESTIMATE.value, default=CreditsSource.ESTIMATE
     )
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

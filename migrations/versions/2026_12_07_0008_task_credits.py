@@ -47,18 +47,13 @@ def _image_credits(tasks: sa.TableClause) -> sa.Case[float]:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("credits", sa.Float(), server_default=sa.text("0"), nullable=False)
-        )
-        batch_op.add_column(
-            sa.Column(
-                "credits_source",
-                sa.String(length=8),
-                server_default=sa.text("'estimate'"),
-                nullable=False,
-            )
-        )
+    # Plain ADD COLUMN with constant defaults: a batch rebuild of `tasks` on SQLite would drop
+    # the table, and with it (ON DELETE CASCADE) every task's reference rows.
+    op.add_column("tasks", sa.Column("credits", sa.Float(), server_default="0", nullable=False))
+    op.add_column(
+        "tasks",
+        sa.Column("credits_source", sa.String(length=8), server_default="estimate", nullable=False),
+    )
     tasks = sa.table(
         "tasks",
         sa.column("id"),
@@ -106,6 +101,6 @@ def downgrade() -> None:
     op.drop_index("ix_tasks_caller_active", table_name="tasks")
     op.drop_index("ix_tasks_caller_created", table_name="tasks")
     op.create_index("ix_tasks_caller_created", "tasks", ["caller", "created_at", "id"])
-    with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.drop_column("credits_source")
-        batch_op.drop_column("credits")
+    # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not a batch rebuild: see upgrade().
+    op.drop_column("tasks", "credits_source")
+    op.drop_column("tasks", "credits")
