@@ -14,6 +14,8 @@ from app.tasks.models import Task
 from app.tasks.states import TaskState, TaskStatus
 
 ACTIVE_STATUSES = tuple(status.value for status in TaskStatus if not status.is_terminal)
+# The first key of the advisory lock that serializes a caller's creates (lock_caller_creates).
+CALLER_LOCK_CLASS = 16_0001
 
 
 async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
@@ -143,10 +145,6 @@ async def lock_caller_creates(session: AsyncSession, caller: str) -> None:
     await session.execute(
         select(func.pg_advisory_xact_lock(CALLER_LOCK_CLASS, func.hashtext(caller)))
     )
-
-
-# The first key of the advisory locks above: this service's number for "a caller's creates".
-CALLER_LOCK_CLASS = 16_0001
 
 
 async def recent_usage(
