@@ -1,6 +1,7 @@
 """Every ORM model, imported in one place for Alembic and the tests."""
 
 from app.archive.models import TaskImage
+from app.balance.models import ProviderBalance
 from app.callbacks.models import CallbackDelivery
 from app.console.models import ConsoleSignout
 from app.core.db import Base
@@ -9,6 +10,7 @@ from app.tasks.models import Task
 from app.tasks.notifications import Notification
 from app.tasks.references import TaskReference
 from app.uploads.models import Upload
+from app.workers.leases import Lease
 from app.workers.models import Job
 
 __all__ = [
@@ -16,7 +18,9 @@ __all__ = [
     "CallbackDelivery",
     "ConsoleSignout",
     "Job",
+    "Lease",
     "Notification",
+    "ProviderBalance",
     "Task",
     "TaskEvent",
     "TaskImage",

@@ -15,6 +15,7 @@ from app.archive.archiving import ArchiveContext, Archiver, OwnImages
 from app.archive.fetch import create_fetch_client
 from app.archive.presenting import present_tasks
 from app.archive.thumbnails import Thumbnailer
+from app.balance.polling import BalancePoller
 from app.core.config import SIMULATOR_API_KEY, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
@@ -28,7 +29,7 @@ from app.tasks.polling import Poller
 from app.tasks.submission import Submitter
 from app.uploads.sweeping import UploadSweeper
 from app.workers.models import JobKind
-from app.workers.runner import Worker
+from app.workers.runner import Worker, worker_name
 
 SIMULATOR_MOUNT = "/_simulator"
 
@@ -142,10 +143,25 @@ class Runtime:
             grace=self.settings.shutdown_grace_seconds.total_seconds(),
         )
 
+    def build_balance_poller(self) -> BalancePoller:
+        """The poller of the provider's balance (one poll per period across all replicas)."""
+        return BalancePoller(
+            self.sessions,
+            self.tasks.provider,
+            every=self.settings.provider_credits_poll_seconds,
+            warn_below=self.settings.provider_credits_warn_below,
+            holder=worker_name(),
+        )
+
     async def run_workers(self, worker: Worker, stop: asyncio.Event) -> None:
-        """The job worker and the periodic upload sweep (app/uploads/sweeping.py) until `stop`:
-        every process that runs workers runs both."""
-        await asyncio.gather(worker.run(stop), UploadSweeper(self.sessions, self.store).run(stop))
+        """The job worker, the periodic upload sweep (app/uploads/sweeping.py) and the poller of
+        the provider's balance (app/balance/polling.py) until `stop`: every process that runs
+        workers runs all three."""
+        await asyncio.gather(
+            worker.run(stop),
+            UploadSweeper(self.sessions, self.store).run(stop),
+            self.build_balance_poller().run(stop),
+        )
 
     async def close(self) -> None:
         """Close clients and connections, end the thumbnail decoder process."""

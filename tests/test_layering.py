@@ -1,9 +1,9 @@
 """Dependencies point one way: every import in app/ goes down the table of rooms, never up.
 
 Entry points -> routers (console, API, operations) -> domain rooms (callbacks, archive, notify,
-uploads) -> tasks -> workers, provider, storage -> core. A module may import its own room and any
-room of a lower layer; rooms of one layer do not import each other. Imports inside functions count
-too."""
+uploads, balance) -> tasks -> workers, provider, storage -> core. A module may import its own room
+and any room of a lower layer; rooms of one layer do not import each other. Imports inside
+functions count too."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ ROOMS: tuple[tuple[str, str, int], ...] = (
     ("app.archive.router", "api", 5),
     ("app.uploads.router", "api", 5),
     ("app.references", "api", 5),  # reference images: resolved at create, served under /inputs/
+    ("app.balance", "balance", 4),  # the provider's balance: polled by workers, shown by all
     ("app.callbacks", "callbacks", 4),
     ("app.archive", "archive", 4),
     ("app.notify", "notify", 4),

@@ -41,6 +41,10 @@ FAMILIES = {
     "imagegen_jobs_due": "gauge",
     "imagegen_jobs_running": "gauge",
     "imagegen_jobs_oldest_due_age_seconds": "gauge",
+    "imagegen_provider_credits_remaining": "gauge",
+    "imagegen_provider_credits_unlimited": "gauge",
+    "imagegen_provider_credits_reading_age_seconds": "gauge",
+    "imagegen_provider_credits_read_failing": "gauge",
 }
 CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
 

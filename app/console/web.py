@@ -52,6 +52,11 @@ def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat()
 
 
+def _credits(value: float) -> str:
+    """Credits with up to four decimals, thousands grouped: `99,416.4429`, `12.5`."""
+    return f"{value:,.4f}".rstrip("0").rstrip(".")
+
+
 templates = Environment(
     loader=PackageLoader("app.console", "templates"),
     autoescape=True,
@@ -61,6 +66,7 @@ templates = Environment(
 )
 templates.filters["when"] = _when
 templates.filters["iso"] = _iso
+templates.filters["credits"] = _credits
 
 
 class Redirect(Exception):

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     notify_retry_schedule: Schedule = Field(default=NOTIFY_RETRY_SCHEDULE, validate_default=True)
     notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     shutdown_grace_seconds: Seconds = timedelta(seconds=20)
+    provider_credits_poll_seconds: Seconds = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    provider_credits_warn_below: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

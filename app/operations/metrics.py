@@ -5,11 +5,14 @@ No API key: the endpoint is for the cluster's scraper and shows counts, never ta
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from fastapi import APIRouter, Response
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.balance import repository as balances
+from app.balance.repository import BalanceView
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.db import query_deadline
@@ -49,6 +52,7 @@ async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[
             now = utcnow()
             statuses = await tasks.count_by_status(session)
             queue = await jobs.queue_stats(session, now)
+            balance = await balances.latest(session)
     except Exception:
         log.warning("metrics: cannot read the database gauges", exc_info=True)
         up.add_metric([], 0)
@@ -78,4 +82,36 @@ async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[
         running.add_metric([kind], stats.running)
         age = (now - stats.oldest_due).total_seconds() if stats.oldest_due else 0.0
         oldest.add_metric([kind], max(age, 0.0))
-    return [up, by_status, waiting, running, oldest]
+    return [up, by_status, waiting, running, oldest, *balance_families(balance, now)]
+
+
+def balance_families(balance: BalanceView | None, now: datetime) -> list[Metric]:
+    """The provider's balance as the last reading stored it (no samples before the first)."""
+    remaining = GaugeMetricFamily(
+        "imagegen_provider_credits_remaining",
+        "The provider's remaining credits at the last good reading: of the API key (token; "
+        "absent when the key is unlimited) and of the account (user).",
+        labels=["account"],
+    )
+    unlimited = GaugeMetricFamily(
+        "imagegen_provider_credits_unlimited",
+        "Whether the provider reports the API key as unlimited (1) at the last good reading.",
+    )
+    age = GaugeMetricFamily(
+        "imagegen_provider_credits_reading_age_seconds",
+        "Seconds since the last good reading of the provider's balance.",
+    )
+    failing = GaugeMetricFamily(
+        "imagegen_provider_credits_read_failing",
+        "Whether the last attempt to read the provider's balance failed (1) or not (0).",
+    )
+    if balance is not None:
+        failing.add_metric([], 1 if balance.error is not None else 0)
+        if balance.read_at is not None:
+            if balance.token_remaining is not None and not balance.token_unlimited:
+                remaining.add_metric(["token"], balance.token_remaining)
+            if balance.user_remaining is not None:
+                remaining.add_metric(["user"], balance.user_remaining)
+            unlimited.add_metric([], 1 if balance.token_unlimited else 0)
+            age.add_metric([], max((now - balance.read_at).total_seconds(), 0.0))
+    return [remaining, unlimited, age, failing]

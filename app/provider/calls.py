@@ -56,12 +56,13 @@ def is_permanent(status: int) -> bool:
 
 
 def error_for(
-    status: int, code: str, message: str, retry_after: float | None
+    status: int, code: str, message: str, retry_after: float | None, *, quiet: bool = False
 ) -> ProviderRejected | ProviderUnavailable:
-    """The error an answer of `status` stands for; operator problems are logged here."""
+    """The error an answer of `status` stands for; operator problems are logged here unless
+    `quiet` (a caller that logs its failures itself, once per streak)."""
     if is_permanent(status):
         error = ProviderRejected(message, status_code=status, code=code)
-        if error.is_operator_problem:
+        if error.is_operator_problem and not quiet:
             log.error(
                 "provider refused this service's credentials or account; operator action needed",
                 extra={"http_status": status, "provider_code": code, "provider_message": message},
@@ -71,9 +72,9 @@ def error_for(
     return ProviderUnavailable(message, status_code=status, code=code, retry_after=retry_after)
 
 
-def checked_body(response: httpx.Response) -> Any:
+def checked_body(response: httpx.Response, *, quiet: bool = False) -> Any:
     """The JSON of a 2xx answer (None when it is not JSON); raise the mapped error for anything
-    else."""
+    else (`quiet`: see `error_for`)."""
     status = response.status_code
     try:
         body: Any = response.json()
@@ -82,7 +83,7 @@ def checked_body(response: httpx.Response) -> Any:
     if 200 <= status < 300:
         return body
     code, message = parse_error_body(body, response.text or response.reason_phrase)
-    raise error_for(status, code, message, retry_after(response))
+    raise error_for(status, code, message, retry_after(response), quiet=quiet)
 
 
 def retry_after(response: httpx.Response) -> float | None:

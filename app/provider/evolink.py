@@ -1,10 +1,12 @@
-"""The one thin client of EvoLink's task API: create and query, with error mapping."""
+"""The one thin client of EvoLink's task API: create, query and the account's credits, with
+error mapping."""
 
 from __future__ import annotations
 
 import httpx
 
 from app.provider.calls import NOT_SENT, checked_body, describe, measured
+from app.provider.credits import ProviderCredits, parse_credits
 from app.provider.parsing import ProviderBodyError, parse_task
 from app.provider.types import (
     CreateTaskRequest,
@@ -17,6 +19,7 @@ from app.provider.types import (
 
 CREATE_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=5.0)
 QUERY_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=5.0)
+CREDITS_TIMEOUT = QUERY_TIMEOUT
 
 
 class EvolinkClient:
@@ -49,6 +52,26 @@ class EvolinkClient:
         """Query a task. Raises ProviderRejected or ProviderUnavailable."""
         with measured("query"):
             return await self._get_task(task_id)
+
+    async def get_credits(self) -> ProviderCredits:
+        """The balance of the key and of the account. Raises ProviderRejected or
+        ProviderUnavailable; logs nothing (the balance poller logs a failing streak once)."""
+        with measured("credits"):
+            return await self._get_credits()
+
+    async def _get_credits(self) -> ProviderCredits:
+        url = f"{self._base_url}/v1/credits"
+        try:
+            response = await self._http.get(url, headers=self._headers, timeout=CREDITS_TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"reading the credits failed: {describe(exc)}") from exc
+        body = checked_body(response, quiet=True)
+        try:
+            return parse_credits(body)
+        except ProviderBodyError as exc:
+            raise ProviderUnavailable(
+                f"unreadable credits from the provider: {exc}", status_code=response.status_code
+            ) from exc
 
     async def _create_task(self, request: CreateTaskRequest) -> ProviderTask:
         url = f"{self._base_url}/v1/images/generations"

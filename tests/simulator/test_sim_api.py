@@ -87,7 +87,7 @@ async def test_create_response_matches_the_doc() -> None:
         assert body["task_info"] == {"can_cancel": True, "estimated_time": 5}
         assert body["usage"] == {
             "billing_rule": "per_call",
-            "credits_reserved": 252,
+            "credits_reserved": 8.1,  # high, square, no reference (billing.py)
             "user_group": "default",
         }
 

@@ -52,6 +52,8 @@ def test_every_option() -> None:
         "--files-quota=3",
         "--files-429-rate=0.15",
         "--files-error-rate=0.35",
+        "--credits=12.5",
+        "--unlimited-credits",
     )
     assert (ns.host, ns.port) == ("192.0.2.1", 9999)
     assert cli.config_from_args(ns) == SimulatorConfig(
@@ -66,6 +68,8 @@ def test_every_option() -> None:
         max_image_bytes=4096,
         files_ttl_seconds=90,
         files_quota=3,
+        credits=12.5,
+        unlimited_credits=True,
         faults=SimulatorFaults(
             callback_drop_rate=0.3,
             callback_duplicates=3,
@@ -97,6 +101,9 @@ def test_out_of_range_values_are_refused() -> None:
         cli.config_from_args(parse("--files-quota=-1"))
     with pytest.raises(ValueError, match="max_image_bytes"):
         cli.config_from_args(parse("--max-image-bytes=0"))
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="credits"):
+            cli.config_from_args(parse(f"--credits={bad}"))
 
 
 def test_image_noise_takes_a_fraction() -> None:

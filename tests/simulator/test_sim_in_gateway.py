@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from app import cli
+from app.balance import repository as balances
+from app.balance.repository import BalanceView
 from app.callbacks.models import CallbackDelivery
 from app.core.config import Settings
 from app.provider.types import MODEL
@@ -208,3 +210,39 @@ async def test_the_built_in_simulator_serves_the_files_api_and_downloads_its_own
     assert "image_urls[0]" in failed["error"]["message"]
     assert records[1]["error_code"] == "image_processing_error"
     assert records[1]["references"][0]["status"] == 404
+
+
+async def test_the_demo_reads_the_built_in_balance_and_fails_a_task_it_cannot_cover(
+    sqlite_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers read the built-in simulator's `GET /v1/credits` (over HTTP, at the service's
+    own address) into the database; a create the balance cannot cover is answered `402
+    insufficient_quota` upstream and the task fails, naming it."""
+    demo_environment(monkeypatch, sqlite_database_url)
+    sock = bound_socket()
+    app = served_app(monkeypatch, sock.getsockname()[1])
+    async with (
+        serve_app(app, sock) as url,
+        httpx.AsyncClient(base_url=url, headers=auth(), trust_env=False) as client,
+    ):
+
+        async def reading() -> BalanceView | None:
+            async with app.state.sessions() as session:
+                return await balances.latest(session)
+
+        stored = await eventually(reading, lambda view: view is not None and bool(view.read_at))
+        low = await client.put("/_simulator/_sim/credits", json={"remaining_credits": 0.2})
+        assert low.status_code == 200, low.text
+        created = await client.post(
+            "/v1/images/generations", json={"prompt": "p", "quality": "low"}
+        )
+        task = await finished(client, created.json()["id"])
+        stats = (await client.get("/_simulator/_sim/stats")).json()
+
+    assert stored is not None
+    assert (stored.user_remaining, stored.token_unlimited, stored.error) == (100_000.0, False, None)
+    assert task.json()["status"] == "failed"
+    assert task.json()["error"]["code"] == "submission_rejected"
+    assert "HTTP 402 insufficient_quota" in task.json()["error"]["message"]
+    assert (stats["creates_rejected_402"], stats["creates_accepted"]) == (1, 0)
+    assert stats["credits_queries"] >= 1

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.core.limits import CallerLimits
 from app.models import Base
-from app.provider.simulator.tasks import CREDITS
+from app.provider.simulator.billing import task_credits
 from app.provider.types import ProviderStatus, ProviderTask
 from app.tasks import quotas, service
 from app.tasks.credits import changed_credits
@@ -175,7 +175,8 @@ async def test_without_limits_every_task_still_has_its_estimate(gateway: Gateway
 async def test_the_provider_figure_replaces_the_estimate_in_the_budget(
     database_url: str, tmp_path: Path
 ) -> None:
-    budget = CREDITS["high"] + 8  # one high task as the provider bills it, and 8 credits more
+    billed = task_credits("high", "1024x1024", 0)  # what the simulator reserves for it
+    budget = billed + 8  # one high task as the provider bills it, and 8 credits more
     path = limits_file(tmp_path, f"[callers.alpha]\ndaily_credits = {budget}\n")
     async with running_stack(database_url, limits_file=path) as stack:
         first = await stack.create({"prompt": "p"})
@@ -183,10 +184,10 @@ async def test_the_provider_figure_replaces_the_estimate_in_the_budget(
 
         task = await stack.wait_for(first["id"], lambda t: t["usage"]["source"] == "provider")
 
-        assert task["usage"] == {"credits": CREDITS["high"], "source": "provider"}
+        assert task["usage"] == {"credits": billed, "source": "provider"}
         response = await stack.gateway.client.post(URL, json={"prompt": "p"}, headers=auth())
         assert response.status_code == 402, response.text
-        assert f"(used {CREDITS['high']}, this task needs about {HIGH})" in response.text
+        assert f"(used {billed}, this task needs about {HIGH})" in response.text
         cheap = await stack.create({"prompt": "p", "quality": "low"})
         assert cheap["usage"]["source"] == "estimate"
         await stack.wait_for(cheap["id"], lambda t: t["status"] == "succeeded")

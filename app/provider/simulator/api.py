@@ -40,11 +40,13 @@ def api_router(engine: Engine) -> APIRouter:
     """Routes of the EvoLink API as the simulator serves them."""
     router = APIRouter()
 
-    def admit(request: Request, *, creating: bool) -> None:
+    def admit(request: Request, *, creating: bool = False, crediting: bool = False) -> None:
         """Answer 503 during an outage and 401 without a known Bearer key."""
         if engine.faults.down:
             if creating:
                 engine.stats.creates_rejected_503 += 1
+            elif crediting:
+                engine.stats.credits_rejected_503 += 1
             else:
                 engine.stats.queries_rejected_503 += 1
             raise errors.service_unavailable()
@@ -71,11 +73,21 @@ def api_router(engine: Engine) -> APIRouter:
         except errors.ApiError:
             engine.stats.creates_invalid += 1
             raise
+        cost = engine.cost(params)
+        if not engine.credits.can_pay(cost):
+            engine.stats.creates_rejected_402 += 1
+            raise errors.insufficient_quota(cost, engine.credits.remaining)
         task = engine.create_task(body, params, base_url(request))
         if engine.roll(faults.create_hang_rate):
             engine.stats.creates_hung += 1
             await _hang(engine, request, faults.create_hang_seconds)
         return JSONResponse(create_body(task))
+
+    @router.get("/v1/credits")
+    async def get_credits(request: Request) -> JSONResponse:
+        admit(request, crediting=True)
+        engine.stats.credits_queries += 1
+        return JSONResponse(engine.credits.body())
 
     @router.get("/v1/tasks/{task_id}")
     async def get_task(task_id: str, request: Request) -> JSONResponse:

@@ -119,6 +119,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files the Files API stores at once; uploads past it are answered 402 "
         "(default: no limit)",
     )
+    parser.add_argument(
+        "--credits",
+        type=float,
+        default=defaults.credits,
+        metavar="CREDITS",
+        help="the account's starting balance; a create it cannot cover is answered 402 "
+        "insufficient_quota (%(default)s)",
+    )
+    parser.add_argument(
+        "--unlimited-credits",
+        action="store_true",
+        help="the key has no credit limit: creates are never refused for credits",
+    )
     group = parser.add_argument_group("faults (rates are fractions in [0, 1])")
     for flag, field, what in FAULT_OPTIONS:
         default = getattr(faults, field)
@@ -145,6 +158,8 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         max_image_bytes=ns.max_image_bytes,
         files_ttl_seconds=ns.files_ttl,
         files_quota=ns.files_quota,
+        credits=ns.credits,
+        unlimited_credits=ns.unlimited_credits,
         faults=faults,
     )
 

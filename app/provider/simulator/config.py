@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .billing import DEFAULT_CREDITS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -106,6 +109,8 @@ class SimulatorConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES  # per reference and per uploaded file
     files_ttl_seconds: float = FILES_TTL_SECONDS  # lifetime of an uploaded file
     files_quota: int | None = None  # files that may be stored (unexpired) at once; None: no limit
+    credits: float = DEFAULT_CREDITS  # the account's starting balance (billing.py)
+    unlimited_credits: bool = False  # the key has no limit: creates are never refused for credits
     faults: SimulatorFaults = field(default_factory=SimulatorFaults)
 
     def __post_init__(self) -> None:
@@ -127,3 +132,5 @@ class SimulatorConfig:
             raise ValueError("files_ttl_seconds must not be negative")
         if self.files_quota is not None and self.files_quota < 0:
             raise ValueError("files_quota must not be negative")
+        if not 0.0 <= self.credits < math.inf:
+            raise ValueError("credits must be a finite number, not negative")

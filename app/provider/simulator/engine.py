@@ -20,6 +20,7 @@ from app.provider.types import (
     TRANSIENT_ERROR_CODES,
 )
 
+from .billing import CreditAccount, task_credits
 from .callbacks import CallbackSender
 from .fetching import Fetcher, FetchLimits
 from .files import FileStore
@@ -53,6 +54,7 @@ class Engine:
         self.callbacks = CallbackSender(self.stats, only_under=config.callback_base_url)
         self.fetcher = Fetcher()
         self.files = FileStore(config, self.stats, lambda: self.now())
+        self.credits = CreditAccount(config.credits, unlimited=config.unlimited_credits)
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._wakeup: asyncio.Event | None = None
@@ -79,8 +81,13 @@ class Engine:
         """True with probability `rate`; draws nothing when the rate is 0."""
         return rate > 0.0 and self.rng.random() < rate
 
+    @staticmethod
+    def cost(params: CreateParams) -> float:
+        """The credits a create of `params` reserves."""
+        return task_credits(params.quality, params.size, len(params.image_urls))
+
     def create_task(self, request: dict[str, Any], params: CreateParams, base_url: str) -> SimTask:
-        """Register an accepted create request and schedule its completion."""
+        """Register an accepted create request, debit its credits and schedule its completion."""
         created = int(time.time())
         task_id = self._new_id(created)
         task = SimTask(
@@ -94,7 +101,9 @@ class Engine:
             file_token="".join(self.rng.choices(_ID_ALPHABET, k=16)),
             image_format=self.config.image_format,
             image_noise=self.config.image_noise,
+            credits=self.cost(params),
         )
+        self.credits.debit(task.credits)
         if self.roll(self.faults.fail_rate):
             task.error_code = self.rng.choice(TASK_ERROR_CODES)
         self.tasks[task_id] = task
@@ -221,6 +230,8 @@ class Engine:
         if task.finalized:
             return
         task.finalized = True
+        if task.final_status == "failed":
+            self.credits.refund(task.credits)
         try:
             if task.final_status == "completed":
                 await self.image(task)

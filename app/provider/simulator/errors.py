@@ -53,6 +53,17 @@ def rate_limited() -> ApiError:
     )
 
 
+def insufficient_quota(needed: float, remaining: float) -> ApiError:
+    """402 when the account's balance cannot cover the task."""
+    return ApiError(
+        402,
+        "insufficient_quota",
+        f"Insufficient credits: this task needs {needed} credits and the account has "
+        f"{remaining}; top up the account",
+        "insufficient_quota",
+    )
+
+
 def internal_error() -> ApiError:
     """500 for a provider fault."""
     return ApiError(500, "internal_error", "Internal server error, please retry", "api_error")

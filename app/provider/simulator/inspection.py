@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -89,4 +90,53 @@ def inspection_router(engine: Engine) -> APIRouter:
             raise errors.invalid_request(str(exc), "faults") from None
         return engine.faults.to_json()
 
+    @router.get("/credits")
+    async def get_credits() -> dict[str, Any]:
+        return credits_state(engine)
+
+    @router.put("/credits")
+    async def put_credits(request: Request) -> dict[str, Any]:
+        """Set the balance (`remaining_credits`, `used_credits`) or `unlimited_credits`."""
+        try:
+            changes = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise errors.invalid_request("Body must be a JSON object of credit fields") from None
+        if not isinstance(changes, dict):
+            raise errors.invalid_request("Body must be a JSON object of credit fields")
+        checked = _credit_changes(changes)
+        account = engine.credits
+        account.remaining = checked.get("remaining_credits", account.remaining)
+        account.used = checked.get("used_credits", account.used)
+        account.unlimited = bool(checked.get("unlimited_credits", account.unlimited))
+        return credits_state(engine)
+
     return router
+
+
+def credits_state(engine: Engine) -> dict[str, Any]:
+    """The account as `GET /v1/credits` would show it, flat."""
+    account = engine.credits
+    return {
+        "remaining_credits": account.remaining,
+        "used_credits": account.used,
+        "unlimited_credits": account.unlimited,
+    }
+
+
+def _credit_changes(changes: dict[str, Any]) -> dict[str, float | bool]:
+    """The fields of a `PUT /_sim/credits` body, checked; ApiError 400 names a bad one."""
+    checked: dict[str, float | bool] = {}
+    for name, value in changes.items():
+        if name == "unlimited_credits":
+            if not isinstance(value, bool):
+                raise errors.invalid_request(f"{name} must be a boolean", name)
+            checked[name] = value
+        elif name in ("remaining_credits", "used_credits"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise errors.invalid_request(f"{name} must be a number", name)
+            if not 0.0 <= value < math.inf:
+                raise errors.invalid_request(f"{name} must be finite and not negative", name)
+            checked[name] = float(value)
+        else:
+            raise errors.invalid_request(f"unknown credit field: {name}", "credits")
+    return checked

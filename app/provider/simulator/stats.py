@@ -21,10 +21,13 @@ class SimulatorStats:
     creates_rejected_503: int = 0
     creates_invalid: int = 0
     creates_hung: int = 0
+    creates_rejected_402: int = 0  # the balance could not cover the task (insufficient_quota)
     unauthorized: int = 0
     queries: int = 0
     queries_rejected_500: int = 0
     queries_rejected_503: int = 0
+    credits_queries: int = 0  # GET /v1/credits answered 200
+    credits_rejected_503: int = 0
     files_served: int = 0
     files_expired: int = 0
     callbacks_sent: int = 0

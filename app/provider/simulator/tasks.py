@@ -17,7 +17,6 @@ OBJECT = "image.generation.task"
 REFERENCE_ERROR = "image_processing_error"  # the code of a task whose references are unusable
 PENDING_SHARE = 0.2  # the first 20% of the duration is `pending`
 STALE_PROGRESS = 50
-CREDITS = {"low": 36, "medium": 108, "high": 252}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 ERROR_MESSAGES = {
     "content_policy_violation": "Content policy violation. The request was rejected by safety.",
@@ -50,6 +49,7 @@ class SimTask:
     file_token: str
     image_format: str
     image_noise: float
+    credits: float = 0.0  # what its create reserved (billing.py)
     error_code: str | None = None
     # Wall-clock time (epoch seconds) at which the create was accepted, before it was answered.
     accepted_at: float = field(default_factory=time.time)
@@ -150,7 +150,7 @@ def create_body(task: SimTask) -> dict[str, Any]:
         "type": "image",
         "usage": {
             "billing_rule": "per_call",
-            "credits_reserved": CREDITS[task.params.quality],
+            "credits_reserved": task.credits,
             "user_group": "default",
         },
     }
