@@ -4,9 +4,11 @@ from app.archive.models import TaskImage
 from app.callbacks.models import CallbackDelivery
 from app.console.models import ConsoleSignout
 from app.core.db import Base
+from app.notify.breaker import NotifyHost
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.tasks.notifications import Notification
+from app.tasks.provider_hold import ProviderHold
 from app.tasks.references import TaskReference
 from app.uploads.models import Upload
 from app.workers.models import Job
@@ -17,6 +19,8 @@ __all__ = [
     "ConsoleSignout",
     "Job",
     "Notification",
+    "NotifyHost",
+    "ProviderHold",
     "Task",
     "TaskEvent",
     "TaskImage",
