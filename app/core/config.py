@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     job_lease_seconds: Seconds = timedelta(seconds=30)
     notify_retry_schedule: Schedule = Field(default=NOTIFY_RETRY_SCHEDULE, validate_default=True)
     notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    provider_rate_limit_wait_seconds: Seconds = timedelta(seconds=60)
     notify_slot_share: float = Field(default=0.5, gt=0, le=1)
     notify_breaker_failures: int = Field(default=5, ge=1, le=1000)
     notify_breaker_open_seconds: Seconds = timedelta(seconds=60)

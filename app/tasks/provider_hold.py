@@ -1,12 +1,13 @@
 """The provider's "slow down" shared by every replica: after a 429 to a create, no replica sends
-another create before `not_before` (the provider's Retry-After, else a minute).
+another create before `not_before` (the provider's Retry-After, else
+IMAGEGEN_PROVIDER_RATE_LIMIT_WAIT_SECONDS).
 
 One row per scope (`create`). Read by the submit job before each create and written when a
 create is answered 429; a later hold only ever moves the time later."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import String, Text, case, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,8 +16,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime, upsert_insert
 
 CREATE = "create"
-# How long creates wait after a 429 that names no Retry-After.
-DEFAULT_WAIT = timedelta(seconds=60)
 
 
 class ProviderHold(Base):

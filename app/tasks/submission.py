@@ -242,8 +242,9 @@ class Submitter:
         return Done()
 
     async def _hold_creates(self, exc: ProviderUnavailable) -> timedelta:
-        """Hold every replica's creates for the provider's Retry-After (else a minute)."""
-        wait = provider_hold.DEFAULT_WAIT
+        """Hold every replica's creates for the provider's Retry-After (else the configured
+        wait)."""
+        wait = self._ctx.settings.provider_rate_limit_wait_seconds
         if exc.retry_after is not None:
             wait = timedelta(seconds=exc.retry_after)
         now = utcnow()

@@ -13,7 +13,7 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.runtime import Runtime
-from app.tasks.provider_hold import CREATE, DEFAULT_WAIT, ProviderHold
+from app.tasks.provider_hold import CREATE, ProviderHold
 from app.workers.models import Job, JobKind, JobState
 from tests.support.stack import Stack, running_stack
 from tests.support.waiting import eventually
@@ -51,8 +51,8 @@ async def test_a_429_holds_the_creates_of_every_replica_until_it_lifts(
 
             hold = await eventually(lambda: the_hold(stack), lambda row: row is not None)
             assert hold is not None
-            # No Retry-After from the simulator: a minute.
-            assert hold.not_before >= started + DEFAULT_WAIT - timedelta(seconds=1)
+            # No Retry-After from the simulator: the configured wait (a minute by default).
+            assert hold.not_before >= started + timedelta(seconds=60) - timedelta(seconds=1)
             assert "HTTP 429" in hold.reason
             # Every submit job, on either replica, now waits for the hold.
             jobs = await eventually(
