@@ -21,6 +21,11 @@ def main() -> None:
     parser.add_argument(
         "--before-ref", default="1a26dc8", help="git commit of the BEFORE code (main, 1a26dc8)"
     )
+    parser.add_argument(
+        "--b-when-notifying",
+        action="store_true",
+        help="B submits once A's notifications hang (default: right after A's creates)",
+    )
     parser.add_argument("--only", choices=("before", "after"), help="run one side only")
     parser.add_argument("--workdir", type=Path, help="logs and checkouts (default: a temp dir)")
     args = parser.parse_args()
@@ -33,5 +38,6 @@ def main() -> None:
         before_ref=args.before_ref,
         sides=("before", "after") if args.only is None else (args.only,),
         workdir=args.workdir,
+        b_when_notifying=args.b_when_notifying,
     )
     print(asyncio.run(run_all(config)))

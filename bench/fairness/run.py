@@ -44,6 +44,9 @@ class BenchConfig:
     sides: tuple[str, ...] = ("before", "after")
     workdir: Path | None = None
     drain_timeout: float = 1800.0
+    # B submits once A's notifications are hanging (A's tasks finished upstream), rather than
+    # right after A's creates were accepted.
+    b_when_notifying: bool = False
 
 
 @dataclass
@@ -241,6 +244,8 @@ async def one_run(
     config: BenchConfig, side: str, code: Path, loaded: bool, work: Path, server: str
 ) -> Outcome:
     scenario = f"A: {config.a_tasks} slow-notify tasks" if loaded else "idle"
+    if loaded and config.b_when_notifying:
+        scenario += ", B once they hang"
     outcome = Outcome(side, scenario, code=code_of(code))
     logs = work / f"{side}-{'loaded' if loaded else 'idle'}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -255,6 +260,12 @@ async def one_run(
         say(f"{side} / {scenario}: stack up")
         if loaded:
             await submit(client, api, KEY_A, config.a_tasks, "a", receiver_url)
+            if config.b_when_notifying:
+
+                async def hanging() -> tuple[bool, str]:
+                    return receiver.held >= config.concurrency, f"{receiver.held} held"
+
+                await until("A's notifications to hang", hanging, config.drain_timeout)
         b_ids = await submit(client, api, KEY_B, config.b_tasks, "b", None)
         db = await asyncpg.connect(**asyncpg_args(database_url))
         try:
