@@ -55,6 +55,11 @@ def provider_origin(settings: Settings) -> tuple[str, str]:
     return settings.provider_base_url, settings.provider_api_key.get_secret_value()
 
 
+def notify_slots(settings: Settings) -> int:
+    """The most worker slots notify jobs may hold in one process (at least one)."""
+    return max(1, int(settings.worker_concurrency * settings.notify_slot_share))
+
+
 @dataclass
 class Runtime:
     """The shared resources of a process, opened once and closed once."""
@@ -141,6 +146,7 @@ class Runtime:
             concurrency=self.settings.worker_concurrency,
             lease=self.settings.job_lease_seconds,
             grace=self.settings.shutdown_grace_seconds.total_seconds(),
+            caps={JobKind.NOTIFY: notify_slots(self.settings)},
         )
 
     def build_balance_poller(self) -> BalancePoller:

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from app.core.config import Settings
 from app.core.db import write_durably
 from app.core.safe_http import FetchPolicy, ForbiddenAddress, RefusedUrl, create_safe_client
 from app.core.urls import UrlPolicyError, check_outbound_url
+from app.notify import breaker
 from app.tasks import event_repository, notification_repository, repository
 from app.tasks.events import EventKind
 from app.tasks.models import Task
@@ -67,6 +68,27 @@ NO_CONNECTION = "could not connect to the notify_url"
 BROKE_OFF = "the connection to the notify_url failed before an answer"
 
 
+DELAYED = "delayed: "
+
+
+def delayed_message(host: str, until: datetime) -> str:
+    """What callers and operators read of a notification held by its host's breaker."""
+    at = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"{DELAYED}notify host {host} is not answering; next try at {at}"
+
+
+def breaker_key(url: str) -> str | None:
+    """The breaker a notify_url falls under: its host, and port when one is given."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    host = parsed.host.lower()
+    if not host:
+        return None
+    return host if parsed.port is None else f"{host}:{parsed.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """How one POST went."""
@@ -74,6 +96,7 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None  # the reason callers see
     permanent: bool = False  # retrying cannot help (a refused URL or address)
+    unreachable: bool = False  # a timeout or connection failure: counts toward the host's breaker
     detail: str | None = None  # the reason operators see (console, logs), when it says more
 
     @property
@@ -128,8 +151,72 @@ class Notifier:
         timestamp = data["completed_at"] or data["updated_at"]  # when the task became terminal
         message = {"type": row.type, "timestamp": timestamp, "data": data}
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        host = breaker_key(task.notify_url)
+        if host is not None:
+            delayed = await self._admit(host)
+            if delayed is not None:
+                await self._delay(row, host, delayed.until)
+                return
         attempt = await self._send(task.notify_url, row.id, body)
+        if host is not None:
+            await self._note_host(host, attempt)
         await self._record_durably(row, attempt)
+
+    async def _admit(self, host: str) -> breaker.Delayed | None:
+        """Whether the host's breaker lets an attempt through now (a probe, when half-open)."""
+        # The probe may take the whole attempt: the per-phase timeouts and the overall bound.
+        probe_time = timedelta(seconds=self._ctx.settings.notify_timeout_seconds * 3 + 5)
+        async with self._ctx.sessions() as session:
+            delayed = await breaker.admit(session, host, utcnow(), probe_time)
+            await session.commit()
+        return delayed
+
+    async def _note_host(self, host: str, attempt: Attempt) -> None:
+        """Tell the host's breaker how the attempt went (an answer of any status closes it)."""
+        if attempt.permanent:
+            return
+        settings = self._ctx.settings
+        try:
+            async with self._ctx.sessions() as session:
+                if attempt.unreachable:
+                    await breaker.failed(
+                        session,
+                        host,
+                        utcnow(),
+                        threshold=settings.notify_breaker_failures,
+                        open_for=settings.notify_breaker_open_seconds,
+                        error=attempt.operator_error or "",
+                    )
+                elif attempt.status_code is not None:
+                    await breaker.answered(session, host, utcnow())
+                await session.commit()
+        except Exception:  # the attempt itself is recorded next, whatever happens here
+            log.exception("could not update the breaker of a notify host", extra={"host": host})
+
+    async def _delay(self, row: Notification, host: str, until: datetime) -> None:
+        """Push the notification to when the host's breaker half-opens: not an attempt."""
+        now = utcnow()
+        message = delayed_message(host, until)
+        first = not (row.last_error or "").startswith(DELAYED)
+        values = {"next_attempt_at": until, "last_error": message, "updated_at": now}
+        async with self._ctx.sessions() as session:
+            kept = await notification_repository.record_attempt(session, row, values)
+            if kept and first:  # one timeline line per stretch of delays, not one per try
+                await event_repository.record(
+                    session,
+                    row.task_id,
+                    kind=EventKind.NOTIFY,
+                    source="notify",
+                    at=now,
+                    outcome="delayed",
+                    message=message,
+                    detail=_detail(row, row.attempts, None, until),
+                )
+            await session.commit()
+        log.info(
+            "notification delayed: its host's breaker is open",
+            extra={"task_id": row.task_id, "webhook_id": row.id, "host": host},
+        )
 
     async def _record_durably(self, row: Notification, attempt: Attempt) -> None:
         """Record an attempt, riding out database errors: a delivery that is not recorded
@@ -169,11 +256,11 @@ class Notifier:
             return Attempt(error=reason, permanent=True, detail=f"refused: {exc}")
         except (TimeoutError, httpx.TimeoutException) as exc:
             detail = f"{target.host} did not answer within the timeout ({type(exc).__name__})"
-            return Attempt(error=TIMED_OUT, detail=detail)
+            return Attempt(error=TIMED_OUT, detail=detail, unreachable=True)
         except httpx.TransportError as exc:
             reason = NO_CONNECTION if isinstance(exc, httpx.ConnectError) else BROKE_OFF
             detail = f"cannot reach {target.host}: {exc or type(exc).__name__}"
-            return Attempt(error=reason, detail=detail)
+            return Attempt(error=reason, detail=detail, unreachable=True)
         if 200 <= response.status_code < 300:
             return Attempt(status_code=response.status_code)
         note = " (redirects are not followed)" if 300 <= response.status_code < 400 else ""

@@ -28,7 +28,13 @@ from app.provider.types import (
     ProviderTask,
     ProviderUnavailable,
 )
-from app.tasks import event_repository, reference_repository, repository, service
+from app.tasks import (
+    event_repository,
+    provider_hold,
+    reference_repository,
+    repository,
+    service,
+)
 from app.tasks.context import TaskContext
 from app.tasks.credits import NOTHING_BILLED, provider_credits
 from app.tasks.events import EventKind
@@ -81,6 +87,12 @@ class Submitter:
             unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
             expired = now - task.created_at > max_wait
             ready = not unsure and not expired
+            held = await provider_hold.active_until(session, provider_hold.CREATE, now)
+            if ready and held is not None:
+                # Every replica waits for the provider's 429 to lift; fair claiming then drains
+                # the backlog between callers.
+                reason = f"waiting: the provider asked to slow down (HTTP 429) until {held}"
+                return RetryAt(held, reason)
             if ready:
                 references = await reference_repository.in_order(session, task.id)
                 prepared = not self._delivery.needs_preparation(references)
@@ -205,6 +217,8 @@ class Submitter:
             delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
             if exc.retry_after is not None:
                 delay = max(delay, delay.__class__(seconds=exc.retry_after))
+            if exc.status_code == 429:
+                delay = max(delay, await self._hold_creates(exc))
             log.info(
                 "provider unavailable; submission will be retried",
                 extra=extra | {"http_status": exc.status_code, "retry_in": delay.total_seconds()},
@@ -227,6 +241,29 @@ class Submitter:
             # with it moves the task on.
             await self._durably(task, lambda: self._accept(task, accepted))
         return Done()
+
+    async def _hold_creates(self, exc: ProviderUnavailable) -> timedelta:
+        """Hold every replica's creates for the provider's Retry-After (else the configured
+        wait)."""
+        wait = self._ctx.settings.provider_rate_limit_wait_seconds
+        if exc.retry_after is not None:
+            wait = timedelta(seconds=exc.retry_after)
+        now = utcnow()
+        until = now + wait
+        reason = f"HTTP 429: {exc.message}"
+        try:
+            async with self._ctx.sessions() as session:
+                await provider_hold.hold(session, provider_hold.CREATE, until, reason, now)
+                await session.commit()
+        except Exception:
+            # The task's own retry (recorded next) matters more than the shared hold.
+            log.exception("could not record the provider's hold on creates")
+            return wait
+        log.warning(
+            "the provider is rate limiting creates; every replica holds its submissions",
+            extra={"until": until.isoformat(), "retry_after": exc.retry_after},
+        )
+        return wait
 
     async def _durably(self, task: Task, write: Callable[[], Awaitable[T]]) -> T:
         """Record the provider's answer, riding out database errors (it exists only here)."""

@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, or_, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    case,
+    column,
+    func,
+    or_,
+    select,
+    table,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
@@ -76,23 +88,33 @@ async def claim(
     lease: timedelta,
     limit: int,
 ) -> list[Job]:
-    """Lease up to `limit` due jobs in one statement; rows locked by others are skipped."""
-    due = (
-        select(Job.id)
-        .where(
-            Job.state == JobState.QUEUED,
-            Job.kind.in_(kinds),
-            Job.run_at <= now,
-            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
-        )
-        .order_by(Job.run_at, Job.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
+    """Lease up to `limit` due jobs, shared fairly between callers; rows locked by others are
+    skipped, and a row another worker leased meanwhile is never taken (the UPDATE checks again).
+
+    Fair turns: each caller's due jobs are numbered oldest first (1, 2, 3...), and the number
+    starts after the jobs of that caller already running on any replica. Jobs are taken by
+    that turn, then by age: the caller that holds the fewest slots goes first, and two callers
+    with backlogs alternate instead of the older backlog taking every slot."""
+    if limit <= 0 or not kinds:
+        return []
+    order = await _fair_candidates(session, kinds, now, limit * CANDIDATE_SLACK)
+    if not order:
+        return []
+    locked = set(
+        (
+            await session.scalars(
+                select(Job.id)
+                .where(Job.id.in_(order), *_due(kinds, now))
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
     )
+    chosen = [job_id for job_id in order if job_id in locked][:limit]
+    if not chosen:
+        return []
     statement = (
         update(Job)
-        .where(Job.id.in_(select(due.c.id)))
+        .where(Job.id.in_(chosen), *_due(kinds, now))
         .values(
             lease_owner=worker,
             lease_expires_at=now + lease,
@@ -104,7 +126,55 @@ async def claim(
         .execution_options(synchronize_session=False)
     )
     result = await session.scalars(statement)
-    return list(result.all())
+    rank = {job_id: index for index, job_id in enumerate(chosen)}
+    return sorted(result.all(), key=lambda job: rank[job.id])
+
+
+# The two columns of the task table that fair claiming reads (jobs.task_id references it): named
+# here rather than imported, as the workers room sits below the tasks room.
+Task = table("tasks", column("id", String(36)), column("caller", String(64)))
+
+# Candidates looked at per free slot: room for rows that other replicas hold locked right now.
+CANDIDATE_SLACK = 4
+
+
+def _due(kinds: Sequence[JobKind], now: datetime) -> list[ColumnElement[bool]]:
+    """Queued, due, of these kinds, and not leased (or leased by a worker that is gone)."""
+    return [
+        Job.state == JobState.QUEUED,
+        Job.kind.in_(kinds),
+        Job.run_at <= now,
+        or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+    ]
+
+
+async def _fair_candidates(
+    session: AsyncSession, kinds: Sequence[JobKind], now: datetime, count: int
+) -> list[int]:
+    """Ids of up to `count` due jobs in fair order (see `claim`), read without locks."""
+    running = (
+        select(Task.c.caller.label("caller"), func.count().label("held"))
+        .select_from(Job)
+        .join(Task, Task.c.id == Job.task_id)
+        .where(Job.state == JobState.QUEUED, Job.lease_expires_at >= now)
+        .group_by(Task.c.caller)
+        .subquery("running")
+    )
+    turn = func.row_number().over(
+        partition_by=Task.c.caller, order_by=(Job.run_at, Job.id)
+    ) + func.coalesce(running.c.held, 0)
+    ranked = (
+        select(Job.id.label("id"), Job.run_at.label("run_at"), turn.label("turn"))
+        .select_from(Job)
+        .join(Task, Task.c.id == Job.task_id)
+        .outerjoin(running, running.c.caller == Task.c.caller)
+        .where(*_due(kinds, now))
+        .subquery("ranked")
+    )
+    rows = await session.scalars(
+        select(ranked.c.id).order_by(ranked.c.turn, ranked.c.run_at, ranked.c.id).limit(count)
+    )
+    return list(rows.all())
 
 
 async def finish(

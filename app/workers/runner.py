@@ -49,6 +49,7 @@ class Worker:
         idle_wait: float = 1.0,
         grace: float = 10.0,
         retry: RetryStrategy | None = None,
+        caps: Mapping[JobKind, int] | None = None,
     ) -> None:
         self.name = worker_name()
         self._sessions = sessions
@@ -61,6 +62,9 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._kinds: dict[int, str] = {}
+        # The most slots jobs of a kind may hold at once in this worker (notifications: a share
+        # of the pool, so that slow receivers never hold every slot).
+        self._caps = {kind: max(1, cap) for kind, cap in (caps or {}).items()}
 
     def wake(self) -> None:
         """Look for due jobs now instead of at the next idle tick."""
@@ -94,15 +98,29 @@ class Worker:
         free = self._concurrency - len(self._running)
         if free <= 0:
             return 0
+        uncapped = [kind for kind in self._handlers if kind not in self._caps]
+        jobs: list[Job] = []
         async with self._sessions.begin() as session:
-            jobs = await repository.claim(
-                session,
-                worker=self.name,
-                kinds=list(self._handlers),
-                now=utcnow(),
-                lease=self._lease,
-                limit=free,
-            )
+            # Capped kinds first, each up to the room under its cap; the rest of the pool then.
+            for kind, cap in self._caps.items():
+                if kind not in self._handlers:
+                    continue
+                held = sum(1 for running in self._kinds.values() if running == kind)
+                room = min(free - len(jobs), cap - held)
+                if room > 0:
+                    jobs += await self._claim_kinds(session, [kind], room)
+            if free - len(jobs) > 0 and uncapped:
+                jobs += await self._claim_kinds(session, uncapped, free - len(jobs))
+        return self._start(jobs)
+
+    async def _claim_kinds(
+        self, session: AsyncSession, kinds: list[JobKind], limit: int
+    ) -> list[Job]:
+        return await repository.claim(
+            session, worker=self.name, kinds=kinds, now=utcnow(), lease=self._lease, limit=limit
+        )
+
+    def _start(self, jobs: list[Job]) -> int:
         for job in jobs:
             if job.attempts > 1 and job.last_error is None:
                 metrics.LEASE_TAKEOVERS.labels(job.kind).inc()

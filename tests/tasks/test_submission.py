@@ -122,7 +122,9 @@ async def test_an_upstream_outage_is_retried_and_ends_in_exactly_one_task(
 
 async def test_rate_limited_creates_are_retried(sqlite_database_url: str) -> None:
     config = SimulatorConfig(duration_seconds=0.5, faults=SimulatorFaults(create_429_rate=1.0))
-    async with running_stack(sqlite_database_url, config) as stack:
+    # No Retry-After from the simulator: every replica holds its creates for the configured wait.
+    wait = {"provider_rate_limit_wait_seconds": 0.3}
+    async with running_stack(sqlite_database_url, config, **wait) as stack:
         created = await stack.create()
         await eventually(
             lambda: stack.sim.get("/_sim/stats"), lambda r: r.json()["creates_rejected_429"] >= 2

@@ -1,0 +1,5 @@
+"""`python -m bench.fairness`."""
+
+from .cli import main
+
+main()

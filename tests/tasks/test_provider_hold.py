@@ -1,0 +1,94 @@
+"""A 429 to a create holds the creates of every replica (the hold is in the database), and
+when it lifts the backlog is submitted, every task once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.core.clock import utcnow
+from app.core.config import Settings
+from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
+from app.runtime import Runtime
+from app.tasks.provider_hold import CREATE, ProviderHold
+from app.workers.models import Job, JobKind, JobState
+from tests.support.stack import Stack, running_stack
+from tests.support.waiting import eventually
+
+
+async def rejected_429(stack: Stack) -> int:
+    stats: dict[str, Any] = (await stack.sim.get("/_sim/stats")).json()
+    return int(stats["creates_rejected_429"])
+
+
+async def submit_jobs(stack: Stack) -> list[Job]:
+    async with stack.gateway.sessions() as session:
+        query = select(Job).where(Job.kind == JobKind.SUBMIT, Job.state == JobState.QUEUED)
+        return list((await session.scalars(query)).all())
+
+
+async def the_hold(stack: Stack) -> ProviderHold | None:
+    async with stack.gateway.sessions() as session:
+        return await session.get(ProviderHold, CREATE, populate_existing=True)
+
+
+async def test_a_429_holds_the_creates_of_every_replica_until_it_lifts(
+    database_url: str,
+) -> None:
+    config = SimulatorConfig(duration_seconds=0.2, faults=SimulatorFaults(create_429_rate=1.0))
+    async with running_stack(database_url, config, worker_concurrency=2) as stack:
+        # A second worker replica on the same database and provider.
+        settings: Settings = stack.gateway.app.state.settings
+        second = Runtime.open(settings)
+        stop = asyncio.Event()
+        replica = asyncio.create_task(second.run_workers(second.build_worker(), stop))
+        try:
+            started = utcnow()
+            created = [await stack.create({"prompt": f"p{index}"}) for index in range(8)]
+
+            hold = await eventually(lambda: the_hold(stack), lambda row: row is not None)
+            assert hold is not None
+            # No Retry-After from the simulator: the configured wait (a minute by default).
+            assert hold.not_before >= started + timedelta(seconds=60) - timedelta(seconds=1)
+            assert "HTTP 429" in hold.reason
+            # Every submit job, on either replica, now waits for the hold.
+            jobs = await eventually(
+                lambda: submit_jobs(stack),
+                lambda jobs: (
+                    len(jobs) == 8
+                    and all(
+                        job.run_at >= hold.not_before and job.lease_owner is None for job in jobs
+                    )
+                ),
+            )
+            assert {job.task_id for job in jobs} == {task["id"] for task in created}
+            # Only creates already under way when the first 429 came were refused: at most one
+            # per slot of the two replicas (2 + 2), not one series of retries per task.
+            refused = await rejected_429(stack)
+            assert 1 <= refused <= 4
+            for task in created:
+                assert (await stack.task(task["id"]))["status"] == "queued"
+
+            # The provider recovers and the hold lifts (brought forward here rather than waited
+            # for): the backlog is submitted, each task exactly once.
+            await stack.set_faults(create_429_rate=0.0)
+            async with stack.gateway.sessions.begin() as session:
+                past = utcnow() - timedelta(seconds=1)
+                await session.execute(update(ProviderHold).values(not_before=past))
+                await session.execute(
+                    update(Job).where(Job.kind == JobKind.SUBMIT).values(run_at=past)
+                )
+            stack.gateway.app.state.wake_workers()
+            for task in created:
+                await stack.wait_for(
+                    task["id"], lambda t: t["status"] in ("pending", "processing", "succeeded")
+                )
+            assert len(await stack.sim_tasks()) == 8
+            assert await rejected_429(stack) == refused
+        finally:
+            stop.set()
+            await replica
+            await second.close()
