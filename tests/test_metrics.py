@@ -41,6 +41,9 @@ FAMILIES = {
     "imagegen_jobs_due": "gauge",
     "imagegen_jobs_running": "gauge",
     "imagegen_jobs_oldest_due_age_seconds": "gauge",
+    "imagegen_creates_refused": "counter",
+    "imagegen_caller_credits_today": "gauge",
+    "imagegen_caller_credits_month": "gauge",
 }
 CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
 

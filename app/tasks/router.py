@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.presenting import present_tasks
+from app.core import metrics
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
@@ -115,6 +116,7 @@ async def create_generation(
         task, created = await _create_or_replay(session, caller, body, key, limits)
     except Refused as exc:
         await session.rollback()
+        metrics.CREATES_REFUSED.labels(caller, exc.code).inc()
         log.info(
             "create refused by a limit",
             extra={"caller": caller, "reason": exc.code, "status_code": exc.status_code},
