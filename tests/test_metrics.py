@@ -45,6 +45,9 @@ FAMILIES = {
     "imagegen_provider_credits_unlimited": "gauge",
     "imagegen_provider_credits_reading_age_seconds": "gauge",
     "imagegen_provider_credits_read_failing": "gauge",
+    "imagegen_creates_refused": "counter",
+    "imagegen_caller_credits_today": "gauge",
+    "imagegen_caller_credits_month": "gauge",
 }
 CALLBACK_ROUTE = "/callbacks/evolink/{task_id}/{nonce}/{token}"
 

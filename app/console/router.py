@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import FileResponse
 
 from app.console import auth as console_auth
-from app.console import overview, references, signin, tasks
+from app.console import overview, references, signin, tasks, usage
 from app.console.throttle import LoginThrottle
 from app.console.web import PREFIX, STATIC, ConsoleRoute, PageError
 from app.core.config import Settings
@@ -45,6 +45,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(overview.router)
     app.include_router(tasks.router)
     app.include_router(references.router)
+    app.include_router(usage.router)
 
 
 @router.get("/static/{name}")

@@ -89,6 +89,13 @@ CALLBACK_REFUSALS_BY_REASON = Counter(
 CALLBACK_REFUSALS = {
     reason: CALLBACK_REFUSALS_BY_REASON.labels(reason) for reason in ("unknown_task", "bad_token")
 }
+CREATES_REFUSED = Counter(
+    "imagegen_creates_refused_total",
+    "Creates refused by the caller's limits (docs/limits.md), by caller and reason: "
+    "rate_limited, too_many_active_tasks, budget_exhausted. Only authenticated callers, so the "
+    "callers of IMAGEGEN_API_KEYS bound the labels.",
+    ["caller", "reason"],
+)
 INPUT_REFUSALS_BY_REASON = Counter(
     "imagegen_input_refusals_total",
     "Requests under /inputs/ answered 404: bad_name, bad_method, bad_token, expired, "

@@ -16,9 +16,11 @@ from app.balance.repository import BalanceView
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.db import query_deadline
-from app.core.deps import SessionsDep
+from app.core.deps import SessionsDep, SettingsDep
 from app.tasks import repository as tasks
+from app.tasks.models import CreditsSource
 from app.tasks.states import TaskStatus
+from app.tasks.usage import CreditsNow, credits_by_caller_and_source
 from app.workers import repository as jobs
 from app.workers.models import JobKind
 
@@ -35,14 +37,18 @@ JOB_KINDS = (JobKind.SUBMIT, JobKind.POLL, JobKind.ARCHIVE, JobKind.NOTIFY)
     response_class=Response,
     responses={200: {"content": {metrics.CONTENT_TYPE_PLAIN_0_0_4: {}}}},
 )
-async def get_metrics(sessions: SessionsDep) -> Response:
+async def get_metrics(sessions: SessionsDep, settings: SettingsDep) -> Response:
     """Prometheus text format."""
-    families = await database_families(sessions)
+    families = await database_families(sessions, sorted(set(settings.callers.values())))
     return Response(metrics.exposition(families), media_type=metrics.CONTENT_TYPE_PLAIN_0_0_4)
 
 
-async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[Metric]:
-    """Tasks by status and the job queue, as the database has them now (same on every replica)."""
+async def database_families(
+    sessions: async_sessionmaker[AsyncSession], callers: list[str] | None = None
+) -> list[Metric]:
+    """Tasks by status, the job queue and the configured callers' credits, as the database has
+    them now (same on every replica)."""
+    callers = callers or []
     up = GaugeMetricFamily(
         "imagegen_database_scrape_success",
         "Whether the database gauges below could be read at this scrape (1) or not (0).",
@@ -53,6 +59,7 @@ async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[
             statuses = await tasks.count_by_status(session)
             queue = await jobs.queue_stats(session, now)
             balance = await balances.latest(session)
+            credits = await credits_by_caller_and_source(session, callers, now) if callers else {}
     except Exception:
         log.warning("metrics: cannot read the database gauges", exc_info=True)
         up.add_metric([], 0)
@@ -82,7 +89,15 @@ async def database_families(sessions: async_sessionmaker[AsyncSession]) -> list[
         running.add_metric([kind], stats.running)
         age = (now - stats.oldest_due).total_seconds() if stats.oldest_due else 0.0
         oldest.add_metric([kind], max(age, 0.0))
-    return [up, by_status, waiting, running, oldest, *balance_families(balance, now)]
+    return [
+        up,
+        by_status,
+        waiting,
+        running,
+        oldest,
+        *balance_families(balance, now),
+        *credit_families(callers, credits),
+    ]
 
 
 def balance_families(balance: BalanceView | None, now: datetime) -> list[Metric]:
@@ -115,3 +130,25 @@ def balance_families(balance: BalanceView | None, now: datetime) -> list[Metric]
             unlimited.add_metric([], 1 if balance.token_unlimited else 0)
             age.add_metric([], max((now - balance.read_at).total_seconds(), 0.0))
     return [remaining, unlimited, age, failing]
+
+
+def credit_families(callers: list[str], credits: dict[tuple[str, str], CreditsNow]) -> list[Metric]:
+    """Credits of each configured caller's tasks created this UTC day and month, by source
+    (estimate or provider): the figures the budgets count. Every caller of IMAGEGEN_API_KEYS
+    and source is listed (0 when none), and no other: the labels are bounded by the keys."""
+    today = GaugeMetricFamily(
+        "imagegen_caller_credits_today",
+        "Credits of the caller's tasks created this UTC day, by source.",
+        labels=["caller", "source"],
+    )
+    month = GaugeMetricFamily(
+        "imagegen_caller_credits_month",
+        "Credits of the caller's tasks created this UTC calendar month, by source.",
+        labels=["caller", "source"],
+    )
+    for caller in callers:
+        for source in CreditsSource:
+            figures = credits.get((caller, source.value), CreditsNow(0.0, 0.0))
+            today.add_metric([caller, source.value], figures.today)
+            month.add_metric([caller, source.value], figures.month)
+    return [today, month]

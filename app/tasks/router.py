@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.presenting import present_tasks
+from app.core import metrics
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
@@ -32,8 +33,12 @@ from app.tasks.schemas import (
     TaskEventPage,
     TaskOut,
     TaskPage,
+    UsageDayOut,
+    UsageRemainingOut,
+    UsageReportOut,
     is_task_id,
 )
+from app.tasks.usage import RangeError, remaining_budgets, usage_by_day, usage_range
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,7 @@ async def create_generation(
         task, created = await _create_or_replay(session, caller, body, key, limits)
     except Refused as exc:
         await session.rollback()
+        metrics.CREATES_REFUSED.labels(caller, exc.code).inc()
         log.info(
             "create refused by a limit",
             extra={"caller": caller, "reason": exc.code, "status_code": exc.status_code},
@@ -192,6 +198,52 @@ async def list_tasks(
         last = page[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
     return TaskPage(data=await present_tasks(session, page), next_cursor=next_cursor)
+
+
+@router.get("/usage", response_model=UsageReportOut, response_model_by_alias=True)
+async def get_usage(
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    first: Annotated[
+        str | None,
+        Query(
+            alias="from",
+            max_length=64,
+            description="First UTC day, YYYY-MM-DD (default: the first of the current month).",
+        ),
+    ] = None,
+    last: Annotated[
+        str | None,
+        Query(
+            alias="to",
+            max_length=64,
+            description="Last UTC day, inclusive (default: the last of the current month); "
+            "at most 366 days from `from`.",
+        ),
+    ] = None,
+) -> UsageReportOut:
+    """The caller's tasks by status and credits per UTC day of creation, its limits and what
+    is left of its budgets (docs/limits.md "Usage")."""
+    now = utcnow()
+    try:
+        start, end = usage_range(first, last, now)
+    except RangeError as exc:
+        raise ApiProblem(422, "validation_error", str(exc)) from None
+    limits = settings.limits.for_caller(caller)
+    [days] = (await usage_by_day(session, [caller], start, end)).values()
+    remaining = await remaining_budgets(session, caller, limits, now)
+    return UsageReportOut(
+        caller=caller,
+        from_=start.isoformat(),
+        to=end.isoformat(),
+        days=[
+            UsageDayOut(date=day.day.isoformat(), tasks=day.tasks, credits=day.credits)
+            for day in days
+        ],
+        limits=limits.as_dict(),
+        remaining=UsageRemainingOut(**remaining),
+    )
 
 
 @router.post(

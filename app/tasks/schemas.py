@@ -404,3 +404,33 @@ class TaskEventPage(BaseModel):
     """A task's timeline, oldest first."""
 
     data: list[TaskEventOut]
+
+
+class UsageDayOut(BaseModel):
+    """The caller's tasks created on one UTC day."""
+
+    date: str = Field(description="The UTC day, YYYY-MM-DD.")
+    tasks: dict[str, int] = Field(description="How many tasks of that day are in each status.")
+    credits: float = Field(description="Their credits (estimates or the provider's figures).")
+
+
+class UsageRemainingOut(BaseModel):
+    """What is left of the caller's budgets now; null: no such budget."""
+
+    daily_credits: float | None
+    monthly_credits: float | None
+
+
+class UsageReportOut(BaseModel):
+    """The caller's usage per UTC day over a range, its limits and its remaining budgets."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    caller: str
+    from_: str = Field(alias="from", description="First day of the range, YYYY-MM-DD.")
+    to: str = Field(description="Last day of the range (inclusive), YYYY-MM-DD.")
+    days: list[UsageDayOut] = Field(description="Every day of the range, oldest first.")
+    limits: dict[str, int | float] = Field(
+        description="The caller's configured limits (default merged with its own keys)."
+    )
+    remaining: UsageRemainingOut

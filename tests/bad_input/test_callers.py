@@ -36,6 +36,7 @@ ROUTES = [
     ("GET", "/v1/uploads/{upload_id}"),
     ("GET", "/v1/uploads/{upload_id}/content"),
     ("DELETE", "/v1/uploads/{upload_id}"),
+    ("GET", "/v1/usage"),
 ]
 TASK_ROUTES = [route for route in ROUTES if "{task_id}" in route[1]]
 
