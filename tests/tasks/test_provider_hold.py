@@ -54,14 +54,15 @@ async def test_a_429_holds_the_creates_of_every_replica_until_it_lifts(
             # No Retry-After from the simulator: the configured wait (a minute by default).
             assert hold.not_before >= started + timedelta(seconds=60) - timedelta(seconds=1)
             assert "HTTP 429" in hold.reason
-            # Every submit job, on either replica, now waits for the hold.
+            # Every submit job, on either replica, now waits out the provider's minute. (Not
+            # `>= hold.not_before` as read above: a create refused a moment later moves the
+            # hold later, past the run_at a job already took from the earlier hold.)
+            wait = settings.provider_rate_limit_wait_seconds
             jobs = await eventually(
                 lambda: submit_jobs(stack),
                 lambda jobs: (
                     len(jobs) == 8
-                    and all(
-                        job.run_at >= hold.not_before and job.lease_owner is None for job in jobs
-                    )
+                    and all(job.run_at >= started + wait and job.lease_owner is None for job in jobs)
                 ),
             )
             assert {job.task_id for job in jobs} == {task["id"] for task in created}
