@@ -84,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "1024x1024 PNGs are 3 MiB at 1.0 and 2 MiB at 0.667",
     )
     parser.add_argument(
+        "--image-pixels",
+        type=_pixels,
+        default=None,
+        metavar="WxH",
+        help="render every result at this size instead of the task's (benchmarks of the "
+        "gateway's own work: 64x64); default: the task's size",
+    )
+    parser.add_argument(
         "--no-fetch-references",
         dest="fetch_references",
         action="store_false",
@@ -143,6 +151,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def _pixels(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 64x64, got {text!r}")
+    return int(width), int(height)
+
+
 def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
     """The configuration the parsed options describe; ValueError on an out-of-range value."""
     faults = SimulatorFaults(**{field: getattr(ns, field) for _, field, _ in FAULT_OPTIONS})
@@ -152,6 +167,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         allow_private_callbacks=ns.allow_private_callbacks,
         image_format=ns.image_format,
         image_noise=ns.image_noise,
+        image_pixels=ns.image_pixels,
         seed=ns.seed,
         fetch_references=ns.fetch_references,
         reference_timeout_seconds=ns.reference_timeout,

@@ -101,6 +101,9 @@ class SimulatorConfig:
     callback_base_url: str | None = None
     image_format: str = "png"
     image_noise: float = 0.0  # fraction of each image's rows that are incompressible noise
+    # Render every result at this width and height instead of the task's size (benchmarks that
+    # measure the gateway's own work rather than the bytes of 1024x1024 images). None: the size.
+    image_pixels: tuple[int, int] | None = None
     seed: int | None = None
     # Download every `image_urls` entry when a task starts, as the provider does; off only as a
     # development shortcut (the task then never looks at its references).
@@ -122,6 +125,11 @@ class SimulatorConfig:
         if not 0.0 <= self.image_noise <= 1.0:
             raise ValueError("image_noise must be between 0 and 1")
         self.image_noise = float(self.image_noise)
+        if self.image_pixels is not None:
+            width, height = self.image_pixels
+            if not (1 <= width <= 4096 and 1 <= height <= 4096):
+                raise ValueError("image_pixels must be between 1x1 and 4096x4096")
+            self.image_pixels = (int(width), int(height))
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}")
         if not self.reference_timeout_seconds > 0.0:

@@ -167,7 +167,7 @@ class Engine:
 
     async def image(self, task: SimTask) -> bytes:
         """The encoded result image of a task, rendered on first use; records sha256 and size."""
-        width, height = task.pixels
+        width, height = self.config.image_pixels or task.pixels
         data = await self.images.get(
             task.id,
             lambda: render_image(task.id, width, height, task.image_format, task.image_noise),
