@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import await_
 
 from app.core.retry import RetryStrategy
 
@@ -72,7 +73,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
         kwargs.setdefault("pool_pre_ping", True)
-        return create_async_engine(url, **kwargs)
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.driver == "asyncpg":
+            engine.dialect.do_ping = _asyncpg_ping  # type: ignore[method-assign]
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -94,6 +98,19 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _asyncpg_ping(dbapi_connection: Any) -> bool:
+    """The pool's check of a connection before each checkout, in one round trip: `;` outside
+    a transaction. SQLAlchemy's own asyncpg ping wraps it in BEGIN and ROLLBACK (for PgBouncer
+    in transaction mode, which this service does not support: see docs/operations.md), three
+    round trips for every session a request or a job opens. A dead connection raises here as a
+    disconnect, and the pool replaces it, as with the stock ping."""
+    try:
+        await_(dbapi_connection._connection.fetchrow(";"))
+    except Exception as error:
+        dbapi_connection._handle_exception(error)
+    return True
 
 
 @asynccontextmanager
