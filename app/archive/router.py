@@ -56,7 +56,7 @@ async def get_image(
             content_type=image.content_type,
             headers=headers,
             redirect_for=settings.image_redirect_seconds,
-            task_id=task_id,
+            log_extra={"task_id": task_id},
         )
     except ObjectUnavailable as exc:
         raise ApiProblem(503, "unavailable", str(exc)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated
 
@@ -41,10 +42,11 @@ async def serve_object(
     content_type: str,
     headers: dict[str, str],
     redirect_for: timedelta | None = None,
-    task_id: str,
+    log_extra: Mapping[str, str],
 ) -> Response:
     """Stream `key` with `headers`, or redirect to a signed URL valid `redirect_for` when the
-    store can sign one. Raises ObjectUnavailable when the store fails or the object is gone."""
+    store can sign one. Raises ObjectUnavailable when the store fails or the object is gone;
+    `log_extra` names what the object belongs to in the log line (`task_id`, `upload_id`)."""
     try:
         signing = redirect_for is not None and redirect_for.total_seconds() > 0
         if signing and redirect_for is not None and store.supports_signed_urls:
@@ -53,10 +55,10 @@ async def serve_object(
                 return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
         opened = await store.open(key)
     except StoreError as exc:
-        log.warning("image store unavailable", extra={"task_id": task_id, "error": str(exc)})
+        log.warning("image store unavailable", extra={**log_extra, "key": key, "error": str(exc)})
         raise ObjectUnavailable("the image store is unavailable; retry") from None
     if opened is None:
-        log.error("archived image missing from the store", extra={"task_id": task_id})
+        log.error("stored image missing from the store", extra={**log_extra, "key": key})
         raise ObjectUnavailable("the image is temporarily unavailable")
     stored, chunks = opened
     return StreamingResponse(

@@ -38,7 +38,7 @@ async def stream_stored(
             key,
             content_type=content_type,
             headers={"ETag": etag, "Cache-Control": IMAGE_CACHE},
-            task_id=task_id,
+            log_extra={"task_id": task_id},
         )
     except ObjectUnavailable as exc:
         raise PageError(503, str(exc)) from None

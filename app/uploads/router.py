@@ -186,7 +186,11 @@ async def get_upload_content(
         return Response(status_code=304, headers=headers)
     try:
         return await serve_object(
-            store, upload.key, content_type=upload.content_type, headers=headers, task_id=upload.id
+            store,
+            upload.key,
+            content_type=upload.content_type,
+            headers=headers,
+            log_extra={"upload_id": upload.id},
         )
     except ObjectUnavailable as exc:
         raise ApiProblem(503, "unavailable", str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -315,3 +316,22 @@ async def test_delete_keeps_the_object_a_finished_tasks_reference_names(
     assert deleted.status_code == 204
     assert await uploads.row_count() == 0
     assert await uploads.keys() == [f"uploads/{stored.json()['id']}.png"]
+
+
+async def test_an_upload_whose_object_is_gone_answers_503_and_the_log_names_the_upload(
+    uploads: UploadGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = png((8, 8))
+    stored = await uploads.client.post(
+        UPLOADS, content=data, headers=auth() | {"Content-Type": "image/png"}
+    )
+    upload_id = stored.json()["id"]
+    for key in await uploads.keys():
+        await uploads.store.delete(key)
+    with caplog.at_level(logging.ERROR, logger="app.archive.serving"):
+        content = await uploads.client.get(f"{UPLOADS}/{upload_id}/content", headers=auth())
+    assert content.status_code == 503
+    lines = [record for record in caplog.records if record.name == "app.archive.serving"]
+    assert [line.getMessage() for line in lines] == ["stored image missing from the store"]
+    assert getattr(lines[0], "upload_id", None) == upload_id
+    assert not hasattr(lines[0], "task_id")
