@@ -34,6 +34,7 @@ def test_every_option() -> None:
         "--seed=7",
         "--image-format=webp",
         "--image-noise",
+        "--image-pixels=64x48",
         "--callback-drop-rate=0.3",
         "--callback-duplicates=3",
         "--stale-after-final",
@@ -62,6 +63,7 @@ def test_every_option() -> None:
         allow_private_callbacks=True,
         image_format="webp",
         image_noise=1.0,
+        image_pixels=(64, 48),
         seed=7,
         fetch_references=False,
         reference_timeout_seconds=2.5,
@@ -104,6 +106,15 @@ def test_out_of_range_values_are_refused() -> None:
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(ValueError, match="credits"):
             cli.config_from_args(parse(f"--credits={bad}"))
+
+
+def test_image_pixels_must_be_a_size_within_bounds() -> None:
+    for bad in ("64", "64x", "x64", "64y64", "-1x5", "axb"):
+        with pytest.raises(SystemExit):
+            parse(f"--image-pixels={bad}")
+    for bad in ("0x64", "64x0", "4097x1"):
+        with pytest.raises(ValueError, match="image_pixels"):
+            cli.config_from_args(parse(f"--image-pixels={bad}"))
 
 
 def test_image_noise_takes_a_fraction() -> None:

@@ -38,6 +38,15 @@ async def test_png_has_the_exact_pixel_size(size: str) -> None:
         assert again.content == response.content
 
 
+async def test_image_pixels_overrides_the_size_of_every_result() -> None:
+    async with running(SimulatorConfig(duration_seconds=0, image_pixels=(64, 32))) as (_, client):
+        task_id = (await client.post(CREATE, json=create_body(size="1536x1024"))).json()["id"]
+        (url,) = (await wait_until_final(client, task_id))["results"]
+        client.headers.pop("Authorization")
+        image = Image.open(io.BytesIO((await client.get(url)).content))
+        assert image.size == (64, 32)
+
+
 @pytest.mark.parametrize(
     ("image_format", "pil_format", "content_type", "suffix"),
     [("jpeg", "JPEG", "image/jpeg", ".jpg"), ("webp", "WEBP", "image/webp", ".webp")],
