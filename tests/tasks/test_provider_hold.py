@@ -62,7 +62,9 @@ async def test_a_429_holds_the_creates_of_every_replica_until_it_lifts(
                 lambda: submit_jobs(stack),
                 lambda jobs: (
                     len(jobs) == 8
-                    and all(job.run_at >= started + wait and job.lease_owner is None for job in jobs)
+                    and all(
+                        job.run_at >= started + wait and job.lease_owner is None for job in jobs
+                    )
                 ),
             )
             assert {job.task_id for job in jobs} == {task["id"] for task in created}
