@@ -9,7 +9,8 @@ import contextlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 PATH = "/v1/images/generations"
@@ -19,7 +20,7 @@ PATH = "/v1/images/generations"
 class LoadOutcome:
     sent: int = 0
     accepted: int = 0  # 2xx answers
-    refused: int = 0  # other answers and connection errors
+    errors: Counter[str] = field(default_factory=Counter)  # other answers, connection errors
     last_sent_at: float = 0.0  # epoch seconds of the last create written
 
 
@@ -58,6 +59,9 @@ async def open_loop(base_url: str, key: str, rate: float, seconds: float, tag: s
     free: list[Connection] = []
     outcome = LoadOutcome()
 
+    async def connect() -> Connection:
+        return Connection(*await asyncio.open_connection(host, port))
+
     async def one(index: int) -> None:
         body = json.dumps(
             {"prompt": f"e2e {tag} {index}", "size": "1:1", "quality": "low"}
@@ -67,20 +71,31 @@ async def open_loop(base_url: str, key: str, rate: float, seconds: float, tag: s
             f"Idempotency-Key: {uuid.uuid4()}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        connection = free.pop() if free else Connection(*await asyncio.open_connection(host, port))
         outcome.sent += 1
         outcome.last_sent_at = time.time()
-        try:
-            status = await connection.post(head, body)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            connection.close()
-            outcome.refused += 1
-            return
+        # A pooled connection the server closed while it was idle (uvicorn's keep-alive
+        # timeout) fails at once: the create is sent again on a new connection, as HTTP clients
+        # do (the Idempotency-Key makes a second copy harmless).
+        while True:
+            reused = bool(free)
+            try:
+                connection = free.pop() if reused else await connect()
+            except OSError as error:
+                outcome.errors[type(error).__name__] += 1
+                return
+            try:
+                status = await connection.post(head, body)
+                break
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
+                connection.close()
+                if not reused:
+                    outcome.errors[type(error).__name__] += 1
+                    return
         free.append(connection)
         if 200 <= status < 300:
             outcome.accepted += 1
         else:
-            outcome.refused += 1
+            outcome.errors[f"HTTP {status}"] += 1
 
     total = round(rate * seconds)
     start = time.perf_counter()

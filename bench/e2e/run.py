@@ -34,6 +34,9 @@ def py_spy() -> str:
     return found
 
 
+IDLE_SECONDS = 2.0
+
+
 @dataclass
 class E2EConfig:
     rates: tuple[float, ...] = (10, 25, 50, 100, 150)
@@ -118,7 +121,16 @@ async def one_rate(
 
 async def measure(config: E2EConfig, result: RateResult, label: str, stack: Stack) -> None:
     roots = stack.pids | {"simulator": stack.simulator_pid}
+    # The service's CPU while idle (job polls and the like), said beside the table's figures:
+    # at low rates it is a large part of the CPU per task.
+    idle_from = cpu.sample(roots)
+    await asyncio.sleep(IDLE_SECONDS)
     before = cpu.sample(roots)
+    idle = cpu.used(idle_from, before)
+    idle_ms = ", ".join(
+        f"{name} {1000 * idle.trees[name] / IDLE_SECONDS:.0f}" for name in stack.pids
+    )
+    say(f"{label}: idle CPU ms/s: {idle_ms}")
     profilers = await start_profilers(config, label, stack)
     load = await open_loop(stack.url, API_KEY, result.rate, config.seconds, label)
     result.sent = load.sent
@@ -129,7 +141,8 @@ async def measure(config: E2EConfig, result: RateResult, label: str, stack: Stac
             await asyncio.wait_for(profiler.wait(), timeout=30)
     result.service_cpu = {name: spent.trees[name] for name in stack.pids}
     result.machine_cpu = spent.machine
-    say(f"{label}: simulator CPU {spent.trees['simulator']:.1f} s, creates refused {load.refused}")
+    refused = dict(load.errors) or "none"
+    say(f"{label}: simulator CPU {spent.trees['simulator']:.1f} s; creates not accepted: {refused}")
     async with httpx.AsyncClient(timeout=60.0) as client:
         upstream = {
             task["id"]: task["final_at"]
