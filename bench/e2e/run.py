@@ -8,12 +8,14 @@ import contextlib
 import math
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from bench.fairness.run import DEFAULT_SERVER, ROOT, before_checkout, code_of
@@ -76,17 +78,30 @@ async def run_all(config: E2EConfig) -> str:
                     for mode in config.modes:
                         result = RateResult(codes[side], _mode_name(mode), kind, rate)
                         label = f"{side}-{mode}-{kind}-{rate:g}"
-                        await one_rate(config, result, label, work, server, code)
+                        await one_rate_or_say(config, result, label, work, server, code)
                         results.append(result)
                 if config.bare:
                     result = RateResult("bare", "bare", kind, rate)
-                    await one_rate(config, result, f"bare-{kind}-{rate:g}", work, server, None)
+                    label = f"bare-{kind}-{rate:g}"
+                    await one_rate_or_say(config, result, label, work, server, None)
                     results.append(result)
     return table(results)
 
 
 def _mode_name(mode: str) -> str:
     return "split" if mode == "split" else "one process"
+
+
+async def one_rate_or_say(
+    config: E2EConfig, result: RateResult, label: str, work: Path, server: str, code: Path | None
+) -> None:
+    """One rate; a run that broke (a process that did not start, say) is said and left in the
+    table as not held, and the other runs go on."""
+    try:
+        await one_rate(config, result, label, work, server, code)
+    except (OSError, RuntimeError, httpx.HTTPError, asyncpg.PostgresError, sqlite3.Error) as error:
+        result.drain = None
+        say(f"{label}: FAILED: {type(error).__name__}: {error} (logs in {work / label})")
 
 
 async def one_rate(
