@@ -46,7 +46,9 @@ def main() -> None:
         default=120.0,
         help="longest wait for every task to end after the load, s (120)",
     )
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare pipeline")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--no-bare", action="store_true", help="skip the bare pipeline")
+    only.add_argument("--bare-only", action="store_true", help="only the bare pipeline")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -66,6 +68,7 @@ def main() -> None:
         task_seconds=args.task_seconds,
         drain_timeout=args.drain_timeout,
         bare=not args.no_bare,
+        gateway=not args.bare_only,
         profile=args.profile,
         workdir=args.workdir,
     )

@@ -49,6 +49,7 @@ class E2EConfig:
     task_seconds: float = 1.0  # simulated generation time
     drain_timeout: float = 120.0
     bare: bool = True
+    gateway: bool = True
     profile: Path | None = None
     workdir: Path | None = None
 
@@ -70,11 +71,12 @@ async def run_all(config: E2EConfig) -> str:
         if config.before_ref is not None:
             sides.append(("before", exits.enter_context(before_checkout(config.before_ref, work))))
         codes = {side: f"{side.upper()} {code_of(code)}" for side, code in sides}
+        gateway_sides = sides if config.gateway else []
         # Rates outermost: BEFORE, AFTER and the bare pipeline of one rate run close in time,
         # so that the other load on the machine weighs on them alike.
         for rate in config.rates:
             for kind in config.databases:
-                for side, code in sides:
+                for side, code in gateway_sides:
                     for mode in config.modes:
                         result = RateResult(codes[side], _mode_name(mode), kind, rate)
                         label = f"{side}-{mode}-{kind}-{rate:g}"
