@@ -4,8 +4,9 @@
 the caller's create is answered after one INSERT of its row; one create POST upstream with a
 callback URL on this process; on the callback (acknowledged at once), one confirming GET of the
 task, the download of its image, the file written, one UPDATE of the row (status, provider id,
-sha256, completion time). No framework, no ORM, no retries: the floor the gateway is measured
-against (bench/e2e/run.py drives it with the same open-loop load)."""
+sha256, completion time). No framework, no ORM, no retries (a step that breaks ends the task
+failed): the floor the gateway is measured against (bench/e2e/run.py drives it with the same
+open-loop load)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,16 +108,27 @@ class Pipeline:
         self.background: set[asyncio.Task[None]] = set()
         self.headers = {"Authorization": f"Bearer {SIMULATOR_KEY}"}
 
-    def spawn(self, work: Any) -> None:
-        task = asyncio.create_task(work)
+    def spawn(self, row_id: str, provider_id: str | None, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self.failed_if_broken(row_id, provider_id, work))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    async def failed_if_broken(
+        self, row_id: str, provider_id: str | None, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """No retries here: a step that breaks (an upstream timeout under overload) ends the
+        task failed, so that the run drains and counts it."""
+        try:
+            await work
+        except (httpx.HTTPError, OSError, ValueError, KeyError, IndexError) as error:
+            print(f"task {row_id}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            await self.rows.execute(UPDATE, "failed", provider_id, None, None, time.time(), row_id)
 
     async def create(self, body: bytes) -> tuple[int, bytes]:
         request = json.loads(body)
         row_id = uuid.uuid4().hex
         await self.rows.execute(INSERT, row_id, request["prompt"], time.time())
-        self.spawn(self.submit(row_id, request))
+        self.spawn(row_id, None, self.submit(row_id, request))
         return 202, json.dumps({"id": row_id, "status": "submitted"}).encode()
 
     async def submit(self, row_id: str, request: dict[str, Any]) -> None:
@@ -132,8 +146,11 @@ class Pipeline:
         answer.raise_for_status()
 
     async def callback(self, row_id: str, body: bytes) -> tuple[int, bytes]:
-        provider_id = json.loads(body)["id"]
-        self.spawn(self.finish(row_id, provider_id))
+        try:
+            provider_id = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError):
+            return 400, b"{}"
+        self.spawn(row_id, provider_id, self.finish(row_id, provider_id))
         return 200, b"{}"
 
     async def finish(self, row_id: str, provider_id: str) -> None:
