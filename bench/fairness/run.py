@@ -88,10 +88,12 @@ class Children:
         self.code, self.logs = code, logs
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str], module: str = "app.cli"
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", module, *args],
             cwd=self.code,  # `-m` puts the code tree first on sys.path: its `app` is the one run
             env=os.environ | env | {"PYTHONPATH": str(self.code)},
             stdout=log,
