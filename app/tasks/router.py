@@ -175,6 +175,7 @@ async def _create_or_replay(
         now=now,
         references=references,
         limits=limits,
+        last_write=True,
     )
     return task, created, references
 

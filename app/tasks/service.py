@@ -83,11 +83,19 @@ _TASK_WITH_SUBMIT_JOB = _task_with_submit_job()
 _SQLITE_SUBMIT_JOB = _submit_job(sqlite.insert, bindparam("job_task_id", type_=Job.task_id.type))
 
 
-async def _insert_with_submit_job(session: AsyncSession, task: Task, now: datetime) -> bool:
-    """Insert a new task and its submit job unless its idempotency key was used (False)."""
+async def _insert_with_submit_job(
+    session: AsyncSession, task: Task, now: datetime, *, alone: bool
+) -> bool:
+    """Insert a new task and its submit job unless its idempotency key was used (False).
+    `alone`: on PostgreSQL, run that one statement as a transaction of its own (see
+    `create_task`)."""
+    options = None
+    if alone and session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
+        # One atomic statement needs no BEGIN and COMMIT around it: two round trips fewer.
+        options = {"isolation_level": "AUTOCOMMIT"}
     # On the connection: given parameters, Session.execute would take the ORM statement of
     # the job for a bulk insert of rows.
-    connection = await session.connection()
+    connection = await session.connection(execution_options=options)
     if connection.dialect.name == "postgresql":
         row = {**repository.task_row(task), "job_run_at": now}
         if (await connection.execute(_TASK_WITH_SUBMIT_JOB, row)).scalar() is None:
@@ -117,13 +125,19 @@ async def create_task(
     now: datetime,
     references: Sequence[ResolvedReference] = (),
     limits: CallerLimits = UNLIMITED,
+    last_write: bool = False,
 ) -> tuple[Task, bool]:
     """Save a queued task, its references and its submission job; (task, created). Replays
     return the original. `references` are the request's `reference_images`, checked by the
     caller (app/references/resolving.py); the `image_urls` entries are put before them.
 
     With `limits`, the caller's creates are serialized first and the new task is checked
-    against them (quotas.Refused: nothing is written); a replay is never checked nor counted."""
+    against them (quotas.Refused: nothing is written); a replay is never checked nor counted.
+
+    `last_write`: the caller writes nothing else in this transaction and commits next. When the
+    create is then a single statement (PostgreSQL, nothing read before it, no references, no
+    limits) that statement commits by itself (the task with its job, all or nothing); the
+    session's connection is in autocommit until the caller's commit hands it back to the pool."""
     if len(references) != len(request.reference_images):
         raise ValueError("reference_images must be resolved before the task is created")
     estimate = estimate_credits(
@@ -173,8 +187,10 @@ async def create_task(
         updated_at=now,
         completed_at=None,
     )
-    if await _insert_with_submit_job(session, task, now):
-        await reference_repository.add_all(session, task.id, new_references(request, references))
+    rows = new_references(request, references)
+    alone = last_write and not rows and not limits.any
+    if await _insert_with_submit_job(session, task, now, alone=alone):
+        await reference_repository.add_all(session, task.id, rows)
         return task, True
     assert idempotency_key is not None
     existing = await replay_of(
