@@ -15,7 +15,7 @@ from app.storage.store import ObjectStore, StoreError
 log = logging.getLogger(__name__)
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     """The running app's object store."""
     store: ObjectStore = request.app.state.store
     return store

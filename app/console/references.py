@@ -61,7 +61,7 @@ class ReferenceView:
     note: str | None = None  # shown in place of the thumbnail: why there is none
 
 
-def get_thumbnailer(request: Request) -> Thumbnailer:
+async def get_thumbnailer(request: Request) -> Thumbnailer:
     """The running app's Thumbnailer (shared with the archive copies: one decoder a process)."""
     thumbnails: Thumbnailer = request.app.state.thumbnails
     return thumbnails

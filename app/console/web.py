@@ -140,10 +140,15 @@ def console_auth(request: Request) -> ConsoleAuth:
     return auth
 
 
-ConsoleAuthDep = Annotated[ConsoleAuth, Depends(console_auth)]
+async def get_console_auth(request: Request) -> ConsoleAuth:
+    """`console_auth` as a dependency (async: a plain `def` would run in the thread pool)."""
+    return console_auth(request)
 
 
-def login_throttle(request: Request) -> LoginThrottle:
+ConsoleAuthDep = Annotated[ConsoleAuth, Depends(get_console_auth)]
+
+
+async def login_throttle(request: Request) -> LoginThrottle:
     """The app's limit on failed sign-ins."""
     throttle: LoginThrottle = request.app.state.console_throttle
     return throttle

@@ -47,13 +47,10 @@ def get_caller_keys(request: Request) -> KeyRing:
     return keys
 
 
-CallerKeysDep = Annotated[KeyRing, Depends(get_caller_keys)]
-
-
-def require_caller(request: Request, keys: CallerKeysDep) -> str:
-    """The calling service's name, or 401."""
+def authenticate(request: Request) -> str:
+    """The calling service's name, or 401; remembered on the request for `require_caller`."""
     token = bearer_token(request)
-    caller = keys.identify(token) if token else None
+    caller = get_caller_keys(request).identify(token) if token else None
     if caller is None:
         raise ApiProblem(
             401,
@@ -63,6 +60,13 @@ def require_caller(request: Request, keys: CallerKeysDep) -> str:
         )
     request.state.caller = caller
     return caller
+
+
+async def require_caller(request: Request) -> str:
+    """The calling service's name, or 401. The caller routes authenticate before the body is
+    read (`_authenticated`): their answer is reused, not computed again."""
+    caller: str | None = getattr(request.state, "caller", None)
+    return caller if caller is not None else authenticate(request)
 
 
 CallerDep = Annotated[str, Depends(require_caller)]
@@ -83,7 +87,7 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 def _authenticated(handler: Handler) -> Handler:
     async def authenticated(request: Request) -> Response:
-        require_caller(request, get_caller_keys(request))
+        authenticate(request)
         request.scope["query_string"] = without_empty_values(request.scope["query_string"])
         return await handler(request)
 

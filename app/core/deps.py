@@ -1,4 +1,7 @@
-"""Typed FastAPI dependencies shared by the routers: what the running app holds, by name."""
+"""Typed FastAPI dependencies shared by the routers: what the running app holds, by name.
+
+Every dependency is `async def`, even those that only read an attribute: FastAPI runs a plain
+`def` dependency in the thread pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -19,13 +22,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     """The app's session factory, for work that opens sessions of its own (health, metrics)."""
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     return sessions
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The running app's settings."""
     settings: Settings = request.app.state.settings
     return settings
@@ -35,7 +38,7 @@ def _no_workers() -> None:
     """Nothing to wake: this process runs no workers (they poll the job table)."""
 
 
-def get_wake_workers(request: Request) -> WakeWorkers:
+async def get_wake_workers(request: Request) -> WakeWorkers:
     """Wake this process's workers to look for due jobs now; a no-op when it runs none."""
     wake: WakeWorkers | None = getattr(request.app.state, "wake_workers", None)
     return _no_workers if wake is None else wake

@@ -66,14 +66,22 @@ async def check_create(
         starts.append(today)
     if limits.monthly_credits is not None:
         starts.append(month)
+    active: int | None = None
     if starts:
-        recent, used_today, used_since = await repository.recent_usage(
-            session, caller, since=min(starts), minute_start=minute_start, day_start=today
-        )
+        window = {"since": min(starts), "minute_start": minute_start, "day_start": today}
+        if limits.max_active_tasks is not None:
+            recent, used_today, used_since, active = await repository.recent_usage_and_active(
+                session, caller, **window
+            )
+        else:
+            recent, used_today, used_since = await repository.recent_usage(
+                session, caller, **window
+            )
         if limits.creates_per_minute is not None and recent >= limits.creates_per_minute:
             await _refuse_rate(session, caller, limits.creates_per_minute, now)
     if limits.max_active_tasks is not None:
-        active = await repository.count_active(session, caller)
+        if active is None:
+            active = await repository.count_active(session, caller)
         if active >= limits.max_active_tasks:
             raise Refused(
                 429,

@@ -6,10 +6,24 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, case, func, or_, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
-from app.core.db import matched_any, upsert_insert
+from app.core.db import UTCDateTime, matched_any
 from app.tasks.models import Task
 from app.tasks.states import TaskState, TaskStatus
 
@@ -18,17 +32,51 @@ ACTIVE_STATUSES = tuple(status.value for status in TaskStatus if not status.is_t
 CALLER_LOCK_CLASS = 16_0001
 
 
-async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
-    """Insert a task unless (caller, idempotency_key) exists; True when inserted."""
-    insert = upsert_insert(session)
-    statement = (
-        insert(Task)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[Task.caller, Task.idempotency_key])
-        .returning(Task.id)
+def insert_task_statement(insert: Any) -> Any:
+    """INSERT … ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id of a whole task
+    row, every column a bound parameter named after it (`task_row`)."""
+    table = Task.__table__
+    return (
+        insert(table)
+        .values({column.name: bindparam(column.name, type_=column.type) for column in table.c})
+        .on_conflict_do_nothing(index_elements=[table.c.caller, table.c.idempotency_key])
+        .returning(table.c.id)
     )
-    inserted = await session.scalar(statement)
-    return inserted is not None
+
+
+# Built once, executed with the row as parameters: the create path neither builds a statement
+# nor computes its cache key per request (Core on the table, no ORM bulk-insert bookkeeping).
+_INSERT_TASK = {
+    "postgresql": insert_task_statement(postgresql.insert),
+    "sqlite": insert_task_statement(sqlite.insert),
+}
+_TASK_COLUMNS = tuple((prop.key, prop.columns[0].name) for prop in inspect(Task).column_attrs)
+_BY_IDEMPOTENCY_KEY = select(Task).where(
+    Task.caller == bindparam("caller"), Task.idempotency_key == bindparam("key")
+)
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    """The parameters of `insert_task_statement` for a new task (a transient instance with
+    every column set)."""
+    return {column: getattr(task, key) for key, column in _TASK_COLUMNS}
+
+
+def adopt(session: AsyncSession, task: Task) -> None:
+    """Make a task just inserted with `task_row` belong to `session` as if read from the row
+    it wrote, without reading it back."""
+    make_transient_to_detached(task)
+    session.add(task)
+
+
+async def insert_if_new(session: AsyncSession, task: Task) -> bool:
+    """Insert a new task (see `task_row`) unless (caller, idempotency_key) exists; True when
+    inserted, and `task` then belongs to `session` (`adopt`)."""
+    statement = _INSERT_TASK[session.get_bind().dialect.name]
+    if await session.scalar(statement, task_row(task)) is None:
+        return False
+    adopt(session, task)
+    return True
 
 
 async def get(session: AsyncSession, task_id: str) -> Task | None:
@@ -43,9 +91,7 @@ async def get_for_caller(session: AsyncSession, caller: str, task_id: str) -> Ta
 
 async def get_by_idempotency_key(session: AsyncSession, caller: str, key: str) -> Task | None:
     """The caller's task created with this key."""
-    return await session.scalar(
-        select(Task).where(Task.caller == caller, Task.idempotency_key == key)
-    )
+    return await session.scalar(_BY_IDEMPOTENCY_KEY, {"caller": caller, "key": key})
 
 
 async def list_for_caller(
@@ -135,6 +181,11 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
     return {status: int(count) for status, count in rows}
 
 
+_LOCK_CALLER_CREATES = select(
+    func.pg_advisory_xact_lock(CALLER_LOCK_CLASS, func.hashtext(bindparam("caller", type_=String)))
+)
+
+
 async def lock_caller_creates(session: AsyncSession, caller: str) -> None:
     """Serialize the creates of one caller until the transaction ends, across every replica:
     a PostgreSQL transaction-scoped advisory lock on a hash of the caller (two callers whose
@@ -142,9 +193,27 @@ async def lock_caller_creates(session: AsyncSession, caller: str) -> None:
     begins IMMEDIATE and holds the database's one write lock (app/core/db.py)."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    await session.execute(
-        select(func.pg_advisory_xact_lock(CALLER_LOCK_CLASS, func.hashtext(caller)))
-    )
+    await session.execute(_LOCK_CALLER_CREATES, {"caller": caller})
+
+
+_RECENT_USAGE = select(
+    func.coalesce(
+        func.sum(
+            case((Task.created_at > bindparam("minute_start", type_=UTCDateTime()), 1), else_=0)
+        ),
+        0,
+    ),
+    func.coalesce(
+        func.sum(
+            case(
+                (Task.created_at >= bindparam("day_start", type_=UTCDateTime()), Task.credits),
+                else_=0.0,
+            )
+        ),
+        0.0,
+    ),
+    func.coalesce(func.sum(Task.credits), 0.0),
+).where(Task.caller == bindparam("caller"), Task.created_at >= bindparam("since"))
 
 
 async def recent_usage(
@@ -158,17 +227,13 @@ async def recent_usage(
     """(creates since `minute_start`, credits since `day_start`, credits since `since`) of the
     caller's tasks created since `since` (the earliest of the three): one range scan of
     ix_tasks_caller_created, index-only on PostgreSQL."""
-    recent = case((Task.created_at > minute_start, 1), else_=0)
-    today = case((Task.created_at >= day_start, Task.credits), else_=0.0)
-    row = (
-        await session.execute(
-            select(
-                func.coalesce(func.sum(recent), 0),
-                func.coalesce(func.sum(today), 0.0),
-                func.coalesce(func.sum(Task.credits), 0.0),
-            ).where(Task.caller == caller, Task.created_at >= since)
-        )
-    ).one()
+    parameters = {
+        "caller": caller,
+        "since": since,
+        "minute_start": minute_start,
+        "day_start": day_start,
+    }
+    row = (await session.execute(_RECENT_USAGE, parameters)).one()
     return int(row[0]), float(row[1]), float(row[2])
 
 
@@ -186,13 +251,37 @@ async def nth_newest_created_at(
     )
 
 
+_COUNT_ACTIVE = select(func.count()).where(
+    Task.caller == bindparam("caller"),
+    Task.completed_at.is_(None),
+    Task.status.in_(ACTIVE_STATUSES),
+)
+# Both in one round trip; the count is not correlated with the outer scan of the same table.
+_RECENT_USAGE_AND_ACTIVE = _RECENT_USAGE.add_columns(
+    _COUNT_ACTIVE.correlate(None).scalar_subquery()
+)
+
+
 async def count_active(session: AsyncSession, caller: str) -> int:
     """How many of the caller's tasks are not terminal (ix_tasks_caller_active)."""
-    count = await session.scalar(
-        select(func.count()).where(
-            Task.caller == caller,
-            Task.completed_at.is_(None),
-            Task.status.in_(ACTIVE_STATUSES),
-        )
-    )
+    count = await session.scalar(_COUNT_ACTIVE, {"caller": caller})
     return int(count or 0)
+
+
+async def recent_usage_and_active(
+    session: AsyncSession,
+    caller: str,
+    *,
+    since: datetime,
+    minute_start: datetime,
+    day_start: datetime,
+) -> tuple[int, float, float, int]:
+    """`recent_usage` and `count_active` in one statement."""
+    parameters = {
+        "caller": caller,
+        "since": since,
+        "minute_start": minute_start,
+        "day_start": day_start,
+    }
+    row = (await session.execute(_RECENT_USAGE_AND_ACTIVE, parameters)).one()
+    return int(row[0]), float(row[1]), float(row[2]), int(row[3] or 0)

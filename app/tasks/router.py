@@ -6,7 +6,7 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.presenting import present_tasks
@@ -25,6 +25,7 @@ from app.tasks.cursor import CursorError, decode_cursor, encode_cursor
 from app.tasks.models import Task
 from app.tasks.quotas import Refused
 from app.tasks.redrive import NotRetryable, redrive
+from app.tasks.references import ResolvedReference
 from app.tasks.schemas import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     CreateTaskRequest,
@@ -93,7 +94,7 @@ async def create_generation(
             description="Repeat a request safely: the same key and body return the same task.",
         ),
     ] = None,
-) -> JSONResponse:
+) -> Response:
     """Ask for an image, from text or from reference images (`image_urls`, `reference_images`).
     The task is saved as `queued` and submitted upstream in the background."""
     key = checked_idempotency_key(idempotency_key)
@@ -113,7 +114,7 @@ async def create_generation(
             )
     limits = settings.limits.for_caller(caller)
     try:
-        task, created = await _create_or_replay(session, caller, body, key, limits)
+        task, created, references = await _create_or_replay(session, caller, body, key, limits)
     except Refused as exc:
         await session.rollback()
         metrics.CREATES_REFUSED.labels(caller, exc.code).inc()
@@ -129,11 +130,16 @@ async def create_generation(
     )
     if created:
         wake_workers()
-    content = (await _present(session, task)).model_dump(mode="json")
-    return JSONResponse(
-        content,
+        # Presented from memory: a task created just now has its references and no archived
+        # image nor notification yet.
+        presented = service.present(task, references=service.new_references(body, references))
+    else:
+        presented = await _present(session, task)
+    return Response(
+        presented.model_dump_json(),
         status_code=202 if created else 200,
         headers={"Location": f"/v1/tasks/{task.id}"},
+        media_type="application/json",
     )
 
 
@@ -143,21 +149,25 @@ async def _create_or_replay(
     body: CreateTaskRequest,
     key: str | None,
     limits: CallerLimits,
-) -> tuple[Task, bool]:
+) -> tuple[Task, bool, list[ResolvedReference]]:
     """The replay of an accepted create as it was (its references are not checked again: an
     upload that has expired since never turns a replay into a refusal), else a new task whose
-    references are checked first."""
-    if key is not None:
+    references are checked first; with the resolved `reference_images` of a new task.
+
+    A key is looked up first only when there are references to check: otherwise the insert
+    itself finds a replay (ON CONFLICT DO NOTHING), and with limits `create_task` looks it up
+    under the caller's lock anyway."""
+    if key is not None and body.reference_images:
         replayed = await service.replay_of(
             session, caller=caller, request=body, idempotency_key=key
         )
         if replayed is not None:
-            return replayed, False
+            return replayed, False, []
     now = utcnow()
     references = await resolving.resolve(
         session, caller=caller, references=body.reference_images, now=now
     )
-    return await service.create_task(
+    task, created = await service.create_task(
         session,
         caller=caller,
         request=body,
@@ -165,7 +175,9 @@ async def _create_or_replay(
         now=now,
         references=references,
         limits=limits,
+        last_write=True,
     )
+    return task, created, references
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses={404: {"model": ApiError}})

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, literal
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.callback_tokens import new_nonce
@@ -42,7 +44,7 @@ from app.tasks.schemas import (
 )
 from app.tasks.states import Decision, Effect, Event, TaskState, TaskStatus, decide
 from app.workers import repository as jobs
-from app.workers.models import JobKind
+from app.workers.models import Job, JobKind
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,65 @@ _EFFECT_JOBS = {
 }
 
 
+Reference = TaskReference | ResolvedReference
+"""A reference row, or what a new task's row is written from: they present the same."""
+
+
+def _submit_job(insert: Any, task_id: Any) -> Any:
+    """`jobs.enqueue`'s statement for the submit job of `task_id`, run at `:job_run_at`."""
+    return jobs.enqueue_statement(
+        insert,
+        literal(JobKind.SUBMIT, Job.kind.type),
+        task_id,
+        bindparam("job_run_at", type_=Job.run_at.type),
+    )
+
+
+def _task_with_submit_job() -> Any:
+    """PostgreSQL: the task's insert and its submit job's in one statement (one round trip);
+    the job is inserted only with the task, and RETURNING says whether it was."""
+    task = repository.insert_task_statement(postgresql.insert).cte("new_task")
+    return _submit_job(postgresql.insert, task.c.id).add_cte(task).returning(Job.task_id)
+
+
+# Built once (see repository._INSERT_TASK).
+_TASK_WITH_SUBMIT_JOB = _task_with_submit_job()
+_SQLITE_SUBMIT_JOB = _submit_job(sqlite.insert, bindparam("job_task_id", type_=Job.task_id.type))
+
+
+async def _insert_with_submit_job(
+    session: AsyncSession, task: Task, now: datetime, *, alone: bool
+) -> bool:
+    """Insert a new task and its submit job unless its idempotency key was used (False).
+    `alone`: on PostgreSQL, run that one statement as a transaction of its own (see
+    `create_task`)."""
+    options = None
+    if alone and session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
+        # One atomic statement needs no BEGIN and COMMIT around it: two round trips fewer.
+        options = {"isolation_level": "AUTOCOMMIT"}
+    # On the connection: given parameters, Session.execute would take the ORM statement of
+    # the job for a bulk insert of rows.
+    connection = await session.connection(execution_options=options)
+    if connection.dialect.name == "postgresql":
+        row = {**repository.task_row(task), "job_run_at": now}
+        if (await connection.execute(_TASK_WITH_SUBMIT_JOB, row)).scalar() is None:
+            return False
+        repository.adopt(session, task)
+        return True
+    if not await repository.insert_if_new(session, task):
+        return False
+    await connection.execute(_SQLITE_SUBMIT_JOB, {"job_task_id": task.id, "job_run_at": now})
+    return True
+
+
+def new_references(
+    request: CreateTaskRequest, references: Sequence[ResolvedReference]
+) -> list[ResolvedReference]:
+    """A new task's references in position order: its `image_urls`, then `references` (the
+    request's `reference_images`, resolved)."""
+    return [*(ResolvedReference.of_url(url) for url in request.image_urls), *references]
+
+
 async def create_task(
     session: AsyncSession,
     *,
@@ -64,13 +125,19 @@ async def create_task(
     now: datetime,
     references: Sequence[ResolvedReference] = (),
     limits: CallerLimits = UNLIMITED,
+    last_write: bool = False,
 ) -> tuple[Task, bool]:
     """Save a queued task, its references and its submission job; (task, created). Replays
     return the original. `references` are the request's `reference_images`, checked by the
     caller (app/references/resolving.py); the `image_urls` entries are put before them.
 
     With `limits`, the caller's creates are serialized first and the new task is checked
-    against them (quotas.Refused: nothing is written); a replay is never checked nor counted."""
+    against them (quotas.Refused: nothing is written); a replay is never checked nor counted.
+
+    `last_write`: the caller writes nothing else in this transaction and commits next. When the
+    create is then a single statement (PostgreSQL, nothing read before it, no references, no
+    limits) that statement commits by itself (the task with its job, all or nothing); the
+    session's connection is in autocommit until the caller's commit hands it back to the pool."""
     if len(references) != len(request.reference_images):
         raise ValueError("reference_images must be resolved before the task is created")
     estimate = estimate_credits(
@@ -86,36 +153,44 @@ async def create_task(
             if existing is not None:
                 return existing, False
         await quotas.check_create(session, caller, limits, estimate=estimate, now=now)
-    task_id = str(uuid.uuid4())
-    values: dict[str, Any] = {
-        "id": task_id,
-        "caller": caller,
-        "idempotency_key": idempotency_key,
-        "request_hash": request.fingerprint(),
-        "model": request.model,
-        "prompt": request.prompt,
-        "size": request.size,
-        "quality": request.quality,
-        "image_urls": list(request.image_urls),
-        "n": request.n,
-        "metadata_": request.metadata,
-        "notify_url": request.notify_url,
-        "status": TaskStatus.QUEUED.value,
-        "progress": 0,
-        "callback_nonce": new_nonce(),
-        "submit_state": SubmitState.NONE,
-        "submit_attempts": 0,
-        "credits": estimate,
-        "credits_source": CreditsSource.ESTIMATE,
-        "created_at": now,
-        "updated_at": now,
-    }
-    if await repository.insert_if_new(session, values):
-        urls = [ResolvedReference.of_url(url) for url in request.image_urls]
-        await reference_repository.add_all(session, task_id, [*urls, *references])
-        await jobs.enqueue(session, JobKind.SUBMIT, task_id, now)
-        task = await repository.get(session, task_id)
-        assert task is not None
+    task = Task(
+        id=str(uuid.uuid4()),
+        caller=caller,
+        idempotency_key=idempotency_key,
+        request_hash=request.fingerprint(),
+        model=request.model,
+        prompt=request.prompt,
+        size=request.size,
+        quality=request.quality,
+        image_urls=list(request.image_urls),
+        n=request.n,
+        metadata_=request.metadata,
+        notify_url=request.notify_url,
+        status=TaskStatus.QUEUED.value,
+        progress=0,
+        error_code=None,
+        error_message=None,
+        provider_task_id=None,
+        callback_nonce=new_nonce(),
+        submit_state=SubmitState.NONE,
+        submit_attempts=0,
+        submit_started_at=None,
+        submitted_at=None,
+        last_news_at=None,
+        provider_completed_at=None,
+        final_claimed_at=None,
+        result_urls=None,
+        redriven_at=None,
+        credits=estimate,
+        credits_source=CreditsSource.ESTIMATE,
+        created_at=now,
+        updated_at=now,
+        completed_at=None,
+    )
+    rows = new_references(request, references)
+    alone = last_write and not rows and not limits.any
+    if await _insert_with_submit_job(session, task, now, alone=alone):
+        await reference_repository.add_all(session, task.id, rows)
         return task, True
     assert idempotency_key is not None
     existing = await replay_of(
@@ -291,10 +366,11 @@ def present(
     task: Task,
     images: Sequence[ImageOut] = (),
     notes: Sequence[Notification] = (),
-    references: Sequence[TaskReference] = (),
+    references: Sequence[Reference] = (),
 ) -> TaskOut:
     """The task object callers see, given its archived images (as archive/presenting.py shows
-    them), its notifications and its reference rows."""
+    them), its notifications and its reference rows (or, for a task being created, the
+    references its rows are written from)."""
     error = None
     if task.error_code is not None:
         error = ErrorOut(code=task.error_code, message=task.error_message or "")
@@ -324,7 +400,7 @@ def present(
     )
 
 
-def references_out(task: Task, rows: Sequence[TaskReference]) -> list[ReferenceOut]:
+def references_out(task: Task, rows: Sequence[Reference]) -> list[ReferenceOut]:
     """A task's reference images as callers see them, in position order. A task made before
     `task_references` existed has no rows: its `image_urls` are its references."""
     if not rows:
@@ -332,7 +408,7 @@ def references_out(task: Task, rows: Sequence[TaskReference]) -> list[ReferenceO
     return [reference_out(row) for row in rows]
 
 
-def reference_out(row: TaskReference) -> ReferenceOut:
+def reference_out(row: Reference) -> ReferenceOut:
     """One reference row as callers see it: only the fields of its source."""
     source = ReferenceSource(row.source)
     if source is ReferenceSource.URL:

@@ -49,13 +49,35 @@ async def test_create_answers_202_with_a_queued_task_and_location(gateway: Gatew
     assert [(job.kind, job.state) for job in jobs] == [(JobKind.SUBMIT, "queued")]
 
 
-async def test_get_returns_the_same_task(gateway: Gateway) -> None:
-    created = (await gateway.client.post(URL, json={"prompt": "p"}, headers=auth())).json()
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "p"},
+        {
+            "prompt": "a fox, \u00e9t\u00e9 \u2603",
+            "size": "2:3",
+            "quality": "low",
+            "image_urls": ["https://example.com/a.png", "https://example.com/b.png"],
+            "metadata": {"order": 7, "tags": ["x", "y"], "nested": {"k": None}},
+            "notify_url": "https://example.com/hook",
+        },
+    ],
+    ids=["minimal", "every field"],
+)
+async def test_get_and_a_replay_return_the_same_task(
+    gateway: Gateway, body: dict[str, object]
+) -> None:
+    # The create's answer is made from what it wrote, the others from the rows read back.
+    headers = auth() | {"Idempotency-Key": "same-task"}
+    created = await gateway.client.post(URL, json=body, headers=headers)
 
-    response = await gateway.client.get(f"/v1/tasks/{created['id']}", headers=auth())
+    response = await gateway.client.get(f"/v1/tasks/{created.json()['id']}", headers=auth())
+    replayed = await gateway.client.post(URL, json=body, headers=headers)
 
-    assert response.status_code == 200
-    assert response.json() == created
+    assert (created.status_code, response.status_code, replayed.status_code) == (202, 200, 200)
+    assert response.json() == created.json()
+    assert replayed.json() == created.json()
+    assert created.headers["content-type"] == replayed.headers["content-type"]
 
 
 @pytest.mark.parametrize(
