@@ -91,11 +91,12 @@ class Archiver:
             task = await repository.get(session, job.task_id)
             if task is None or task.status != TaskStatus.ARCHIVING.value:
                 return Done()
-            done = {image.index for image in (await images.for_tasks(session, [task.id]))[task.id]}
+            done = await images.indexes_of(session, task.id)
         urls = list(task.result_urls or [])
         if not urls:
             return await self._fail(task, "archive_failed", "the provider gave no result link")
         deadline = self._deadline(task)
+        last = len(urls) - 1
         for index, url in enumerate(urls):
             if index in done:
                 continue
@@ -131,8 +132,10 @@ class Archiver:
                 log.warning(
                     "no thumbnail", extra=_ids(task) | {"index": index, "reason": thumbnail.error}
                 )
-            await self._record(task, index, url, info, thumbnail)
-        return await self._finish(task)
+            await self._record(task, index, url, info, thumbnail, finish=index == last)
+            if index == last:
+                return Done()
+        return await self._finish(task)  # every image was stored by an earlier attempt
 
     def _deadline(self, task: Task) -> datetime:
         return upstream_completed_at(task) + self._ctx.settings.archive_deadline_seconds
@@ -160,8 +163,18 @@ class Archiver:
         return download.info
 
     async def _record(
-        self, task: Task, index: int, url: str, info: ImageInfo, thumbnail: ThumbnailResult
+        self,
+        task: Task,
+        index: int,
+        url: str,
+        info: ImageInfo,
+        thumbnail: ThumbnailResult,
+        *,
+        finish: bool,
     ) -> None:
+        """Write the image's row once; with `finish` (the last image: every earlier one has its
+        row), the task's `succeeded` too, in the same transaction: should it not commit, the
+        job's next attempt copies the image again to the same key, as it would have anyway."""
         now = utcnow()
         async with self._ctx.sessions() as session:
             written = await images.record_once(
@@ -191,6 +204,8 @@ class Archiver:
                     outcome="stored",
                     detail={"index": index, "bytes": info.bytes, "sha256": info.sha256},
                 )
+            if finish:
+                await service.apply_event(session, task, ArchiveDone(), now=now, source="archive")
             await session.commit()
         log.info(
             "image archived",

@@ -23,6 +23,10 @@ from PIL import Image, ImageOps
 
 THUMBNAIL_SIZE: Final = 256  # fits within THUMBNAIL_SIZE x THUMBNAIL_SIZE, aspect kept
 THUMBNAIL_QUALITY: Final = 80
+# libwebp's effort (0-6; Pillow's default is 4). For a 256-pixel thumbnail, 1 encodes about five
+# times faster (1.5 ms instead of 7.6 for one of a photo-like 1024x1024 image; a third of the
+# whole thumbnail's CPU) for a file a few per cent larger (2.3 KB instead of 2.2).
+THUMBNAIL_EFFORT: Final = 1
 _MIB: Final = 1024 * 1024
 # Peak memory of one decode, bounded through the pixel count. Bytes per pixel measured with
 # Pillow 13 (decode, reduce, resample, encode): PNG about 6 (RGBA), JPEG less (draft), WebP about
@@ -92,7 +96,7 @@ def make_thumbnail(body: bytes, content_type: str) -> bytes:
         if small.mode not in ("RGB", "RGBA"):
             small = small.convert("RGBA" if small.has_transparency_data else "RGB")
         out = io.BytesIO()
-        small.save(out, "WEBP", quality=THUMBNAIL_QUALITY)
+        small.save(out, "WEBP", quality=THUMBNAIL_QUALITY, method=THUMBNAIL_EFFORT)
         return out.getvalue()
     except ThumbnailRefused:
         raise

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.models import TaskImage
 from app.core.db import upsert_insert
 
+_IMAGES = cast(Table, TaskImage.__table__)
+
+
+@functools.cache
+def _record_once_statement(insert: Any, keys: tuple[str, ...]) -> Any:
+    """The insert-unless-present of the columns `keys`, built once per database and columns."""
+    # Prefixed: a bound parameter may not take the name of a column the statement sets.
+    values = {key: bindparam(f"v_{key}", type_=_IMAGES.c[key].type) for key in keys}
+    return (
+        insert(_IMAGES)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[_IMAGES.c.task_id, _IMAGES.c.index])
+        .returning(_IMAGES.c.index)
+    )
+
 
 async def record_once(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert an image row unless one exists for (task, index); True when this call wrote it."""
-    insert = upsert_insert(session)
-    statement = (
-        insert(TaskImage)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[TaskImage.task_id, TaskImage.index])
-        .returning(TaskImage.index)
-    )
-    return await session.scalar(statement) is not None
+    statement = _record_once_statement(upsert_insert(session), tuple(values))
+    parameters = {f"v_{key}": value for key, value in values.items()}
+    return await session.scalar(statement, parameters) is not None
+
+
+_INDEXES = select(_IMAGES.c.index).where(_IMAGES.c.task_id == bindparam("task_id"))
+
+
+async def indexes_of(session: AsyncSession, task_id: str) -> set[int]:
+    """Which images of a task are archived (their indexes)."""
+    return set((await session.scalars(_INDEXES, {"task_id": task_id})).all())
 
 
 async def for_tasks(session: AsyncSession, task_ids: Sequence[str]) -> dict[str, list[TaskImage]]:

@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.tasks.events import EventKind, TaskEvent
+
+# A Core INSERT built once (no ORM unit of work, no RETURNING of the id nobody reads): every
+# call passes every column, so each one is the same compiled statement.
+_INSERT = insert(cast(Table, TaskEvent.__table__))
+
+
+def line(
+    task_id: str,
+    *,
+    kind: EventKind,
+    source: str,
+    at: datetime,
+    outcome: str | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    message: str | None = None,
+    detail: dict[str, Any] | None = None,
+    operator_message: str | None = None,
+) -> dict[str, Any]:
+    """A timeline line as a row to write (`operator_message`: for the console only, when it
+    says more than `message`)."""
+    return {
+        "task_id": task_id,
+        "at": at,
+        "kind": kind,
+        "source": source,
+        "outcome": outcome,
+        "from_status": from_status,
+        "to_status": to_status,
+        "message": None if message is None else message[:2000],
+        "detail": detail,
+        "operator_message": None if operator_message is None else operator_message[:2000],
+    }
 
 
 async def record(
@@ -26,23 +60,28 @@ async def record(
     detail: dict[str, Any] | None = None,
     operator_message: str | None = None,
 ) -> None:
-    """Add a timeline line in the caller's transaction (`operator_message`: for the console
-    only, when it says more than `message`)."""
-    session.add(
-        TaskEvent(
-            task_id=task_id,
-            at=at,
-            kind=kind,
-            source=source,
-            outcome=outcome,
-            from_status=from_status,
-            to_status=to_status,
-            message=None if message is None else message[:2000],
-            detail=detail,
-            operator_message=None if operator_message is None else operator_message[:2000],
-        )
+    """Add a timeline line in the caller's transaction (the fields: line())."""
+    row = line(
+        task_id,
+        kind=kind,
+        source=source,
+        at=at,
+        outcome=outcome,
+        from_status=from_status,
+        to_status=to_status,
+        message=message,
+        detail=detail,
+        operator_message=operator_message,
     )
-    await session.flush()
+    await session.execute(_INSERT, row)
+
+
+async def record_lines(session: AsyncSession, lines: Sequence[dict[str, Any]]) -> None:
+    """Add lines made by line() in the caller's transaction, in order, in one statement."""
+    if len(lines) == 1:
+        await session.execute(_INSERT, lines[0])
+    elif lines:
+        await session.execute(_INSERT, list(lines))
 
 
 async def exists(session: AsyncSession, task_id: str, *, kind: EventKind, outcome: str) -> bool:

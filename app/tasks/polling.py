@@ -68,12 +68,13 @@ class Poller:
             if timed_out:
                 return await self._give_up(task)
             return RetryAt(utcnow() + self._errors.delay(job.attempts), message)
+        claimed = task.final_claimed_at is not None  # as read before the question
         status = await self._apply(task, news)
         if status not in _ACTIVE:
             return Done()
         if timed_out:
             return await self._give_up(task)
-        if task.final_claimed_at is not None:
+        if claimed:
             # A callback said final but the query does not agree yet: confirm again soon.
             return RetryAt(utcnow() + self._confirm.delay(job.attempts), "confirmation pending")
         # CONTRACT.md: a task with no news for IMAGEGEN_POLL_AFTER_SECONDS is polled, so the next
@@ -81,36 +82,37 @@ class Poller:
         return RetryAt(utcnow() + self._ctx.settings.poll_after_seconds, "")
 
     async def _apply(self, task: Task, news: ProviderTask) -> str:
+        """Write the answer: its timeline line and the transition it implies. `task` is the row
+        as read before the question: the transition is a conditional update, which reads the
+        row again when news came in meanwhile, and progress only moves forward, so an answer
+        that changes nothing from the older row changes nothing from the newer one either."""
         now = utcnow()
         extra: dict[str, Any] = {"last_news_at": now}
         if news.status is ProviderStatus.COMPLETED:
             extra |= {"result_urls": list(news.results), "provider_completed_at": now}
+        line = event_repository.line(
+            task.id,
+            kind=EventKind.POLL,
+            source="poll",
+            at=now,
+            outcome=news.raw_status,
+            detail={"progress": news.progress},
+        )
         async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            if fresh is None:
-                return TaskStatus.FAILED.value
-            await event_repository.record(
-                session,
-                task.id,
-                kind=EventKind.POLL,
-                source="poll",
-                at=now,
-                outcome=news.raw_status,
-                detail={"progress": news.progress},
-            )
-            billing = changed_credits(fresh, news)
+            billing = changed_credits(task, news)
             decision = await service.apply_event(
                 session,
-                fresh,
+                task,
                 ProviderNews(news, confirmed=True),
                 now=now,
                 source="poll",
                 extra=extra | billing,
+                line=line,
             )
             if not decision.changed:
                 await repository.update_fields(session, task.id, {"last_news_at": now, **billing})
             await session.commit()
-            return fresh.status
+            return task.status
 
     async def _note(
         self, task: Task, outcome: str, message: str, detail: dict[str, Any] | None

@@ -2,11 +2,14 @@
 another create before `not_before` (the provider's Retry-After, else
 IMAGEGEN_PROVIDER_RATE_LIMIT_WAIT_SECONDS).
 
-One row per scope (`create`). Read by the submit job before each create and written when a
-create is answered 429; a later hold only ever moves the time later."""
+One row per scope (`create`). Read by the submit job before its creates (while there is no
+hold, at most once a second per process: HoldWatch) and written when a create is answered 429;
+a later hold only ever moves the time later."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import String, Text, case, select
@@ -16,6 +19,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime, upsert_insert
 
 CREATE = "create"
+# How long a read that found no hold stands for a process (HoldWatch).
+RECHECK_SECONDS = 1.0
 
 
 class ProviderHold(Base):
@@ -55,3 +60,34 @@ async def hold(
         },
     )
     await session.execute(statement)
+
+
+class HoldWatch:
+    """One process's view of the hold of a scope, read at most once a RECHECK_SECONDS while
+    there is none: a hold another replica records is seen up to that late (a create sent
+    meanwhile is answered 429 at worst, and its own hold is then seen at once). A hold found
+    is read again each time (it may have been lifted), and one recorded here after forget()."""
+
+    def __init__(
+        self,
+        scope: str,
+        recheck: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scope = scope
+        self._recheck = recheck
+        self._clock = clock
+        self._clear_until = float("-inf")  # before this clock reading, no hold needs reading
+
+    async def active_until(self, session: AsyncSession, now: datetime) -> datetime | None:
+        """When the hold lifts, if it has not yet (as read at most RECHECK_SECONDS ago)."""
+        if self._clock() < self._clear_until:
+            return None
+        held = await active_until(session, self._scope, now)
+        if held is None:
+            self._clear_until = self._clock() + self._recheck
+        return held
+
+    def forget(self) -> None:
+        """Read the hold on the next look (this process is about to record one)."""
+        self._clear_until = float("-inf")

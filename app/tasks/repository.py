@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Boolean,
+    Column,
+    Row,
     Select,
     String,
+    Table,
     Update,
     and_,
     bindparam,
     case,
+    exists,
     func,
     inspect,
     or_,
@@ -22,9 +28,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.core.db import UTCDateTime, matched_any
 from app.tasks.models import Task
+from app.tasks.references import TaskReference
 from app.tasks.states import TaskState, TaskStatus
 
 ACTIVE_STATUSES = tuple(status.value for status in TaskStatus if not status.is_terminal)
@@ -79,9 +87,27 @@ async def insert_if_new(session: AsyncSession, task: Task) -> bool:
     return True
 
 
+_BY_ID = select(Task).where(Task.id == bindparam("task_id"))
+_FRESH = {"populate_existing": True}
+
+
 async def get(session: AsyncSession, task_id: str) -> Task | None:
-    """A task by id, freshly read."""
-    return await session.get(Task, task_id, populate_existing=True)
+    """A task by id, freshly read (a statement built once: cheaper than Session.get's own)."""
+    result = await session.execute(_BY_ID, {"task_id": task_id}, execution_options=_FRESH)
+    return result.scalar_one_or_none()
+
+
+_WITH_REFERENCES = select(
+    Task, exists().where(TaskReference.task_id == Task.id).label("has_references")
+).where(Task.id == bindparam("task_id"))
+
+
+async def get_with_references_flag(session: AsyncSession, task_id: str) -> tuple[Task, bool] | None:
+    """A task, freshly read, and whether it has reference rows (one round trip: a task with
+    none, the usual case, needs no query of its references)."""
+    result = await session.execute(_WITH_REFERENCES, {"task_id": task_id}, execution_options=_FRESH)
+    row = result.one_or_none()
+    return None if row is None else (row[0], bool(row[1]))
 
 
 async def get_for_caller(session: AsyncSession, caller: str, task_id: str) -> Task | None:
@@ -127,23 +153,101 @@ def newest_first(
     return query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
 
 
+# The task table's columns by attribute name (`metadata_` is the column `metadata`): the job
+# handlers' writes are Core statements on the table, built once per set of columns and cached,
+# instead of ORM bulk updates rebuilt (and their cache keys recomputed) on every call.
+_TASKS = cast(Table, Task.__table__)
+_COLUMNS: dict[str, Column[Any]] = {
+    attribute.key: cast(Column[Any], attribute.columns[0])
+    for attribute in inspect(Task).column_attrs
+}
+_ROW = tuple(_COLUMNS.items())  # what a RETURNING of the whole row reads, in order
+
+
+def _param(prefix: str, key: str) -> Any:
+    # Prefixed: a bound parameter may not take the name of a column the statement sets.
+    return bindparam(f"{prefix}_{key}", type_=_COLUMNS[key].type)
+
+
+def _values(keys: Sequence[str]) -> dict[Column[Any], Any]:
+    return {_COLUMNS[key]: _param("v", key) for key in keys}
+
+
+@functools.cache
+def _transition_statement(keys: tuple[str, ...]) -> Update:
+    """The guarded UPDATE of a transition writing the columns `keys`, returning the row."""
+    return (
+        update(_TASKS)
+        .where(
+            _TASKS.c.id == bindparam("w_id", type_=_TASKS.c.id.type),
+            _TASKS.c.status == _param("w", "status"),
+            _TASKS.c.progress == _param("w", "progress"),
+            _TASKS.c.final_claimed_at.is_not(None) == bindparam("w_claimed", type_=Boolean()),
+        )
+        .values(_values(keys))
+        .returning(*(column for _, column in _ROW))
+    )
+
+
+@functools.cache
+def _fields_statement(keys: tuple[str, ...], conditions: tuple[tuple[str, bool], ...]) -> Update:
+    """UPDATE of the columns `keys` where the row matches `conditions` ((column, is None))."""
+    clauses = [_TASKS.c.id == bindparam("w_id", type_=_TASKS.c.id.type)]
+    for key, is_none in conditions:
+        column = _COLUMNS[key]
+        clauses.append(column.is_(None) if is_none else column == _param("w", key))
+    return update(_TASKS).where(*clauses).values(_values(keys))
+
+
+def _parameters(task_id: str, values: Mapping[str, Any], **conditions: Any) -> dict[str, Any]:
+    parameters = {f"v_{key}": value for key, value in values.items()}
+    parameters |= {f"w_{key}": value for key, value in conditions.items() if value is not None}
+    parameters["w_id"] = task_id
+    return parameters
+
+
+def refresh_from(task: Task, row: Row[Any]) -> None:
+    """Give `task` the column values of `row` (a whole-row RETURNING) as loaded, not changed."""
+    for (key, _), value in zip(_ROW, row, strict=True):
+        set_committed_value(task, key, value)
+
+
+_RELOAD = select(*(column for _, column in _ROW)).where(
+    _TASKS.c.id == bindparam("w_id", type_=_TASKS.c.id.type)
+)
+
+
+async def reload(session: AsyncSession, task: Task) -> bool:
+    """Read `task`'s row again into `task` itself; False when the row is gone."""
+    row = (await session.execute(_RELOAD, {"w_id": task.id})).first()
+    if row is None:
+        return False
+    refresh_from(task, row)
+    return True
+
+
 async def update_if_state(
     session: AsyncSession,
-    task_id: str,
+    task: Task,
     *,
     expected: TaskState,
     values: dict[str, Any],
 ) -> bool:
-    """Write `values` only if the row still has the expected status and progress."""
-    statement = update_if_state_statement(
-        task_id,
+    """Write `values` only if the row still has the expected status, progress and final
+    claim; when it did, `task` holds the row as written (one round trip: RETURNING)."""
+    statement = _transition_statement(tuple(values))
+    parameters = _parameters(
+        task.id,
+        values,
         status=expected.status.value,
         progress=expected.progress,
-        final_claimed=expected.final_claimed,
-        values=values,
+        claimed=expected.final_claimed,
     )
-    result = await session.execute(statement.execution_options(synchronize_session=False))
-    return matched_any(result)
+    row = (await session.execute(statement, parameters)).first()
+    if row is None:
+        return False
+    refresh_from(task, row)
+    return True
 
 
 def update_if_state_statement(
@@ -166,12 +270,10 @@ def update_if_state_statement(
 async def update_fields(
     session: AsyncSession, task_id: str, values: dict[str, Any], **conditions: Any
 ) -> bool:
-    """Write `values` where the row still matches `conditions` (column=value)."""
-    clauses = [Task.id == task_id]
-    clauses += [getattr(Task, name) == value for name, value in conditions.items()]
-    result = await session.execute(
-        update(Task).where(*clauses).values(**values).execution_options(synchronize_session=False)
-    )
+    """Write `values` where the row still matches `conditions` (column=value; None: IS NULL)."""
+    shape = tuple((name, value is None) for name, value in conditions.items())
+    statement = _fields_statement(tuple(values), shape)
+    result = await session.execute(statement, _parameters(task_id, values, **conditions))
     return matched_any(result)
 
 

@@ -235,28 +235,37 @@ async def apply_event(
     now: datetime,
     source: str,
     extra: dict[str, Any] | None = None,
+    line: dict[str, Any] | None = None,
 ) -> Decision:
     """Run `event` through the state machine and write the result with a conditional update,
-    together with the jobs it implies. Concurrent writers: exactly one wins each transition."""
+    together with the jobs it implies. Concurrent writers: exactly one wins each transition.
+
+    `task` may be older than the row (read in an earlier transaction): the update is made
+    only on the state it was decided on, else the row is read again and the event decided
+    anew. Afterwards `task` holds the row as this transaction last read or wrote it.
+
+    `line` (event_repository.line()): the caller's timeline line, written just before the
+    transition's own, in the same statement."""
+    lines = [] if line is None else [line]
     for _ in range(10):
         current = state_of(task)
         decision = decide(current, event)
         if decision.state is None:
+            await event_repository.record_lines(session, lines)
             await _write_effects(session, task, decision, now)
             return decision
         new = decision.state
         values = transition_values(current, new, now=now, extra=extra)
-        if await repository.update_if_state(session, task.id, expected=current, values=values):
-            if (line := transition_event(current, new)) is not None:
+        # On success `task` holds the row as written (RETURNING): no read after the write.
+        if await repository.update_if_state(session, task, expected=current, values=values):
+            if (moved := transition_event(current, new)) is not None:
                 _log_transition(session, task, current, new, source)
-                await event_repository.record(session, task.id, source=source, at=now, **line)
-            await repository.get(session, task.id)  # refreshes `task` in place
+                lines.append(event_repository.line(task.id, source=source, at=now, **moved))
+            await event_repository.record_lines(session, lines)
             await _write_effects(session, task, decision, now)
             return decision
-        refreshed = await repository.get(session, task.id)
-        if refreshed is None:
+        if not await repository.reload(session, task):
             return Decision(None)
-        task = refreshed
     raise RuntimeError(f"task {task.id} kept changing under a transition")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,6 +69,8 @@ class Submitter:
             files=context.files,
             sessions=context.sessions,
         )
+        # The shared 429 hold on creates, read at most once a second while there is none.
+        self._hold = provider_hold.HoldWatch(provider_hold.CREATE)
 
     async def __call__(self, job: Job) -> Outcome:
         now = utcnow()
@@ -77,24 +79,24 @@ class Submitter:
         prepared = False
         # Sessions are never nested: on SQLite an open transaction holds the write lock.
         async with self._ctx.sessions() as session:
-            task = await repository.get(session, job.task_id)
-            if (
-                task is None
-                or task.status != TaskStatus.QUEUED.value
-                or task.provider_task_id is not None
-            ):
+            found = await repository.get_with_references_flag(session, job.task_id)
+            if found is None:
+                return Done()
+            task, has_references = found
+            if task.status != TaskStatus.QUEUED.value or task.provider_task_id is not None:
                 return Done()
             unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
             expired = now - task.created_at > max_wait
             ready = not unsure and not expired
-            held = await provider_hold.active_until(session, provider_hold.CREATE, now)
-            if ready and held is not None:
+            held = await self._hold.active_until(session, now) if ready else None
+            if held is not None:
                 # Every replica waits for the provider's 429 to lift; fair claiming then drains
                 # the backlog between callers.
                 reason = f"waiting: the provider asked to slow down (HTTP 429) until {held}"
                 return RetryAt(held, reason)
             if ready:
-                references = await reference_repository.in_order(session, task.id)
+                if has_references:
+                    references = await reference_repository.in_order(session, task.id)
                 prepared = not self._delivery.needs_preparation(references)
                 if prepared and not await self._mark_in_flight(session, task, now):
                     return Done()
@@ -236,10 +238,19 @@ class Submitter:
             )
             task.submit_state = SubmitState.UNCERTAIN
             return await self._outcome_unknown(task, utcnow(), reason=exc.message)
-        if await self._durably(task, lambda: self._record_answer(task, accepted)):
+        recorded = await self._durably(task, lambda: self._record_answer(task, accepted))
+        if recorded is not None:
             # The id is safe from here on: should this worker die now, the poll job written
-            # with it moves the task on.
-            await self._durably(task, lambda: self._accept(task, accepted))
+            # with it moves the task on. The timeline's "accepted" line can only be there
+            # already if this answer was recorded before, or on a retry of a lost commit.
+            tries = 0
+
+            async def accept() -> None:
+                nonlocal tries
+                tries += 1
+                await self._accept(task, accepted, look=recorded == "found" or tries > 1)
+
+            await self._durably(task, accept)
         return Done()
 
     async def _hold_creates(self, exc: ProviderUnavailable) -> timedelta:
@@ -255,6 +266,7 @@ class Submitter:
             async with self._ctx.sessions() as session:
                 await provider_hold.hold(session, provider_hold.CREATE, until, reason, now)
                 await session.commit()
+            self._hold.forget()  # this process's next submissions read the hold
         except Exception:
             # The task's own retry (recorded next) matters more than the shared hold.
             log.exception("could not record the provider's hold on creates")
@@ -271,11 +283,14 @@ class Submitter:
             write, what="the provider's answer to the submission", extra={"task_id": task.id}
         )
 
-    async def _record_answer(self, task: Task, accepted: ProviderTask) -> bool:
+    async def _record_answer(
+        self, task: Task, accepted: ProviderTask
+    ) -> Literal["recorded", "found"] | None:
         """Write the upstream id and the poll job that follows it up, and nothing more: until
         this commits, the id is only in this process's memory, and a SIGKILL loses it (the
-        provider offers no other way to learn it than the task's callback). True when the
-        task is this upstream task's, and the acceptance is to be recorded."""
+        provider offers no other way to learn it than the task's callback). Not None when
+        the task is this upstream task's, and the acceptance is to be recorded: "found" when
+        the id was there already."""
         now = utcnow()
         async with self._ctx.sessions() as session:
             recorded = await repository.update_fields(
@@ -296,29 +311,30 @@ class Submitter:
                     session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
                 )
                 await session.commit()
-                return True
+                return "recorded"
             current = await repository.get(session, task.id)
         if current is not None and current.provider_task_id == accepted.id:
             # Recorded already: by its callback, or by a commit whose answer was lost.
-            return True
+            return "found"
         log.error(
             "task already had a provider task id; second upstream task ignored",
             extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},
         )
-        return False
+        return None
 
-    async def _accept(self, task: Task, accepted: ProviderTask) -> None:
-        """The timeline line and the transition the create's answer implies (idempotent)."""
+    async def _accept(self, task: Task, accepted: ProviderTask, *, look: bool) -> None:
+        """The timeline line and the transition the create's answer implies (idempotent; with
+        `look`, the line is first looked for).
+
+        `task` is the row as read before the create: the transition is a conditional update,
+        so news that came in meanwhile (a callback) makes it read the row again, not lose."""
         now = utcnow()
         async with self._ctx.sessions() as session:
-            fresh = await repository.get(session, task.id)
-            if fresh is None:
-                return
-            if not await event_repository.exists(
+            line = None
+            if not look or not await event_repository.exists(
                 session, task.id, kind=EventKind.SUBMIT, outcome="accepted"
             ):
-                await event_repository.record(
-                    session,
+                line = event_repository.line(
                     task.id,
                     kind=EventKind.SUBMIT,
                     source="submit",
@@ -326,9 +342,8 @@ class Submitter:
                     outcome="accepted",
                     detail={"provider_task_id": accepted.id},
                 )
-            await service.apply_event(
-                session, fresh, ProviderNews(accepted, confirmed=True), now=now, source="submit"
-            )
+            news = ProviderNews(accepted, confirmed=True)
+            await service.apply_event(session, task, news, now=now, source="submit", line=line)
             await session.commit()
         log.info(
             "submitted upstream",

@@ -11,9 +11,10 @@ from sqlalchemy import select, update
 
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.db import create_engine, create_sessionmaker
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.runtime import Runtime
-from app.tasks.provider_hold import CREATE, ProviderHold
+from app.tasks.provider_hold import CREATE, HoldWatch, ProviderHold, hold
 from app.workers.models import Job, JobKind, JobState
 from tests.support.stack import Stack, running_stack
 from tests.support.waiting import eventually
@@ -95,3 +96,41 @@ async def test_a_429_holds_the_creates_of_every_replica_until_it_lifts(
             stop.set()
             await replica
             await second.close()
+
+
+async def test_a_process_reads_a_missing_hold_at_most_once_a_second(database_url: str) -> None:
+    engine = create_engine(database_url)
+    sessions = create_sessionmaker(engine)
+    clock = FakeClock()
+    watch = HoldWatch(CREATE, recheck=1.0, clock=clock)
+    now = utcnow()
+    until = now + timedelta(minutes=1)
+    try:
+        async with sessions() as session:
+            assert await watch.active_until(session, now) is None
+            # Another replica records a hold: this process sees it once its clear read is a
+            # second old, not before.
+            await hold(session, CREATE, until, "HTTP 429", now)
+            await session.commit()
+            assert await watch.active_until(session, now) is None
+            clock.seconds += 1.0
+            assert await watch.active_until(session, now) == until
+            # A hold found is read again every time: lifted, it is gone at once.
+            await session.execute(update(ProviderHold).values(not_before=now))
+            await session.commit()
+            assert await watch.active_until(session, now) is None
+            # A hold this process records is seen at once (it forgets its clear read).
+            await hold(session, CREATE, until, "HTTP 429", now)
+            await session.commit()
+            watch.forget()
+            assert await watch.active_until(session, now) == until
+    finally:
+        await engine.dispose()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.seconds = 100.0
+
+    def __call__(self) -> float:
+        return self.seconds

@@ -202,7 +202,7 @@ async def test_a_database_error_recording_an_accepted_create_is_ridden_out(
     original = Submitter._record_answer
     calls = 0
 
-    async def failing_once(self: Submitter, task: Task, accepted: ProviderTask) -> bool:
+    async def failing_once(self: Submitter, task: Task, accepted: ProviderTask) -> str | None:
         nonlocal calls
         calls += 1
         if calls == 1:
