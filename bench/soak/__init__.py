@@ -7,7 +7,9 @@ IMAGEGEN_TEST_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432) migrated 
 `imagegen-gateway migrate`; an S3 server (moto, its own process) behind a TCP proxy that can cut
 it; the provider simulator (its own process) with faults on: 30% of callbacks dropped, every
 callback delivered 3 times concurrently, a stale state after every final one, 5% of creates
-answered 429, 5% of queries answered 500, 5% of tasks failed upstream; two API processes
+answered 429 (each holding every replica's creates for 2 s, not the service's default minute:
+the faults are random, not a rate limit), 5% of queries answered 500, 5% of tasks failed
+upstream; two API processes
 (`imagegen-gateway serve`, IMAGEGEN_RUN_WORKERS=false) and two worker processes
 (`imagegen-gateway worker`), all on the one database and the one s3:// store; and, in this
 process, a notification receiver that verifies every delivery's signature, records it by

@@ -47,6 +47,11 @@ class SoakConfig:
     callback_drop_rate: float = 0.3
     callback_duplicates: int = 3
     create_429_rate: float = 0.05
+    # How long every replica holds its creates after a 429 without Retry-After. The service's
+    # default is the provider's minute; the soak's 429s are random faults, not a rate limit,
+    # and a minute after each one (the held backlog then draws the next 429 when it lifts)
+    # would leave tasks unsubmitted at the end of a bounded run.
+    rate_limit_wait_seconds: float = 2.0
     query_500_rate: float = 0.05
     fail_rate: float = 0.05
     notify_fail_rate: float = 0.1  # share of first notification deliveries answered 503

@@ -147,6 +147,7 @@ def gateway_env(config: SoakConfig, database_url: str, sim_url: str, s3_url: str
         "IMAGEGEN_POLL_AFTER_SECONDS": str(config.poll_after_seconds),
         "IMAGEGEN_JOB_LEASE_SECONDS": str(config.lease_seconds),
         "IMAGEGEN_SUBMIT_UNCERTAIN_WAIT_SECONDS": str(config.uncertain_wait_seconds),
+        "IMAGEGEN_PROVIDER_RATE_LIMIT_WAIT_SECONDS": str(config.rate_limit_wait_seconds),
         "IMAGEGEN_LOG_LEVEL": "INFO",
         **AWS,
         "AWS_ENDPOINT_URL": s3_url,
