@@ -94,16 +94,12 @@ _NOW = bindparam("now", type_=UTCDateTime())
 _WORKER = bindparam("worker", type_=String(64))
 
 
-def _free_to_take(jobs: Any) -> tuple[ColumnElement[bool], ...]:
-    """Queued, due and not leased (or leased by a worker that is gone)."""
-    return (
-        jobs.c.state == JobState.QUEUED,
-        jobs.c.run_at <= _NOW,
-        or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < _NOW),
-    )
-
-
-_FREE_TO_TAKE = _free_to_take(JOBS)
+# Queued, due and not leased (or leased by a worker that is gone).
+_FREE_TO_TAKE = (
+    JOBS.c.state == JobState.QUEUED,
+    JOBS.c.run_at <= _NOW,
+    or_(JOBS.c.lease_expires_at.is_(None), JOBS.c.lease_expires_at < _NOW),
+)
 _HELD_BY_WORKER = (JOBS.c.lease_owner == _WORKER, JOBS.c.state == JobState.QUEUED)
 
 # The two columns of the task table that fair claiming reads (jobs.task_id references it): named
@@ -241,16 +237,18 @@ def _candidates_statement(groups: int) -> Any:
     )
 
 
-_LOCKING = JOBS.alias("locking")  # an alias: the sub-select must not correlate to the UPDATE
-_LOCKABLE = (
-    select(_LOCKING.c.id)
-    .where(_LOCKING.c.id.in_(bindparam("ids", expanding=True)), *_free_to_take(_LOCKING))
+# Lease the given jobs that are still free to take and not locked by another claimer. The lock
+# is a CTE (never folded into the UPDATE, being a locking SELECT) joined on the primary key: as a
+# sub-select in `id IN (...)`, PostgreSQL's generic plan ran it once per due row.
+_LOCKED = (
+    select(JOBS.c.id)
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_FREE_TO_TAKE)
     .with_for_update(skip_locked=True)
+    .cte("locked")
 )
-# Lease the given jobs that are still free to take and not locked by another claimer.
 _TAKE = (
     update(JOBS)
-    .where(JOBS.c.id.in_(_LOCKABLE), *_FREE_TO_TAKE)
+    .where(JOBS.c.id == _LOCKED.c.id, *_FREE_TO_TAKE)
     .values(
         lease_owner=_WORKER,
         lease_expires_at=bindparam("until", type_=UTCDateTime()),
