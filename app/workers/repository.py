@@ -38,7 +38,25 @@ from app.workers.outcomes import RetryAt as RetryAt  # tests/callbacks import it
 
 async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: datetime) -> None:
     """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
-    await session.execute(enqueue_statement(upsert_insert(session), kind, task_id, run_at))
+    # On the session's connection (through the session, parameters make an ORM bulk insert),
+    # after the flush the session would have made (the task row the job references, say).
+    await session.flush()
+    await (await session.connection()).execute(
+        _enqueue_compiled_once(upsert_insert(session)),
+        {"kind": kind.value, "task_id": task_id, "run_at": run_at},
+    )
+
+
+@functools.cache
+def _enqueue_compiled_once(insert: Any) -> Any:
+    """The enqueue upsert with bound parameters, built once per dialect's `insert` (every step of
+    a task enqueues the next: built per call, the statement cost more than its round trip)."""
+    return enqueue_statement(
+        insert,
+        bindparam("kind", type_=String(16)),
+        bindparam("task_id", type_=String(36)),
+        bindparam("run_at", type_=UTCDateTime()),
+    )
 
 
 def enqueue_statement(
