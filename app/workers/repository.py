@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     String,
+    Table,
+    Text,
+    bindparam,
     case,
     column,
     func,
+    literal_column,
     or_,
     select,
     table,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
-from app.core.db import as_expression, matched_any, upsert_insert
+from app.core.db import UTCDateTime, as_expression, upsert_insert
 from app.workers.models import Job, JobKind, JobState
 from app.workers.outcomes import Done, Outcome
 from app.workers.outcomes import RetryAt as RetryAt  # tests/callbacks import it from here still
@@ -31,7 +38,25 @@ from app.workers.outcomes import RetryAt as RetryAt  # tests/callbacks import it
 
 async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: datetime) -> None:
     """Add a job, or bring the open job of this kind for this task forward to `run_at`."""
-    await session.execute(enqueue_statement(upsert_insert(session), kind, task_id, run_at))
+    # On the session's connection (through the session, parameters make an ORM bulk insert),
+    # after the flush the session would have made (the task row the job references, say).
+    await session.flush()
+    await (await session.connection()).execute(
+        _enqueue_compiled_once(upsert_insert(session)),
+        {"kind": kind.value, "task_id": task_id, "run_at": run_at},
+    )
+
+
+@functools.cache
+def _enqueue_compiled_once(insert: Any) -> Any:
+    """The enqueue upsert with bound parameters, built once per dialect's `insert` (every step of
+    a task enqueues the next: built per call, the statement cost more than its round trip)."""
+    return enqueue_statement(
+        insert,
+        bindparam("kind", type_=String(16)),
+        bindparam("task_id", type_=String(36)),
+        bindparam("run_at", type_=UTCDateTime()),
+    )
 
 
 def enqueue_statement(
@@ -79,56 +104,21 @@ def enqueue_statement(
     )
 
 
-async def claim(
-    session: AsyncSession,
-    *,
-    worker: str,
-    kinds: Sequence[JobKind],
-    now: datetime,
-    lease: timedelta,
-    limit: int,
-) -> list[Job]:
-    """Lease up to `limit` due jobs, shared fairly between callers; rows locked by others are
-    skipped, and a row another worker leased meanwhile is never taken (the UPDATE checks again).
+# The worker loop's statements (claim, finish, lease renewal and release) are SQLAlchemy Core,
+# built once at import with bound parameters: they run several times per task, and building and
+# cache-keying an ORM statement per call cost more than running it.
+JOBS = cast(Table, Job.__table__)
+_NOW = bindparam("now", type_=UTCDateTime())
+_WORKER = bindparam("worker", type_=String(64))
 
-    Fair turns: each caller's due jobs are numbered oldest first (1, 2, 3...), and the number
-    starts after the jobs of that caller already running on any replica. Jobs are taken by
-    that turn, then by age: the caller that holds the fewest slots goes first, and two callers
-    with backlogs alternate instead of the older backlog taking every slot."""
-    if limit <= 0 or not kinds:
-        return []
-    order = await _fair_candidates(session, kinds, now, limit * CANDIDATE_SLACK)
-    if not order:
-        return []
-    locked = set(
-        (
-            await session.scalars(
-                select(Job.id)
-                .where(Job.id.in_(order), *_due(kinds, now))
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-    )
-    chosen = [job_id for job_id in order if job_id in locked][:limit]
-    if not chosen:
-        return []
-    statement = (
-        update(Job)
-        .where(Job.id.in_(chosen), *_due(kinds, now))
-        .values(
-            lease_owner=worker,
-            lease_expires_at=now + lease,
-            attempts=Job.attempts + 1,
-            rerun=False,
-            updated_at=now,
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.scalars(statement)
-    rank = {job_id: index for index, job_id in enumerate(chosen)}
-    return sorted(result.all(), key=lambda job: rank[job.id])
 
+# Queued, due and not leased (or leased by a worker that is gone).
+_FREE_TO_TAKE = (
+    JOBS.c.state == JobState.QUEUED,
+    JOBS.c.run_at <= _NOW,
+    or_(JOBS.c.lease_expires_at.is_(None), JOBS.c.lease_expires_at < _NOW),
+)
+_HELD_BY_WORKER = (JOBS.c.lease_owner == _WORKER, JOBS.c.state == JobState.QUEUED)
 
 # The two columns of the task table that fair claiming reads (jobs.task_id references it): named
 # here rather than imported, as the workers room sits below the tasks room.
@@ -138,43 +128,195 @@ Task = table("tasks", column("id", String(36)), column("caller", String(64)))
 CANDIDATE_SLACK = 4
 
 
-def _due(kinds: Sequence[JobKind], now: datetime) -> list[ColumnElement[bool]]:
-    """Queued, due, of these kinds, and not leased (or leased by a worker that is gone)."""
-    return [
-        Job.state == JobState.QUEUED,
-        Job.kind.in_(kinds),
-        Job.run_at <= now,
-        or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
-    ]
+@dataclass(frozen=True, slots=True)
+class KindGroup:
+    """Job kinds claimed together, and the most jobs of them one claim may take."""
+
+    kinds: tuple[str, ...]
+    limit: int
 
 
-async def _fair_candidates(
-    session: AsyncSession, kinds: Sequence[JobKind], now: datetime, count: int
-) -> list[int]:
-    """Ids of up to `count` due jobs in fair order (see `claim`), read without locks."""
+async def claim(
+    session: AsyncSession,
+    *,
+    worker: str,
+    kinds: Sequence[JobKind],
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+) -> list[Job]:
+    """Lease up to `limit` due jobs of `kinds`, shared fairly between callers (see
+    `claim_groups`)."""
+    return await claim_groups(
+        session,
+        worker=worker,
+        groups=[KindGroup(tuple(kinds), limit)],
+        total=limit,
+        now=now,
+        lease=lease,
+    )
+
+
+async def claim_groups(
+    session: AsyncSession,
+    *,
+    worker: str,
+    groups: Sequence[KindGroup],
+    total: int,
+    now: datetime,
+    lease: timedelta,
+) -> list[Job]:
+    """Lease up to `total` due jobs, at most `group.limit` of each group's kinds, the groups
+    served in the order given; rows locked by others are skipped, and a row another worker
+    leased meanwhile is never taken (the UPDATE checks again).
+
+    Fair turns: each caller's due jobs of a group are numbered oldest first (1, 2, 3...), and
+    the number starts after the jobs of that caller already running on any replica. Jobs are
+    taken by that turn, then by age: the caller that holds the fewest slots goes first, and two
+    callers with backlogs alternate instead of the older backlog taking every slot.
+
+    One statement ranks the candidates of every group; then each round leases the first ones
+    that fit (one UPDATE whose sub-select locks with SKIP LOCKED), and a further round only
+    runs when some were skipped (held by another replica at that moment)."""
+    groups = [group for group in groups if group.limit > 0 and group.kinds]
+    total = min(total, sum(group.limit for group in groups))
+    if total <= 0:
+        return []
+    params: dict[str, object] = {"now": now}
+    for index, group in enumerate(groups):
+        params[f"kinds_{index}"] = list(group.kinds)
+        params[f"count_{index}"] = min(group.limit, total) * CANDIDATE_SLACK
+    rows = (await session.execute(_candidates_statement(len(groups)), params)).all()
+    waiting: list[list[int]] = [[] for _ in groups]
+    for job_id, group_index in rows:
+        waiting[group_index].append(job_id)
+    rank = {job_id: position for position, (job_id, _) in enumerate(rows)}
+    group_of = {kind: index for index, group in enumerate(groups) for kind in group.kinds}
+    room = [group.limit for group in groups]
+    taken: list[Job] = []
+    while len(taken) < total:
+        batch: list[int] = []
+        for index, candidates in enumerate(waiting):
+            count = min(room[index], total - len(taken) - len(batch))
+            batch += candidates[:count]
+            del candidates[:count]
+        if not batch:
+            break
+        result = await session.execute(
+            _TAKE, {"ids": batch, "now": now, "worker": worker, "until": now + lease}
+        )
+        for row in result:
+            job = Job(**row._asdict())
+            room[group_of[job.kind]] -= 1
+            taken.append(job)
+    return sorted(taken, key=lambda job: rank[job.id])
+
+
+@functools.cache
+def _candidates_statement(groups: int) -> Any:
+    """(id, group) of due jobs in fair order (see `claim_groups`), read without locks: for each
+    group `i`, the first `count_i` of the kinds `kinds_i`."""
     running = (
         select(Task.c.caller.label("caller"), func.count().label("held"))
-        .select_from(Job)
-        .join(Task, Task.c.id == Job.task_id)
-        .where(Job.state == JobState.QUEUED, Job.lease_expires_at >= now)
+        .select_from(JOBS)
+        .join(Task, Task.c.id == JOBS.c.task_id)
+        .where(JOBS.c.state == JobState.QUEUED, JOBS.c.lease_expires_at >= _NOW)
         .group_by(Task.c.caller)
-        .subquery("running")
+        .cte("running")
     )
-    turn = func.row_number().over(
-        partition_by=Task.c.caller, order_by=(Job.run_at, Job.id)
-    ) + func.coalesce(running.c.held, 0)
-    ranked = (
-        select(Job.id.label("id"), Job.run_at.label("run_at"), turn.label("turn"))
-        .select_from(Job)
-        .join(Task, Task.c.id == Job.task_id)
-        .outerjoin(running, running.c.caller == Task.c.caller)
-        .where(*_due(kinds, now))
-        .subquery("ranked")
+    members = []
+    for index in range(groups):
+        turn = func.row_number().over(
+            partition_by=Task.c.caller, order_by=(JOBS.c.run_at, JOBS.c.id)
+        ) + func.coalesce(running.c.held, 0)
+        ranked = (
+            select(JOBS.c.id.label("id"), JOBS.c.run_at.label("run_at"), turn.label("turn"))
+            .select_from(JOBS)
+            .join(Task, Task.c.id == JOBS.c.task_id)
+            .outerjoin(running, running.c.caller == Task.c.caller)
+            .where(JOBS.c.kind.in_(bindparam(f"kinds_{index}", expanding=True)), *_FREE_TO_TAKE)
+            .subquery(f"ranked_{index}")
+        )
+        first = (
+            select(
+                ranked.c.id,
+                literal_column(str(index), Integer).label("grp"),
+                ranked.c.turn,
+                ranked.c.run_at,
+            )
+            .order_by(ranked.c.turn, ranked.c.run_at, ranked.c.id)
+            .limit(bindparam(f"count_{index}", type_=Integer))
+            .subquery(f"first_{index}")
+        )
+        members.append(select(*first.c))
+    candidates = (members[0] if groups == 1 else union_all(*members)).subquery("candidates")
+    return select(candidates.c.id, candidates.c.grp).order_by(
+        candidates.c.grp, candidates.c.turn, candidates.c.run_at, candidates.c.id
     )
-    rows = await session.scalars(
-        select(ranked.c.id).order_by(ranked.c.turn, ranked.c.run_at, ranked.c.id).limit(count)
+
+
+# Lease the given jobs that are still free to take and not locked by another claimer. The lock
+# is a CTE (never folded into the UPDATE, being a locking SELECT) joined on the primary key: as a
+# sub-select in `id IN (...)`, PostgreSQL's generic plan ran it once per due row.
+_LOCKED = (
+    select(JOBS.c.id)
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_FREE_TO_TAKE)
+    .with_for_update(skip_locked=True)
+    .cte("locked")
+)
+_TAKE = (
+    update(JOBS)
+    .where(JOBS.c.id == _LOCKED.c.id, *_FREE_TO_TAKE)
+    .values(
+        lease_owner=_WORKER,
+        lease_expires_at=bindparam("until", type_=UTCDateTime()),
+        attempts=JOBS.c.attempts + 1,
+        rerun=False,
+        updated_at=_NOW,
     )
-    return list(rows.all())
+    .returning(*JOBS.c)
+)
+# A job enqueued again while it ran (`rerun`) stays queued and is due at once.
+_FINISH_DONE = (
+    update(JOBS)
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_HELD_BY_WORKER)
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=_NOW,
+        rerun=False,
+        state=case((JOBS.c.rerun, JobState.QUEUED), else_=JobState.DONE),
+        finished_at=case((JOBS.c.rerun, null()), else_=_NOW),
+    )
+    .returning(JOBS.c.id)
+)
+_FINISH_RETRY = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id", type_=Integer), *_HELD_BY_WORKER)
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=_NOW,
+        rerun=False,
+        run_at=case((JOBS.c.rerun, _NOW), else_=bindparam("retry_at", type_=UTCDateTime())),
+        last_error=bindparam("error", type_=Text()),
+    )
+    .returning(JOBS.c.id)
+)
+_EXTEND = (
+    update(JOBS)
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.lease_owner == _WORKER)
+    .values(lease_expires_at=bindparam("until", type_=UTCDateTime()))
+)
+_RELEASE = (
+    update(JOBS)
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_HELD_BY_WORKER)
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        attempts=case((JOBS.c.attempts > 0, JOBS.c.attempts - 1), else_=0),
+    )
+)
 
 
 async def finish(
@@ -182,64 +324,51 @@ async def finish(
 ) -> bool:
     """Record the outcome, if this worker still holds the lease. A job enqueued again while it
     ran (`rerun`) stays queued and is due at once."""
-    values: dict[str, object] = {
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-        "rerun": False,
-    }
-    if isinstance(outcome, Done):
-        values |= {
-            "state": case((Job.rerun, JobState.QUEUED), else_=JobState.DONE),
-            "finished_at": case((Job.rerun, null()), else_=literal(now, Job.finished_at.type)),
+    return job_id in await finish_many(session, [(job_id, outcome)], worker=worker, now=now)
+
+
+async def finish_many(
+    session: AsyncSession,
+    outcomes: Sequence[tuple[int, Outcome]],
+    *,
+    worker: str,
+    now: datetime,
+) -> set[int]:
+    """Record the outcomes of several jobs (one statement for all that are done, one per retry);
+    the ids of those this worker still held."""
+    kept: set[int] = set()
+    done = [job_id for job_id, outcome in outcomes if isinstance(outcome, Done)]
+    if done:
+        result = await session.execute(_FINISH_DONE, {"ids": done, "worker": worker, "now": now})
+        kept.update(result.scalars())
+    for job_id, outcome in outcomes:
+        if isinstance(outcome, Done):
+            continue
+        params = {
+            "job_id": job_id,
+            "worker": worker,
+            "now": now,
+            "retry_at": outcome.when,
+            "error": outcome.error[:2000],
         }
-    else:
-        values |= {
-            "run_at": case(
-                (Job.rerun, literal(now, Job.run_at.type)),
-                else_=literal(outcome.when, Job.run_at.type),
-            ),
-            "last_error": outcome.error[:2000],
-        }
-    result = await session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == worker, Job.state == JobState.QUEUED)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return matched_any(result)
+        kept.update((await session.execute(_FINISH_RETRY, params)).scalars())
+    return kept
 
 
 async def extend_leases(
     session: AsyncSession, job_ids: Sequence[int], *, worker: str, until: datetime
 ) -> None:
     """Keep the leases of jobs this worker is still running."""
-    if not job_ids:
-        return
-    await session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.lease_owner == worker)
-        .values(lease_expires_at=until)
-        .execution_options(synchronize_session=False)
-    )
+    if job_ids:
+        await session.execute(_EXTEND, {"ids": list(job_ids), "worker": worker, "until": until})
 
 
 async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str) -> None:
     """Give back the leases of unfinished jobs so another worker can take them at once.
 
     The interrupted run does not count as an attempt (nor, on the next claim, as a take-over)."""
-    if not job_ids:
-        return
-    await session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.lease_owner == worker, Job.state == JobState.QUEUED)
-        .values(
-            lease_owner=None,
-            lease_expires_at=None,
-            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
-        )
-        .execution_options(synchronize_session=False)
-    )
+    if job_ids:
+        await session.execute(_RELEASE, {"ids": list(job_ids), "worker": worker})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,6 +63,8 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._kinds: dict[int, str] = {}
+        # Jobs whose handler returned, in order, waiting for the next cycle to record them.
+        self._outcomes: list[_Finished] = []
         # The most slots jobs of a kind may hold at once in this worker (notifications: a share
         # of the pool, so that slow receivers never hold every slot).
         self._caps = {kind: max(1, cap) for kind, cap in (caps or {}).items()}
@@ -76,16 +79,20 @@ class Worker:
         failures = 0
         try:
             while not stop.is_set():
+                # Cleared before the cycle, not before the sleep: a wake-up that arrives while
+                # the cycle's transaction runs (a job finished, one was enqueued) is not lost.
+                self._wakeup.clear()
+                await asyncio.sleep(0)  # jobs that finish in this turn of the loop join the cycle
                 try:
-                    claimed = await self._claim()
+                    claimed = await self._cycle()
                     failures = 0
                 except Exception:
                     failures += 1
                     log.exception("claiming jobs failed", extra={"worker": self.name})
-                    claimed = 0
+                    self._count_failed_records()
                     await self._sleep(stop, CLAIM_RETRY.delay(failures).total_seconds())
                     continue
-                if claimed and len(self._running) < self._concurrency:
+                if self._wakeup.is_set() or (claimed and len(self._running) < self._concurrency):
                     continue
                 await self._sleep(stop, self._idle_wait)
         finally:
@@ -94,31 +101,79 @@ class Worker:
             finally:
                 heartbeat.cancel()
 
-    async def _claim(self) -> int:
-        free = self._concurrency - len(self._running)
-        if free <= 0:
+    async def _cycle(self) -> int:
+        """One transaction: record the outcomes of the jobs that finished since the last cycle,
+        then lease due jobs for the free slots; the number of jobs started. Finishing first lets
+        a job enqueued again while it ran (`rerun`) be claimed in the same cycle."""
+        outcomes = list(self._outcomes)  # jobs may finish while this runs: they wait a cycle
+        groups = self._claim_groups()
+        if not outcomes and not groups:
             return 0
-        uncapped = [kind for kind in self._handlers if kind not in self._caps]
-        jobs: list[Job] = []
+        now = utcnow()
         async with self._sessions.begin() as session:
-            # Capped kinds first, each up to the room under its cap; the rest of the pool then.
-            for kind, cap in self._caps.items():
-                if kind not in self._handlers:
-                    continue
-                held = sum(1 for running in self._kinds.values() if running == kind)
-                room = min(free - len(jobs), cap - held)
-                if room > 0:
-                    jobs += await self._claim_kinds(session, [kind], room)
-            if free - len(jobs) > 0 and uncapped:
-                jobs += await self._claim_kinds(session, uncapped, free - len(jobs))
+            kept = await self._record(session, outcomes, now)
+            jobs = await repository.claim_groups(
+                session,
+                worker=self.name,
+                groups=groups,
+                total=self._concurrency - len(self._running),
+                now=now,
+                lease=self._lease,
+            )
+        self._recorded(outcomes, kept)
         return self._start(jobs)
 
-    async def _claim_kinds(
-        self, session: AsyncSession, kinds: list[JobKind], limit: int
-    ) -> list[Job]:
-        return await repository.claim(
-            session, worker=self.name, kinds=kinds, now=utcnow(), lease=self._lease, limit=limit
+    def _claim_groups(self) -> list[repository.KindGroup]:
+        """Capped kinds first, each up to the room under its cap; the rest of the pool then."""
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return []
+        groups = []
+        for kind, cap in self._caps.items():
+            if kind in self._handlers:
+                held = sum(1 for running in self._kinds.values() if running == kind)
+                groups.append(repository.KindGroup((kind,), min(free, cap - held)))
+        uncapped = tuple(kind for kind in self._handlers if kind not in self._caps)
+        if uncapped:
+            groups.append(repository.KindGroup(uncapped, free))
+        return [group for group in groups if group.limit > 0]
+
+    async def _record(
+        self, session: AsyncSession, outcomes: list[_Finished], now: datetime
+    ) -> set[int]:
+        if not outcomes:
+            return set()
+        return await repository.finish_many(
+            session,
+            [(finished.job.id, finished.outcome) for finished in outcomes],
+            worker=self.name,
+            now=now,
         )
+
+    def _recorded(self, outcomes: list[_Finished], kept: set[int]) -> None:
+        """Forget recorded outcomes (the first ones of the list: others were only appended)."""
+        del self._outcomes[: len(outcomes)]
+        for finished in outcomes:
+            job = finished.job
+            if job.id not in kept:
+                log.warning(
+                    "job lease was lost before it finished",
+                    extra={"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id},
+                )
+            metrics.JOBS_FINISHED.labels(job.kind, _outcome_name(finished.outcome)).inc()
+
+    def _count_failed_records(self) -> None:
+        """After RECORD_ATTEMPTS failed cycles an outcome is given up: its lease expires and the
+        job runs again elsewhere (as when a worker dies)."""
+        for finished in list(self._outcomes):
+            finished.failures += 1
+            if finished.failures >= RECORD_ATTEMPTS:
+                self._outcomes.remove(finished)
+                job = finished.job
+                log.error(
+                    "gave up recording a job outcome; its lease will expire",
+                    extra={"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id},
+                )
 
     def _start(self, jobs: list[Job]) -> int:
         for job in jobs:
@@ -137,44 +192,31 @@ class Worker:
         self._wakeup.set()
 
     async def _run_one(self, job: Job) -> None:
+        """Run the handler; its outcome is recorded by the next cycle of the loop."""
         handler = self._handlers[JobKind(job.kind)]
-        extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
         try:
             outcome = await handler(job)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
             log.exception("job failed unexpectedly", extra=extra)
             outcome = RetryAt(utcnow() + self._retry.delay(job.attempts), f"{type(exc).__name__}")
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                async with self._sessions.begin() as session:
-                    kept = await repository.finish(
-                        session, job.id, worker=self.name, outcome=outcome, now=utcnow()
-                    )
-                if not kept:
-                    log.warning("job lease was lost before it finished", extra=extra)
-                metrics.JOBS_FINISHED.labels(job.kind, _outcome_name(outcome)).inc()
-                return
-            except Exception:
-                log.exception("recording a job outcome failed", extra=extra)
-                await asyncio.sleep(RECORD_RETRY.delay(attempt).total_seconds())
+        self._outcomes.append(_Finished(job, outcome))
 
     async def _heartbeat(self) -> None:
         period = max(self._lease.total_seconds() / 3, 0.05)
         while True:
             await asyncio.sleep(period)
+            # Finished jobs whose outcome is not recorded yet are still this worker's.
+            held = [*self._running, *(finished.job.id for finished in self._outcomes)]
             with contextlib.suppress(Exception):
                 async with self._sessions.begin() as session:
                     await repository.extend_leases(
-                        session,
-                        list(self._running),
-                        worker=self.name,
-                        until=utcnow() + self._lease,
+                        session, held, worker=self.name, until=utcnow() + self._lease
                     )
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        self._wakeup.clear()
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -183,33 +225,54 @@ class Worker:
                 waiter.cancel()
 
     async def _drain(self) -> None:
-        """Let running jobs finish within the grace period; cancel the rest and release them."""
-        if not self._running:
+        """Let running jobs finish within the grace period; cancel the rest; record the
+        outcomes of the finished ones and release the rest."""
+        unfinished: list[int] = []
+        kinds = dict(self._kinds)
+        if self._running:
+            running = dict(self._running)
+            log.info(
+                "finishing running jobs before stopping",
+                extra={"worker": self.name, "jobs": len(running), "grace_seconds": self._grace},
+            )
+            _done, pending = await asyncio.wait(running.values(), timeout=self._grace)
+            unfinished = [job_id for job_id, task in running.items() if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not self._outcomes and not unfinished:
             return
-        running, kinds = dict(self._running), dict(self._kinds)
-        log.info(
-            "finishing running jobs before stopping",
-            extra={"worker": self.name, "jobs": len(running), "grace_seconds": self._grace},
-        )
-        _done, pending = await asyncio.wait(running.values(), timeout=self._grace)
-        unfinished = [job_id for job_id, task in running.items() if task in pending]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if not unfinished:
-            return
-        try:
-            async with self._sessions.begin() as session:
-                await repository.release(session, unfinished, worker=self.name)
-        except Exception:
-            log.exception(
-                "could not release unfinished jobs; their leases will expire",
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            outcomes = list(self._outcomes)
+            try:
+                async with self._sessions.begin() as session:
+                    kept = await self._record(session, outcomes, utcnow())
+                    await repository.release(session, unfinished, worker=self.name)
+            except Exception:
+                log.exception("recording outcomes at shutdown failed", extra={"worker": self.name})
+                await asyncio.sleep(RECORD_RETRY.delay(attempt).total_seconds())
+                continue
+            self._recorded(outcomes, kept)
+            break
+        else:
+            log.error(
+                "could not record or release the jobs of this worker; their leases will expire",
                 extra={"worker": self.name, "job_ids": unfinished},
             )
             return
         for job_id in unfinished:
             metrics.JOBS_FINISHED.labels(kinds[job_id], "released").inc()
-        log.info("released unfinished jobs", extra={"worker": self.name, "job_ids": unfinished})
+        if unfinished:
+            log.info("released unfinished jobs", extra={"worker": self.name, "job_ids": unfinished})
+
+
+@dataclass(eq=False, slots=True)
+class _Finished:
+    """A job whose handler returned, and its outcome, until a cycle records it."""
+
+    job: Job
+    outcome: Outcome
+    failures: int = 0  # cycles that failed to record it
 
 
 def _outcome_name(outcome: Outcome) -> str:
