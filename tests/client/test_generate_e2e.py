@@ -111,6 +111,10 @@ def test_an_unreachable_service_exits_3(service: Service, tmp_path: Path) -> Non
     assert f"cannot reach the service at {url}" in result.stderr
 
 
+def sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_naming_the_task(service: Service, tmp_path: Path) -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "app.cli", "generate", "a slow fox", "-o", str(tmp_path / "x.png")],
@@ -119,6 +123,10 @@ def test_ctrl_c_exits_130_naming_the_task(service: Service, tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal, even when the suite itself runs with SIGINT ignored (a shell
+        # starts background jobs so, and Python then keeps ignoring it: the client would never
+        # see the signal and would finish the task).
+        preexec_fn=sigint_as_at_a_terminal,
     ) as process:
         assert process.stderr is not None
         seen = []
