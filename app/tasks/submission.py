@@ -161,6 +161,10 @@ class Submitter:
             delay = self._ctx.retry.delay(max(task.submit_attempts + 1, job.attempts))
             if exc.retry_after is not None:
                 delay = max(delay, timedelta(seconds=exc.retry_after))
+            if exc.status_code == 429:
+                # The Files API's "slow down" is the account's, as a create's: every replica's
+                # submissions (uploads and creates) wait for it.
+                delay = max(delay, await self._hold_creates(exc))
             log.info(
                 "reference images could not be delivered; submission will be retried",
                 extra={
@@ -253,9 +257,9 @@ class Submitter:
             await self._durably(task, accept)
         return Done()
 
-    async def _hold_creates(self, exc: ProviderUnavailable) -> timedelta:
-        """Hold every replica's creates for the provider's Retry-After (else the configured
-        wait)."""
+    async def _hold_creates(self, exc: ProviderUnavailable | ReferenceUnavailable) -> timedelta:
+        """Hold every replica's submissions (their Files API uploads and creates) for the
+        provider's Retry-After (else the configured wait), after a 429 to either."""
         wait = self._ctx.settings.provider_rate_limit_wait_seconds
         if exc.retry_after is not None:
             wait = timedelta(seconds=exc.retry_after)
@@ -272,7 +276,7 @@ class Submitter:
             log.exception("could not record the provider's hold on creates")
             return wait
         log.warning(
-            "the provider is rate limiting creates; every replica holds its submissions",
+            "the provider is rate limiting; every replica holds its submissions",
             extra={"until": until.isoformat(), "retry_after": exc.retry_after},
         )
         return wait

@@ -22,6 +22,7 @@ from app.runtime import SIMULATOR_MOUNT, provider_files_origin
 from app.storage.store import ObjectStore, StoreError
 from app.tasks import event_repository, service
 from app.tasks.models import SubmitState
+from app.tasks.provider_hold import CREATE, ProviderHold
 from app.tasks.reference_delivery import PROVIDER_FILE_REUSE
 from app.tasks.references import TaskReference
 from app.tasks.schemas import CreateTaskRequest
@@ -302,6 +303,35 @@ async def test_a_files_api_outage_is_retried_and_ends_in_one_create(
         assert len(files.uploads) == 2
         row = await stack.gateway.task_row(made.task.id)
         assert row.submit_attempts == 1
+
+
+async def test_a_files_api_429_holds_every_replica_s_submissions(database_url: str) -> None:
+    async with files_stack(database_url) as (stack, files):
+        files.always = (429, {"success": False, "code": 429, "msg": "slow down"})
+        started = utcnow()
+        made = await four_references(stack.gateway)
+
+        async def hold() -> ProviderHold | None:
+            async with stack.gateway.sessions() as session:
+                return await session.get(ProviderHold, CREATE, populate_existing=True)
+
+        found = await eventually(hold, lambda row: row is not None)
+        assert found is not None
+        # No Retry-After: the configured wait (a minute), for uploads and creates alike.
+        wait = stack.gateway.app.state.settings.provider_rate_limit_wait_seconds
+        assert found.not_before >= started + wait
+        assert "HTTP 429" in found.reason
+        job = await eventually(
+            lambda: submit_job(stack, made.task.id),
+            lambda job: job.lease_owner is None and job.run_at >= started + wait,
+        )
+        assert job.attempts == 1  # one upload refused, then the job waits for the hold
+        assert (files.refused, files.uploads, await stack.sim_tasks()) == (1, [], [])
+
+
+async def submit_job(stack: Stack, task_id: str) -> Job:
+    [job] = [job for job in await stack.gateway.jobs(task_id) if job.kind == JobKind.SUBMIT]
+    return job
 
 
 # The submit job run by hand: a crash between the recorded upload and the create.
