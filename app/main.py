@@ -18,7 +18,7 @@ from app.callbacks.endpoint import callback_target, handle_callback
 from app.callbacks.orm_recorder import OrmRecorder
 from app.callbacks.service import CallbackRecorder, CallbackService
 from app.console.router import install as install_console
-from app.core import metrics
+from app.core import metrics, pg_compiled
 from app.core.auth import KeyRing
 from app.core.config import Settings
 from app.core.db import asyncpg_dsn
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         recorders: list[CallbackRecorder] = []
         callback_pool = None
         if not settings.is_sqlite:
-            callback_pool = await pg_recorder.create_pool(asyncpg_dsn(settings.database_url))
+            callback_pool = await pg_compiled.create_pool(asyncpg_dsn(settings.database_url))
             recorders.append(pg_recorder.PostgresRecorder(callback_pool))
         recorders.append(OrmRecorder(runtime.sessions))
         app.state.callbacks = CallbackService(

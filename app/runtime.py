@@ -17,8 +17,9 @@ from app.archive.presenting import present_tasks
 from app.archive.thumbnails import Thumbnailer
 from app.balance.polling import BalancePoller
 from app.core.config import SIMULATOR_API_KEY, Settings
-from app.core.db import create_engine, create_sessionmaker
+from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.core.http import create_http_client
+from app.core.pg_compiled import LazyPool
 from app.core.safe_http import FetchPolicy
 from app.notify.notifying import Notifier, NotifyContext, create_notify_client
 from app.provider.evolink import EvolinkClient
@@ -29,6 +30,7 @@ from app.tasks.polling import Poller
 from app.tasks.submission import Submitter
 from app.uploads.sweeping import UploadSweeper
 from app.workers.models import JobKind
+from app.workers.pg_queue import PgJobQueue
 from app.workers.runner import Worker, worker_name
 
 SIMULATOR_MOUNT = "/_simulator"
@@ -55,6 +57,11 @@ def provider_origin(settings: Settings) -> tuple[str, str]:
     return settings.provider_base_url, settings.provider_api_key.get_secret_value()
 
 
+# The pool of the statements every job runs (app/core/pg_compiled.py's LazyPool): each is one
+# short round trip, so a few connections serve a worker's slots.
+DIRECT_POOL_SIZE = 5
+
+
 def notify_slots(settings: Settings) -> int:
     """The most worker slots notify jobs may hold in one process (at least one)."""
     return max(1, int(settings.worker_concurrency * settings.notify_slot_share))
@@ -73,12 +80,18 @@ class Runtime:
     tasks: TaskContext
     archive: ArchiveContext
     notify: NotifyContext
+    # PostgreSQL: the asyncpg pool of the statements every job runs (claims, outcomes, the
+    # handlers' first reads); None on SQLite.
+    direct: LazyPool | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         """Create every resource (connections are made lazily, on first use)."""
         engine = create_engine(settings.database_url)
         sessions = create_sessionmaker(engine)
+        direct = None
+        if not settings.is_sqlite:
+            direct = LazyPool(asyncpg_dsn(settings.database_url), max_size=DIRECT_POOL_SIZE)
         http = create_http_client()
         policy = FetchPolicy(
             allow_private=settings.allow_private_networks, max_bytes=settings.max_image_bytes
@@ -115,6 +128,7 @@ class Runtime:
                 callback_base_url=settings.public_base_url or "",
                 store=store,
                 files=ProviderFilesClient(http, provider_files_origin(settings), api_key),
+                direct=direct,
             ),
             archive=ArchiveContext(
                 sessions=sessions,
@@ -124,6 +138,7 @@ class Runtime:
                 policy=policy,
                 own_images=own_images,
                 thumbnails=Thumbnailer(store),
+                direct=direct,
             ),
             notify=NotifyContext(
                 sessions=sessions,
@@ -131,6 +146,7 @@ class Runtime:
                 client=create_notify_client(settings),
                 present=present_tasks,
             ),
+            direct=direct,
         )
 
     def build_worker(self) -> Worker:
@@ -147,6 +163,8 @@ class Runtime:
             lease=self.settings.job_lease_seconds,
             grace=self.settings.shutdown_grace_seconds.total_seconds(),
             caps={JobKind.NOTIFY: notify_slots(self.settings)},
+            # PostgreSQL: the loop's claims and outcomes straight on asyncpg.
+            queue=None if self.direct is None else PgJobQueue(self.direct),
         )
 
     def build_balance_poller(self) -> BalancePoller:
@@ -177,4 +195,6 @@ class Runtime:
             await self.archive.own_images.fetcher.aclose()
         await self.notify.client.aclose()
         await self.http.aclose()
+        if self.direct is not None:
+            await self.direct.aclose()
         await self.engine.dispose()

@@ -23,14 +23,16 @@ from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
+from app.core.pg_compiled import LazyPool
 from app.core.retry import RetryStrategy
 from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
 from app.storage.store import ObjectStore, StoreError
-from app.tasks import event_repository, repository, service
+from app.tasks import event_repository, service
 from app.tasks.events import EventKind
 from app.tasks.links import upstream_completed_at
 from app.tasks.models import Task
+from app.tasks.rows import TaskRows
 from app.tasks.states import ArchiveDone, ServiceFailure, TaskStatus
 from app.workers.models import Job
 from app.workers.outcomes import Done, Outcome, RetryAt
@@ -70,6 +72,8 @@ class ArchiveContext:
         default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
     )
     own_images: OwnImages | None = None
+    # PostgreSQL: the job's first read straight on asyncpg (app/tasks/rows.py).
+    direct: LazyPool | None = None
 
     def source(self, url: str) -> tuple[httpx.AsyncClient, FetchPolicy]:
         """The client and policy that download `url`."""
@@ -84,14 +88,18 @@ class Archiver:
 
     def __init__(self, context: ArchiveContext) -> None:
         self._ctx = context
+        self._rows = TaskRows(context.sessions, context.direct)
         self._thumbnails = context.thumbnails
 
     async def __call__(self, job: Job) -> Outcome:
-        async with self._ctx.sessions() as session:
-            task = await repository.get(session, job.task_id)
-            if task is None or task.status != TaskStatus.ARCHIVING.value:
-                return Done()
-            done = await images.indexes_of(session, task.id)
+        found = await self._rows.read(job.task_id, images.HAS_IMAGES)
+        if found is None or found[0].status != TaskStatus.ARCHIVING.value:
+            return Done()
+        task, (stored_before,) = found
+        done: set[int] = set()
+        if stored_before:  # an earlier attempt stored some: they are not copied again
+            async with self._ctx.sessions() as session:
+                done = await images.indexes_of(session, task.id)
         urls = list(task.result_urls or [])
         if not urls:
             return await self._fail(task, "archive_failed", "the provider gave no result link")

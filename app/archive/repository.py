@@ -6,13 +6,16 @@ import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.models import TaskImage
 from app.core.db import upsert_insert
+from app.tasks.models import Task
 
 _IMAGES = cast(Table, TaskImage.__table__)
+# Read with the task (app/tasks/rows.py): whether any of its images is stored already.
+HAS_IMAGES = exists().where(_IMAGES.c.task_id == Task.id).label("has_images")
 
 
 @functools.cache

@@ -22,17 +22,12 @@ general ORM recorder."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ClauseElement, and_, bindparam, exists, func, insert, or_, select, true
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, true
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from app.callbacks import repository as inbox
 from app.callbacks.models import CallbackDelivery, DeliveryOutcome
@@ -49,6 +44,7 @@ from app.callbacks.service import (
     Delivery,
     TaskSnapshot,
 )
+from app.core.pg_compiled import Compiled
 from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.tasks.repository import update_if_state_statement
@@ -64,80 +60,11 @@ from app.workers.repository import enqueue_statement
 
 log = logging.getLogger(__name__)
 
-_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 _REFUSALS: dict[str, Answer] = {
     DeliveryOutcome.MALFORMED: MALFORMED,
     DeliveryOutcome.MISMATCH: MISMATCH,
 }
 _EVENT_COLUMNS = ("kind", "from_status", "to_status", "message", "detail")
-
-
-@dataclass(frozen=True, slots=True)
-class Compiled:
-    """A statement compiled once for asyncpg: its SQL and how to order its arguments."""
-
-    sql: str
-    names: tuple[str, ...]  # the named parameters, in $n order
-    fixed: tuple[Any, ...]  # processed values of the literals, None where a name goes
-    processors: tuple[Callable[[Any], Any] | None, ...]
-    # (position, name, bind processor or None when it is the identity) of each named parameter
-    slots: tuple[tuple[int, str, Callable[[Any], Any] | None], ...]
-
-    @classmethod
-    def of(cls, statement: ClauseElement, names: set[str]) -> Compiled:
-        compiled: Any = statement.compile(dialect=_DIALECT)  # a SQLCompiler
-        order = tuple(compiled.positiontup or ())
-        binds = [compiled.binds[name] for name in order]
-        processors = tuple(b.type.dialect_impl(_DIALECT).bind_processor(_DIALECT) for b in binds)
-        fixed = tuple(
-            None if name in names else (p(b.value) if p else b.value)
-            for name, b, p in zip(order, binds, processors, strict=True)
-        )
-        missing = names - set(order)
-        assert not missing, f"parameters not in the statement: {missing}"
-        # The literals go into the SQL text: asyncpg need not encode them on every execution.
-        inlined = {i: text for i, v in enumerate(fixed) if (text := _sql_literal(v)) is not None}
-        kept = [i for i in range(len(order)) if i not in inlined]
-        number = {i: f"${n}" for n, i in enumerate(kept, start=1)}
-
-        def placeholder(match: re.Match[str]) -> str:
-            i = int(match[1]) - 1
-            return inlined.get(i) or number[i]
-
-        sql = _PLACEHOLDER.sub(placeholder, str(compiled))
-        order = tuple(order[i] for i in kept)
-        fixed = tuple(fixed[i] for i in kept)
-        processors = tuple(processors[i] for i in kept)
-        slots = tuple(
-            (i, name, p)
-            for i, (name, p) in enumerate(zip(order, processors, strict=True))
-            if name in names
-        )
-        return cls(sql, order, fixed, processors, slots)
-
-    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
-        """The positional arguments for `values` by parameter name (a name not in `values`
-        keeps its fixed value)."""
-        arguments = list(self.fixed)
-        for i, name, p in self.slots:
-            if name in values:
-                value = values[name]
-                arguments[i] = value if p is None else p(value)
-        return arguments
-
-
-_PLACEHOLDER = re.compile(r"\$(\d+)\b")
-
-
-def _sql_literal(value: Any) -> str | None:
-    """The SQL text of a literal parameter value (None: it stays a parameter)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, str):
-        return "'" + str.replace(value, "'", "''") + "'"
-    return None
 
 
 def _param(name: str, column: Any) -> Any:
@@ -240,25 +167,6 @@ def record_statement(
         full.label("full"),
     ).add_cte(*ctes)
     return Compiled.of(result, names)
-
-
-async def _setup(connection: asyncpg.Connection) -> None:
-    """JSON parameters as the compiled statements give them (text), as SQLAlchemy does."""
-    await connection.set_type_codec(
-        "json", encoder=lambda text: text, decoder=json.loads, schema="pg_catalog"
-    )
-
-
-async def _no_reset(_connection: asyncpg.Connection) -> None:
-    """Connections here never hold session state: every statement is its own transaction."""
-
-
-async def create_pool(dsn: str, *, max_size: int = 20) -> asyncpg.Pool:
-    """The dedicated pool of the callback endpoint."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, reset=_no_reset, init=_setup
-    )
-    return pool
 
 
 class PostgresRecorder:

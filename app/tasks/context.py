@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.pg_compiled import LazyPool
 from app.core.retry import RetryStrategy
 from app.provider.evolink import EvolinkClient
 from app.provider.files import ProviderFilesClient
@@ -24,3 +25,5 @@ class TaskContext:
     store: ObjectStore
     files: ProviderFilesClient
     retry: RetryStrategy = field(default_factory=RetryStrategy)
+    # PostgreSQL: the reads and the mark every job makes, straight on asyncpg (app/tasks/rows.py).
+    direct: LazyPool | None = None

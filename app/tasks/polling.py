@@ -14,6 +14,7 @@ from app.tasks.context import TaskContext
 from app.tasks.credits import changed_credits
 from app.tasks.events import EventKind
 from app.tasks.models import Task
+from app.tasks.rows import TaskRows
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers.models import Job
 from app.workers.outcomes import Done, Outcome, RetryAt
@@ -28,12 +29,12 @@ class Poller:
 
     def __init__(self, context: TaskContext) -> None:
         self._ctx = context
+        self._rows = TaskRows(context.sessions, context.direct)
         self._errors = RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=2))
         self._confirm = RetryStrategy(base=timedelta(seconds=1), cap=timedelta(minutes=1))
 
     async def __call__(self, job: Job) -> Outcome:
-        async with self._ctx.sessions() as session:
-            task = await repository.get(session, job.task_id)
+        task = await self._rows.get(job.task_id)
         if task is None or task.status not in _ACTIVE or task.provider_task_id is None:
             return Done()
         now = utcnow()

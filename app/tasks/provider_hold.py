@@ -79,9 +79,13 @@ class HoldWatch:
         self._clock = clock
         self._clear_until = float("-inf")  # before this clock reading, no hold needs reading
 
+    def due(self) -> bool:
+        """Whether `active_until` would read the hold (else it answers None without reading)."""
+        return self._clock() >= self._clear_until
+
     async def active_until(self, session: AsyncSession, now: datetime) -> datetime | None:
         """When the hold lifts, if it has not yet (as read at most RECHECK_SECONDS ago)."""
-        if self._clock() < self._clear_until:
+        if not self.due():
             return None
         held = await active_until(session, self._scope, now)
         if held is None:

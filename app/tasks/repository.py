@@ -10,7 +10,6 @@ from typing import Any, cast
 from sqlalchemy import (
     Boolean,
     Column,
-    Row,
     Select,
     String,
     Table,
@@ -18,7 +17,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     func,
     inspect,
     or_,
@@ -32,7 +30,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.core.db import UTCDateTime, matched_any
 from app.tasks.models import Task
-from app.tasks.references import TaskReference
 from app.tasks.states import TaskState, TaskStatus
 
 ACTIVE_STATUSES = tuple(status.value for status in TaskStatus if not status.is_terminal)
@@ -95,19 +92,6 @@ async def get(session: AsyncSession, task_id: str) -> Task | None:
     """A task by id, freshly read (a statement built once: cheaper than Session.get's own)."""
     result = await session.execute(_BY_ID, {"task_id": task_id}, execution_options=_FRESH)
     return result.scalar_one_or_none()
-
-
-_WITH_REFERENCES = select(
-    Task, exists().where(TaskReference.task_id == Task.id).label("has_references")
-).where(Task.id == bindparam("task_id"))
-
-
-async def get_with_references_flag(session: AsyncSession, task_id: str) -> tuple[Task, bool] | None:
-    """A task, freshly read, and whether it has reference rows (one round trip: a task with
-    none, the usual case, needs no query of its references)."""
-    result = await session.execute(_WITH_REFERENCES, {"task_id": task_id}, execution_options=_FRESH)
-    row = result.one_or_none()
-    return None if row is None else (row[0], bool(row[1]))
 
 
 async def get_for_caller(session: AsyncSession, caller: str, task_id: str) -> Task | None:
@@ -206,15 +190,38 @@ def _parameters(task_id: str, values: Mapping[str, Any], **conditions: Any) -> d
     return parameters
 
 
-def refresh_from(task: Task, row: Row[Any]) -> None:
+def refresh_from(task: Task, row: Sequence[Any]) -> None:
     """Give `task` the column values of `row` (a whole-row RETURNING) as loaded, not changed."""
     for (key, _), value in zip(_ROW, row, strict=True):
         set_committed_value(task, key, value)
 
 
-_RELOAD = select(*(column for _, column in _ROW)).where(
-    _TASKS.c.id == bindparam("w_id", type_=_TASKS.c.id.type)
-)
+_TASK_ID = bindparam("w_id", type_=_TASKS.c.id.type)
+_RELOAD = select(*(column for _, column in _ROW)).where(_TASKS.c.id == _TASK_ID)
+
+
+@functools.cache
+def row_statement(flags: tuple[Any, ...]) -> Any:
+    """A task's whole row by id (`w_id`), in `refresh_from`'s order, then the `flags` (boolean
+    expressions on it, such as an EXISTS)."""
+    return select(*(column for _, column in _ROW), *flags).where(_TASKS.c.id == _TASK_ID)
+
+
+def task_of_row(row: Any) -> Task:
+    """A task as loaded from `row` (a whole row in `refresh_from`'s order), detached: as a task
+    read in a session that has ended."""
+    task = Task()
+    refresh_from(task, tuple(row)[: len(_ROW)])
+    make_transient_to_detached(task)
+    return task
+
+
+def fields_statement(
+    task_id: str, values: Mapping[str, Any], **conditions: Any
+) -> tuple[Update, dict[str, Any]]:
+    """`update_fields`'s statement (built once per shape) and its parameters."""
+    shape = tuple((name, value is None) for name, value in conditions.items())
+    return _fields_statement(tuple(values), shape), _parameters(task_id, values, **conditions)
 
 
 async def reload(session: AsyncSession, task: Task) -> bool:
@@ -271,10 +278,8 @@ async def update_fields(
     session: AsyncSession, task_id: str, values: dict[str, Any], **conditions: Any
 ) -> bool:
     """Write `values` where the row still matches `conditions` (column=value; None: IS NULL)."""
-    shape = tuple((name, value is None) for name, value in conditions.items())
-    statement = _fields_statement(tuple(values), shape)
-    result = await session.execute(statement, _parameters(task_id, values, **conditions))
-    return matched_any(result)
+    statement, parameters = fields_statement(task_id, values, **conditions)
+    return matched_any(await session.execute(statement, parameters))
 
 
 async def count_by_status(session: AsyncSession) -> dict[str, int]:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.callback_tokens import new_nonce
 from app.core.clock import utcnow
-from app.core.db import after_commit
+from app.core.db import after_commit, autocommit
 from app.core.errors import ApiProblem
 from app.core.limits import CallerLimits
 from app.provider.pricing import estimate_credits
@@ -89,13 +89,11 @@ async def _insert_with_submit_job(
     """Insert a new task and its submit job unless its idempotency key was used (False).
     `alone`: on PostgreSQL, run that one statement as a transaction of its own (see
     `create_task`)."""
-    options = None
-    if alone and session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
-        # One atomic statement needs no BEGIN and COMMIT around it: two round trips fewer.
-        options = {"isolation_level": "AUTOCOMMIT"}
+    if alone:
+        await autocommit(session)  # one atomic statement needs no BEGIN and COMMIT around it
     # On the connection: given parameters, Session.execute would take the ORM statement of
     # the job for a bulk insert of rows.
-    connection = await session.connection(execution_options=options)
+    connection = await session.connection()
     if connection.dialect.name == "postgresql":
         row = {**repository.task_row(task), "job_run_at": now}
         if (await connection.execute(_TASK_WITH_SUBMIT_JOB, row)).scalar() is None:

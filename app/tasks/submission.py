@@ -46,6 +46,7 @@ from app.tasks.reference_delivery import (
     TaskMovedOn,
 )
 from app.tasks.references import TaskReference
+from app.tasks.rows import HAS_REFERENCES, TaskRows
 from app.tasks.states import ProviderNews, ServiceFailure, TaskStatus
 from app.workers import repository as jobs
 from app.workers.models import Job, JobKind
@@ -71,35 +72,35 @@ class Submitter:
         )
         # The shared 429 hold on creates, read at most once a second while there is none.
         self._hold = provider_hold.HoldWatch(provider_hold.CREATE)
+        self._rows = TaskRows(context.sessions, context.direct)
 
     async def __call__(self, job: Job) -> Outcome:
         now = utcnow()
         max_wait = self._ctx.settings.submit_max_wait_seconds
         references: Sequence[TaskReference] = ()
         prepared = False
-        # Sessions are never nested: on SQLite an open transaction holds the write lock.
-        async with self._ctx.sessions() as session:
-            found = await repository.get_with_references_flag(session, job.task_id)
-            if found is None:
-                return Done()
-            task, has_references = found
-            if task.status != TaskStatus.QUEUED.value or task.provider_task_id is not None:
-                return Done()
-            unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
-            expired = now - task.created_at > max_wait
-            ready = not unsure and not expired
-            held = await self._hold.active_until(session, now) if ready else None
-            if held is not None:
-                # Every replica waits for the provider's 429 to lift; fair claiming then drains
-                # the backlog between callers.
-                reason = f"waiting: the provider asked to slow down (HTTP 429) until {held}"
-                return RetryAt(held, reason)
-            if ready:
-                if has_references:
+        found = await self._rows.read(job.task_id, HAS_REFERENCES)
+        if found is None:
+            return Done()
+        task, (has_references,) = found
+        if task.status != TaskStatus.QUEUED.value or task.provider_task_id is not None:
+            return Done()
+        unsure = task.submit_state in (SubmitState.IN_FLIGHT, SubmitState.UNCERTAIN)
+        expired = now - task.created_at > max_wait
+        ready = not unsure and not expired
+        held = await self._held_until(now) if ready else None
+        if held is not None:
+            # Every replica waits for the provider's 429 to lift; fair claiming then drains
+            # the backlog between callers.
+            reason = f"waiting: the provider asked to slow down (HTTP 429) until {held}"
+            return RetryAt(held, reason)
+        if ready:
+            if has_references:
+                async with self._ctx.sessions() as session:
                     references = await reference_repository.in_order(session, task.id)
-                prepared = not self._delivery.needs_preparation(references)
-                if prepared and not await self._mark_in_flight(session, task, now):
-                    return Done()
+            prepared = not self._delivery.needs_preparation(references)
+            if prepared and not await self._mark_in_flight(task, now):
+                return Done()
         if unsure:
             return await self._outcome_unknown(task, now, reason=None)
         if expired:
@@ -117,8 +118,8 @@ class Submitter:
                 return outcome
             async with self._ctx.sessions() as session:
                 references = await reference_repository.in_order(session, task.id)
-                if not await self._mark_in_flight(session, task, now):
-                    return Done()
+            if not await self._mark_in_flight(task, now):
+                return Done()
         try:
             image_urls = self._delivery.upstream_urls(task, references, now=utcnow())
         except ReferenceRejected as exc:
@@ -129,10 +130,9 @@ class Submitter:
             return RetryAt(utcnow() + self._ctx.retry.delay(job.attempts), exc.message)
         return await self._submit(task, job, image_urls)
 
-    async def _mark_in_flight(self, session: AsyncSession, task: Task, now: datetime) -> bool:
+    async def _mark_in_flight(self, task: Task, now: datetime) -> bool:
         """Record that a create is about to be sent (committed); False when the task moved on."""
-        marked = await repository.update_fields(
-            session,
+        return await self._rows.update_fields(
             task.id,
             {
                 "submit_state": SubmitState.IN_FLIGHT,
@@ -143,8 +143,14 @@ class Submitter:
             status=TaskStatus.QUEUED.value,
             submit_state=task.submit_state,
         )
-        await session.commit()
-        return marked
+
+    async def _held_until(self, now: datetime) -> datetime | None:
+        """When the provider's hold on creates lifts, if it holds (read at most once a second
+        while there is none: no session is opened in between)."""
+        if not self._hold.due():
+            return None
+        async with self._ctx.sessions() as session:
+            return await self._hold.active_until(session, now)
 
     async def _prepare(
         self, task: Task, job: Job, references: Sequence[TaskReference], now: datetime

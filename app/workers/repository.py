@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
     bindparam,
     case,
     column,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
@@ -120,6 +122,30 @@ _FREE_TO_TAKE = (
 )
 _HELD_BY_WORKER = (JOBS.c.lease_owner == _WORKER, JOBS.c.state == JobState.QUEUED)
 
+Run = Callable[[Any, Mapping[str, Any]], Awaitable[Sequence[Mapping[str, Any]]]]
+"""Runs one of the queue's statements with its parameters; its rows, as mappings. On a session
+(`session_runner`), or compiled once on a plain asyncpg connection (app/workers/pg_queue.py)."""
+
+
+def session_runner(session: AsyncSession) -> Run:
+    async def run(statement: Any, parameters: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        rows = (await session.execute(statement, dict(parameters))).mappings().all()
+        return cast(Sequence[Mapping[str, Any]], rows)
+
+    return run
+
+
+def _one_of(column: Any, name: str, arrays: bool) -> ColumnElement[bool]:
+    """`column` is one of the list `name`: `= ANY(array)` (one SQL text for any length, as
+    asyncpg binds lists), else an expanding IN (SQLite; rendered for each length)."""
+    if arrays:
+        return cast(
+            ColumnElement[bool],
+            column == any_(bindparam(name, type_=postgresql.ARRAY(column.type))),
+        )
+    return cast(ColumnElement[bool], column.in_(bindparam(name, expanding=True)))
+
+
 # The two columns of the task table that fair claiming reads (jobs.task_id references it): named
 # here rather than imported, as the workers room sits below the tasks room.
 Task = table("tasks", column("id", String(36)), column("caller", String(64)))
@@ -146,7 +172,7 @@ async def claim(
     limit: int,
 ) -> list[Job]:
     """Lease up to `limit` due jobs of `kinds`, shared fairly between callers (see
-    `claim_groups`)."""
+    `claim_with`)."""
     return await claim_groups(
         session,
         worker=worker,
@@ -159,6 +185,28 @@ async def claim(
 
 async def claim_groups(
     session: AsyncSession,
+    *,
+    worker: str,
+    groups: Sequence[KindGroup],
+    total: int,
+    now: datetime,
+    lease: timedelta,
+) -> list[Job]:
+    """`claim_with` on the session."""
+    return await claim_with(
+        session_runner(session),
+        EXPANDING,
+        worker=worker,
+        groups=groups,
+        total=total,
+        now=now,
+        lease=lease,
+    )
+
+
+async def claim_with(
+    run: Run,
+    statements: QueueStatements,
     *,
     worker: str,
     groups: Sequence[KindGroup],
@@ -186,11 +234,11 @@ async def claim_groups(
     for index, group in enumerate(groups):
         params[f"kinds_{index}"] = list(group.kinds)
         params[f"count_{index}"] = min(group.limit, total) * CANDIDATE_SLACK
-    rows = (await session.execute(_candidates_statement(len(groups)), params)).all()
+    rows = await run(statements.candidates(len(groups)), params)
     waiting: list[list[int]] = [[] for _ in groups]
-    for job_id, group_index in rows:
-        waiting[group_index].append(job_id)
-    rank = {job_id: position for position, (job_id, _) in enumerate(rows)}
+    for row in rows:
+        waiting[row["grp"]].append(row["id"])
+    rank = {row["id"]: position for position, row in enumerate(rows)}
     group_of = {kind: index for index, group in enumerate(groups) for kind in group.kinds}
     room = [group.limit for group in groups]
     taken: list[Job] = []
@@ -202,18 +250,16 @@ async def claim_groups(
             del candidates[:count]
         if not batch:
             break
-        result = await session.execute(
-            _TAKE, {"ids": batch, "now": now, "worker": worker, "until": now + lease}
-        )
-        for row in result:
-            job = Job(**row._asdict())
+        taking = {"ids": batch, "now": now, "worker": worker, "until": now + lease}
+        for row in await run(statements.take, taking):
+            job = Job(**row)
             room[group_of[job.kind]] -= 1
             taken.append(job)
     return sorted(taken, key=lambda job: rank[job.id])
 
 
 @functools.cache
-def _candidates_statement(groups: int) -> Any:
+def _candidates_statement(groups: int, arrays: bool) -> Any:
     """(id, group) of due jobs in fair order (see `claim_groups`), read without locks: for each
     group `i`, the first `count_i` of the kinds `kinds_i`."""
     running = (
@@ -234,7 +280,7 @@ def _candidates_statement(groups: int) -> Any:
             .select_from(JOBS)
             .join(Task, Task.c.id == JOBS.c.task_id)
             .outerjoin(running, running.c.caller == Task.c.caller)
-            .where(JOBS.c.kind.in_(bindparam(f"kinds_{index}", expanding=True)), *_FREE_TO_TAKE)
+            .where(_one_of(JOBS.c.kind, f"kinds_{index}", arrays), *_FREE_TO_TAKE)
             .subquery(f"ranked_{index}")
         )
         first = (
@@ -255,68 +301,93 @@ def _candidates_statement(groups: int) -> Any:
     )
 
 
-# Lease the given jobs that are still free to take and not locked by another claimer. The lock
-# is a CTE (never folded into the UPDATE, being a locking SELECT) joined on the primary key: as a
-# sub-select in `id IN (...)`, PostgreSQL's generic plan ran it once per due row.
-_LOCKED = (
-    select(JOBS.c.id)
-    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_FREE_TO_TAKE)
-    .with_for_update(skip_locked=True)
-    .cte("locked")
-)
-_TAKE = (
-    update(JOBS)
-    .where(JOBS.c.id == _LOCKED.c.id, *_FREE_TO_TAKE)
-    .values(
-        lease_owner=_WORKER,
-        lease_expires_at=bindparam("until", type_=UTCDateTime()),
-        attempts=JOBS.c.attempts + 1,
-        rerun=False,
-        updated_at=_NOW,
+@dataclass(frozen=True, slots=True)
+class QueueStatements:
+    """The statements of the worker loop, in one of two forms of their id lists (`_one_of`)."""
+
+    arrays: bool
+    take: Any
+    finish_done: Any
+    finish_retry: Any
+    extend: Any
+    release: Any
+
+    def candidates(self, groups: int) -> Any:
+        """(id, grp) of due jobs in fair order (see `claim_groups`)."""
+        return _candidates_statement(groups, self.arrays)
+
+
+@functools.cache
+def queue_statements(arrays: bool) -> QueueStatements:
+    """Built once per form: with `arrays` for PostgreSQL's asyncpg path, else expanding IN."""
+    # Lease the given jobs that are still free to take and not locked by another claimer. The
+    # lock is a CTE (never folded into the UPDATE, being a locking SELECT) joined on the primary
+    # key: as a sub-select in `id IN (...)`, PostgreSQL's generic plan ran it once per due row.
+    locked = (
+        select(JOBS.c.id)
+        .where(_one_of(JOBS.c.id, "ids", arrays), *_FREE_TO_TAKE)
+        .with_for_update(skip_locked=True)
+        .cte("locked")
     )
-    .returning(*JOBS.c)
-)
-# A job enqueued again while it ran (`rerun`) stays queued and is due at once.
-_FINISH_DONE = (
-    update(JOBS)
-    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_HELD_BY_WORKER)
-    .values(
-        lease_owner=None,
-        lease_expires_at=None,
-        updated_at=_NOW,
-        rerun=False,
-        state=case((JOBS.c.rerun, JobState.QUEUED), else_=JobState.DONE),
-        finished_at=case((JOBS.c.rerun, null()), else_=_NOW),
+    take = (
+        update(JOBS)
+        .where(JOBS.c.id == locked.c.id, *_FREE_TO_TAKE)
+        .values(
+            lease_owner=_WORKER,
+            lease_expires_at=bindparam("until", type_=UTCDateTime()),
+            attempts=JOBS.c.attempts + 1,
+            rerun=False,
+            updated_at=_NOW,
+        )
+        .returning(*JOBS.c)
     )
-    .returning(JOBS.c.id)
-)
-_FINISH_RETRY = (
-    update(JOBS)
-    .where(JOBS.c.id == bindparam("job_id", type_=Integer), *_HELD_BY_WORKER)
-    .values(
-        lease_owner=None,
-        lease_expires_at=None,
-        updated_at=_NOW,
-        rerun=False,
-        run_at=case((JOBS.c.rerun, _NOW), else_=bindparam("retry_at", type_=UTCDateTime())),
-        last_error=bindparam("error", type_=Text()),
+    # A job enqueued again while it ran (`rerun`) stays queued and is due at once.
+    finish_done = (
+        update(JOBS)
+        .where(_one_of(JOBS.c.id, "ids", arrays), *_HELD_BY_WORKER)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=_NOW,
+            rerun=False,
+            state=case((JOBS.c.rerun, JobState.QUEUED), else_=JobState.DONE),
+            finished_at=case((JOBS.c.rerun, null()), else_=_NOW),
+        )
+        .returning(JOBS.c.id)
     )
-    .returning(JOBS.c.id)
-)
-_EXTEND = (
-    update(JOBS)
-    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.lease_owner == _WORKER)
-    .values(lease_expires_at=bindparam("until", type_=UTCDateTime()))
-)
-_RELEASE = (
-    update(JOBS)
-    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), *_HELD_BY_WORKER)
-    .values(
-        lease_owner=None,
-        lease_expires_at=None,
-        attempts=case((JOBS.c.attempts > 0, JOBS.c.attempts - 1), else_=0),
+    finish_retry = (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id", type_=Integer), *_HELD_BY_WORKER)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=_NOW,
+            rerun=False,
+            run_at=case((JOBS.c.rerun, _NOW), else_=bindparam("retry_at", type_=UTCDateTime())),
+            last_error=bindparam("error", type_=Text()),
+        )
+        .returning(JOBS.c.id)
     )
-)
+    extend = (
+        update(JOBS)
+        .where(_one_of(JOBS.c.id, "ids", arrays), JOBS.c.lease_owner == _WORKER)
+        .values(lease_expires_at=bindparam("until", type_=UTCDateTime()))
+        .returning(JOBS.c.id)
+    )
+    release = (
+        update(JOBS)
+        .where(_one_of(JOBS.c.id, "ids", arrays), *_HELD_BY_WORKER)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=case((JOBS.c.attempts > 0, JOBS.c.attempts - 1), else_=0),
+        )
+        .returning(JOBS.c.id)
+    )
+    return QueueStatements(arrays, take, finish_done, finish_retry, extend, release)
+
+
+EXPANDING = queue_statements(arrays=False)
 
 
 async def finish(
@@ -334,13 +405,27 @@ async def finish_many(
     worker: str,
     now: datetime,
 ) -> set[int]:
+    """`finish_many_with` on the session."""
+    return await finish_many_with(
+        session_runner(session), EXPANDING, outcomes, worker=worker, now=now
+    )
+
+
+async def finish_many_with(
+    run: Run,
+    statements: QueueStatements,
+    outcomes: Sequence[tuple[int, Outcome]],
+    *,
+    worker: str,
+    now: datetime,
+) -> set[int]:
     """Record the outcomes of several jobs (one statement for all that are done, one per retry);
     the ids of those this worker still held."""
     kept: set[int] = set()
     done = [job_id for job_id, outcome in outcomes if isinstance(outcome, Done)]
     if done:
-        result = await session.execute(_FINISH_DONE, {"ids": done, "worker": worker, "now": now})
-        kept.update(result.scalars())
+        rows = await run(statements.finish_done, {"ids": done, "worker": worker, "now": now})
+        kept.update(row["id"] for row in rows)
     for job_id, outcome in outcomes:
         if isinstance(outcome, Done):
             continue
@@ -351,7 +436,7 @@ async def finish_many(
             "retry_at": outcome.when,
             "error": outcome.error[:2000],
         }
-        kept.update((await session.execute(_FINISH_RETRY, params)).scalars())
+        kept.update(row["id"] for row in await run(statements.finish_retry, params))
     return kept
 
 
@@ -359,16 +444,30 @@ async def extend_leases(
     session: AsyncSession, job_ids: Sequence[int], *, worker: str, until: datetime
 ) -> None:
     """Keep the leases of jobs this worker is still running."""
+    await extend_leases_with(
+        session_runner(session), EXPANDING, job_ids, worker=worker, until=until
+    )
+
+
+async def extend_leases_with(
+    run: Run, statements: QueueStatements, job_ids: Sequence[int], *, worker: str, until: datetime
+) -> None:
     if job_ids:
-        await session.execute(_EXTEND, {"ids": list(job_ids), "worker": worker, "until": until})
+        await run(statements.extend, {"ids": list(job_ids), "worker": worker, "until": until})
 
 
 async def release(session: AsyncSession, job_ids: Sequence[int], *, worker: str) -> None:
     """Give back the leases of unfinished jobs so another worker can take them at once.
 
     The interrupted run does not count as an attempt (nor, on the next claim, as a take-over)."""
+    await release_with(session_runner(session), EXPANDING, job_ids, worker=worker)
+
+
+async def release_with(
+    run: Run, statements: QueueStatements, job_ids: Sequence[int], *, worker: str
+) -> None:
     if job_ids:
-        await session.execute(_RELEASE, {"ids": list(job_ids), "worker": worker})
+        await run(statements.release, {"ids": list(job_ids), "worker": worker})
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,6 +21,7 @@ from app.core.retry import RetryStrategy
 from app.workers import repository
 from app.workers.models import Job, JobKind
 from app.workers.outcomes import Done, Outcome, RetryAt
+from app.workers.queues import ClaimFailed, JobQueue, SessionJobQueue
 
 log = logging.getLogger(__name__)
 # Waits after failed claims (2 s doubling to 30 s) and failed records of an outcome (0.5 s
@@ -51,9 +52,12 @@ class Worker:
         grace: float = 10.0,
         retry: RetryStrategy | None = None,
         caps: Mapping[JobKind, int] | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
         self.name = worker_name()
-        self._sessions = sessions
+        # Where the loop's own statements run (claims, outcomes, leases): the sessions unless
+        # given a queue of its own (PostgreSQL: app/workers/pg_queue.py).
+        self._queue = queue or SessionJobQueue(sessions)
         self._handlers = dict(handlers)
         self._concurrency = concurrency
         self._lease = lease
@@ -102,24 +106,25 @@ class Worker:
                 heartbeat.cancel()
 
     async def _cycle(self) -> int:
-        """One transaction: record the outcomes of the jobs that finished since the last cycle,
-        then lease due jobs for the free slots; the number of jobs started. Finishing first lets
-        a job enqueued again while it ran (`rerun`) be claimed in the same cycle."""
+        """Record the outcomes of the jobs that finished since the last cycle, then lease due
+        jobs for the free slots; the number of jobs started. Finishing first lets a job
+        enqueued again while it ran (`rerun`) be claimed in the same cycle."""
         outcomes = list(self._outcomes)  # jobs may finish while this runs: they wait a cycle
         groups = self._claim_groups()
         if not outcomes and not groups:
             return 0
-        now = utcnow()
-        async with self._sessions.begin() as session:
-            kept = await self._record(session, outcomes, now)
-            jobs = await repository.claim_groups(
-                session,
+        try:
+            kept, jobs = await self._queue.cycle(
+                [(finished.job.id, finished.outcome) for finished in outcomes],
                 worker=self.name,
                 groups=groups,
                 total=self._concurrency - len(self._running),
-                now=now,
+                now=utcnow(),
                 lease=self._lease,
             )
+        except ClaimFailed as exc:
+            self._recorded(outcomes, exc.kept)  # committed: never recorded twice
+            raise
         self._recorded(outcomes, kept)
         return self._start(jobs)
 
@@ -137,18 +142,6 @@ class Worker:
         if uncapped:
             groups.append(repository.KindGroup(uncapped, free))
         return [group for group in groups if group.limit > 0]
-
-    async def _record(
-        self, session: AsyncSession, outcomes: list[_Finished], now: datetime
-    ) -> set[int]:
-        if not outcomes:
-            return set()
-        return await repository.finish_many(
-            session,
-            [(finished.job.id, finished.outcome) for finished in outcomes],
-            worker=self.name,
-            now=now,
-        )
 
     def _recorded(self, outcomes: list[_Finished], kept: set[int]) -> None:
         """Forget recorded outcomes (the first ones of the list: others were only appended)."""
@@ -211,10 +204,7 @@ class Worker:
             # Finished jobs whose outcome is not recorded yet are still this worker's.
             held = [*self._running, *(finished.job.id for finished in self._outcomes)]
             with contextlib.suppress(Exception):
-                async with self._sessions.begin() as session:
-                    await repository.extend_leases(
-                        session, held, worker=self.name, until=utcnow() + self._lease
-                    )
+                await self._queue.extend(held, worker=self.name, until=utcnow() + self._lease)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
@@ -245,9 +235,12 @@ class Worker:
         for attempt in range(1, RECORD_ATTEMPTS + 1):
             outcomes = list(self._outcomes)
             try:
-                async with self._sessions.begin() as session:
-                    kept = await self._record(session, outcomes, utcnow())
-                    await repository.release(session, unfinished, worker=self.name)
+                kept = await self._queue.finish_and_release(
+                    [(finished.job.id, finished.outcome) for finished in outcomes],
+                    unfinished,
+                    worker=self.name,
+                    now=utcnow(),
+                )
             except Exception:
                 log.exception("recording outcomes at shutdown failed", extra={"worker": self.name})
                 await asyncio.sleep(RECORD_RETRY.delay(attempt).total_seconds())

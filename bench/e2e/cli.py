@@ -56,6 +56,9 @@ def main() -> None:
         help="py-spy each service process during each rate: "
         "DIR/<run>-<process>.txt (raw; python -m bench.e2e.topframes FILE)",
     )
+    parser.add_argument(
+        "--profile-rate", type=int, default=100, help="py-spy samples per second (100)"
+    )
     parser.add_argument("--workdir", type=Path, help="logs and checkouts (default: a temp dir)")
     args = parser.parse_args()
     modes = ("one", "split") if args.both_modes else ("split",) if args.split else ("one",)
@@ -70,6 +73,7 @@ def main() -> None:
         bare=not args.no_bare,
         gateway=not args.bare_only,
         profile=args.profile,
+        profile_rate=args.profile_rate,
         workdir=args.workdir,
     )
     print(asyncio.run(run_all(config)))

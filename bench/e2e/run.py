@@ -51,6 +51,7 @@ class E2EConfig:
     bare: bool = True
     gateway: bool = True
     profile: Path | None = None
+    profile_rate: int = 100
     workdir: Path | None = None
 
 
@@ -204,7 +205,17 @@ async def start_profilers(
     profilers = []
     for name, pid in stack.pids.items():
         out = config.profile / f"{label}-{name}.txt"
-        args = ["record", "--pid", str(pid), "--rate", "100", "--format", "raw", "-o", str(out)]
+        args = [
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(config.profile_rate),
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ]
         # --nonblocking: sample without pausing the process, so the profile does not add
         # latency to the run it measures.
         args += ["--duration", str(math.ceil(config.seconds)), "--subprocesses", "--nonblocking"]

@@ -22,6 +22,7 @@ from app.callbacks import service as callback_service
 from app.callbacks.models import CallbackDelivery
 from app.callbacks.orm_recorder import OrmRecorder
 from app.callbacks.service import CallbackRecorder, CallbackService
+from app.core import pg_compiled
 from app.core.callback_tokens import callback_token
 from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.tasks.events import TaskEvent
@@ -221,7 +222,7 @@ async def second_pg_database_url(
 
 async def run(database_url: str, fast: bool, steps: list[Step]) -> dict[str, Any]:
     engine = create_engine(database_url)
-    pool = await pg_recorder.create_pool(asyncpg_dsn(database_url)) if fast else None
+    pool = await pg_compiled.create_pool(asyncpg_dsn(database_url)) if fast else None
     try:
         sessions = create_sessionmaker(engine)
         await seed(sessions)

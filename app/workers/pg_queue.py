@@ -1,0 +1,98 @@
+"""The worker loop's statements on PostgreSQL, on an asyncpg pool of the loop's own.
+
+They run several times per task (every job is claimed, and finished, by one of them), and each
+is atomic by itself; through SQLAlchemy's session each cost several times its round trip. Here
+each is compiled once (app/core/pg_compiled.py) from the very statements the session queue runs
+(app/workers/repository.py, in their `= ANY(array)` form) and sent as it is: no session, no
+BEGIN or COMMIT. The pool (`LazyPool`) is the process's, shared with the job handlers' reads."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from app.core.pg_compiled import Compiled, LazyPool
+from app.workers import repository
+from app.workers.models import Job
+from app.workers.outcomes import Outcome
+from app.workers.queues import ClaimFailed
+
+STATEMENTS = repository.queue_statements(arrays=True)
+
+
+@functools.cache
+def _compiled(statement: Any) -> Compiled:
+    return Compiled.of_named(statement)
+
+
+def _runner(connection: asyncpg.Connection) -> repository.Run:
+    async def run(statement: Any, parameters: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        compiled = _compiled(statement)
+        rows: list[asyncpg.Record] = await connection.fetch(
+            compiled.sql, *compiled.arguments(parameters)
+        )
+        return rows
+
+    return run
+
+
+class PgJobQueue:
+    """The worker loop's statements straight on asyncpg (PostgreSQL)."""
+
+    def __init__(self, pool: LazyPool) -> None:
+        self._pool = pool
+
+    async def cycle(
+        self,
+        outcomes: Sequence[tuple[int, Outcome]],
+        *,
+        worker: str,
+        groups: Sequence[repository.KindGroup],
+        total: int,
+        now: datetime,
+        lease: timedelta,
+    ) -> tuple[set[int], list[Job]]:
+        async with self._pool.acquire() as connection:
+            run = _runner(connection)
+            kept = (
+                await repository.finish_many_with(run, STATEMENTS, outcomes, worker=worker, now=now)
+                if outcomes
+                else set()
+            )
+            try:
+                jobs = await repository.claim_with(
+                    run, STATEMENTS, worker=worker, groups=groups, total=total, now=now, lease=lease
+                )
+            except Exception as exc:
+                if outcomes:
+                    raise ClaimFailed(kept) from exc
+                raise
+        return kept, jobs
+
+    async def extend(self, job_ids: Sequence[int], *, worker: str, until: datetime) -> None:
+        async with self._pool.acquire() as connection:
+            await repository.extend_leases_with(
+                _runner(connection), STATEMENTS, job_ids, worker=worker, until=until
+            )
+
+    async def finish_and_release(
+        self,
+        outcomes: Sequence[tuple[int, Outcome]],
+        unfinished: Sequence[int],
+        *,
+        worker: str,
+        now: datetime,
+    ) -> set[int]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            run = _runner(connection)
+            kept = (
+                await repository.finish_many_with(run, STATEMENTS, outcomes, worker=worker, now=now)
+                if outcomes
+                else set()
+            )
+            await repository.release_with(run, STATEMENTS, unfinished, worker=worker)
+        return kept
