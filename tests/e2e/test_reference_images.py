@@ -342,9 +342,8 @@ async def blocked_by(admin: asyncpg.Connection, database: str) -> int:
 
 
 async def test_a_worker_killed_after_the_files_api_upload_submits_once_with_that_copy(
-    processes: Processes, pg_database_url: str, tmp_path: Path
+    processes: Processes, pg_database_url: str, storage: Storage
 ) -> None:
-    storage = file_storage(tmp_path / "images")
     sim_url, api_url, env = await start_stack(
         processes,
         pg_database_url,
