@@ -20,6 +20,7 @@ from tests.bad_input.conftest import CREATE, KEY, Seeded, error_of
 from tests.conftest import auth
 from tests.support.references import add_upload, succeeded_task, task_in_status
 from tests.support.stack import running_stack
+from tests.uploads.images import png
 
 GOOD = {"url": "https://images.example.com/good.png"}  # reference_images[0] of every case
 NO_UPLOAD = "no such upload (unknown, expired or deleted)"
@@ -35,6 +36,7 @@ class Sources:
 
     upload: str  # alpha's, usable
     expired_upload: str  # alpha's, expired an hour ago
+    deleted_upload: str  # alpha's, deleted with DELETE /v1/uploads/{id}
     theirs_upload: str  # beta's, usable
     succeeded: str  # alpha's, one archived image
     failed: str  # alpha's
@@ -48,6 +50,11 @@ async def sources(seeded: Seeded) -> Sources:
     gateway = seeded.gateway
     upload, _ = await add_upload(gateway, "alpha")
     expired, _ = await add_upload(gateway, "alpha", expires_in=timedelta(hours=-1))
+    made = await seeded.client.post("/v1/uploads", content=png((4, 4)), headers=auth())
+    assert made.status_code == 201, made.text
+    deleted = made.json()["id"]
+    gone = await seeded.client.delete(f"/v1/uploads/{deleted}", headers=auth())
+    assert gone.status_code == 204, gone.text
     theirs_upload, _ = await add_upload(gateway, "beta")
     succeeded, _ = await succeeded_task(gateway, "alpha")
     theirs_succeeded, _ = await succeeded_task(gateway, "beta")
@@ -58,6 +65,7 @@ async def sources(seeded: Seeded) -> Sources:
     return Sources(
         upload,
         expired,
+        deleted,
         theirs_upload,
         succeeded,
         failed,
@@ -92,6 +100,9 @@ CASES: list[tuple[str, Case]] = [
         refs({"upload_id": s.expired_upload}), f"reference_images[1]: {NO_UPLOAD}",
     )),
     ("deleted upload", lambda s: (
+        refs({"upload_id": s.deleted_upload}), f"reference_images[1]: {NO_UPLOAD}",
+    )),
+    ("unknown upload", lambda s: (
         refs({"upload_id": "upl_Qm9uZXMgb2YgdGhlIGRlYWQ"}), f"reference_images[1]: {NO_UPLOAD}",
     )),
     ("task of another caller", lambda s: (

@@ -309,6 +309,33 @@ def test_ingress_publishes_the_callback_host_with_tls(docs: list[Manifest]) -> N
             assert path["backend"]["service"]["port"] == {"name": "http"}
 
 
+def test_the_network_policy_lets_the_ingress_reach_the_published_paths(
+    docs: list[Manifest],
+) -> None:
+    # A NetworkPolicy filters ports, not paths: it must admit, from the ingress controller's
+    # namespace (any), the API port the Ingress sends /callbacks/ and /inputs/ to, and no port
+    # but that one and the worker's metrics; which paths are public is the Ingress's choice.
+    (policy,) = find(docs, "NetworkPolicy")
+    api = one(docs, "Deployment", "api")
+    labels = api["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert all(labels.get(key) == value for key, value in selector.items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [http] = [
+        port
+        for port in container(docs, "Deployment", "api")["ports"]
+        if port["name"] == one(docs, "Service", "api")["spec"]["ports"][0]["targetPort"]
+    ]
+    admitted = {
+        (port["port"], port["protocol"])
+        for rule in policy["spec"]["ingress"]
+        for port in rule["ports"]
+        if rule["from"] == [{"namespaceSelector": {}}]
+    }
+    assert (http["containerPort"], "TCP") in admitted
+    assert admitted == {(http["containerPort"], "TCP"), (9100, "TCP")}
+
+
 def test_service_pdb_and_autoscalers_point_at_the_pods(docs: list[Manifest]) -> None:
     def selects(selector: dict[str, str], deployment: Manifest) -> bool:
         labels = deployment["spec"]["template"]["metadata"]["labels"]

@@ -12,20 +12,22 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import aiosqlite
 import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from app.core.db import asyncpg_dsn
+from app.tasks.models import SubmitState
 from tests.conftest import auth
 from tests.e2e.conftest import Processes, gateway_env, simulator_args
 from tests.support.images import ImageHost, image_bytes, sha256
 from tests.support.s3 import BUCKET, S3Server
 from tests.support.servers import free_port, serve_app
-from tests.support.waiting import eventually, wait_until_up
+from tests.support.waiting import eventually, until, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -331,29 +333,149 @@ async def test_every_source_in_one_task_reaches_the_provider_in_order(stack: Sta
 # --- 4. a worker SIGKILLed between the Files API upload and the create ------------------------
 
 
-async def blocked_by(admin: asyncpg.Connection, database: str) -> int:
-    """How many sessions of the database wait for a lock `admin` holds."""
-    found = await admin.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = $1 AND pg_backend_pid() = ANY(pg_blocking_pids(pid))",
-        database,
-    )
-    return int(found)
+@dataclass(frozen=True)
+class RecordedCopy:
+    """The provider's copy of a reference as recorded on its `task_references` row."""
+
+    file_id: str
+    file_url: str
+
+
+REFERENCE_COPY = (
+    "SELECT provider_file_id, provider_file_url FROM task_references"
+    " WHERE task_id = {} AND position = 0"
+)
+
+
+class CreateHold(Protocol):
+    """Holds a worker back at the UPDATE of `tasks` that marks the create in flight, which
+    comes after the provider's copy of each reference is recorded on `task_references`."""
+
+    async def hold(self) -> None:
+        """Put the hold in place (before the worker starts)."""
+
+    async def recorded(self, task_id: str) -> RecordedCopy | None:
+        """The copy recorded for the task's first reference, if any."""
+
+    async def holding(self, task_id: str) -> bool:
+        """Whether the worker has reached the mark and been held there."""
+
+    async def release(self) -> None:
+        """Take the hold away (once the worker is dead)."""
+
+    async def close(self) -> None: ...
+
+
+class PostgresHold:
+    """`LOCK TABLE tasks IN SHARE MODE` in an open transaction: the worker's UPDATE waits."""
+
+    def __init__(self, admin: asyncpg.Connection, database: str) -> None:
+        self._admin = admin
+        self._database = database
+        self._transaction = admin.transaction()
+
+    @classmethod
+    async def connect(cls, database_url: str) -> PostgresHold:
+        admin = await asyncpg.connect(asyncpg_dsn(database_url))
+        return cls(admin, make_url(database_url).database or "")
+
+    async def hold(self) -> None:
+        await self._transaction.start()
+        await self._admin.execute("LOCK TABLE tasks IN SHARE MODE")
+
+    async def recorded(self, task_id: str) -> RecordedCopy | None:
+        row = await self._admin.fetchrow(REFERENCE_COPY.format("$1"), task_id)
+        if row is None or row["provider_file_url"] is None:
+            return None
+        return RecordedCopy(row["provider_file_id"], row["provider_file_url"])
+
+    async def holding(self, task_id: str) -> bool:
+        """A session of the database waits for the lock (`pg_blocking_pids`)."""
+        found = await self._admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+            self._database,
+        )
+        return int(found) > 0
+
+    async def release(self) -> None:
+        await self._transaction.rollback()
+
+    async def close(self) -> None:
+        await self._admin.close()
+
+
+SQLITE_HOLD_MESSAGE = "held by the test before the create"
+
+
+class SqliteHold:
+    """SQLite has no lock that holds one statement of another process while the rest go on, so
+    a trigger aborts the worker's UPDATE: its submit job fails there (an unexpected error,
+    retried later with `jobs.last_error` set) with the copy recorded and no create sent, again
+    at each retry until the trigger is dropped."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    async def _execute(self, sql: str, *parameters: str) -> list[aiosqlite.Row]:
+        # A connection per statement, in autocommit: the test never holds SQLite's write lock.
+        async with aiosqlite.connect(self._path, timeout=10, isolation_level=None) as db:
+            db.row_factory = aiosqlite.Row
+            async with db.execute(sql, parameters) as cursor:
+                return list(await cursor.fetchall())
+
+    async def hold(self) -> None:
+        await self._execute(
+            "CREATE TRIGGER test_hold_create BEFORE UPDATE OF submit_state ON tasks"
+            f" WHEN NEW.submit_state = '{SubmitState.IN_FLIGHT.value}'"
+            f" BEGIN SELECT RAISE(ABORT, '{SQLITE_HOLD_MESSAGE}'); END"
+        )
+
+    async def recorded(self, task_id: str) -> RecordedCopy | None:
+        rows = await self._execute(REFERENCE_COPY.format("?"), task_id)
+        if not rows or rows[0]["provider_file_url"] is None:
+            return None
+        return RecordedCopy(rows[0]["provider_file_id"], rows[0]["provider_file_url"])
+
+    async def holding(self, task_id: str) -> bool:
+        """The task's submit job failed and its failure is recorded; the task is not marked."""
+        rows = await self._execute(
+            "SELECT jobs.last_error, tasks.submit_state FROM jobs"
+            " JOIN tasks ON tasks.id = jobs.task_id"
+            " WHERE jobs.task_id = ? AND jobs.kind = 'submit' AND jobs.state = 'queued'",
+            task_id,
+        )
+        if not rows or rows[0]["last_error"] is None:
+            return False
+        assert rows[0]["submit_state"] == SubmitState.NONE.value, rows[0]
+        return True
+
+    async def release(self) -> None:
+        await self._execute("DROP TRIGGER test_hold_create")
+
+    async def close(self) -> None:
+        pass
+
+
+async def create_hold(database_url: str) -> CreateHold:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return SqliteHold(url.database or "")
+    return await PostgresHold.connect(database_url)
 
 
 async def test_a_worker_killed_after_the_files_api_upload_submits_once_with_that_copy(
-    processes: Processes, pg_database_url: str, tmp_path: Path
+    processes: Processes, database_url: str, storage: Storage
 ) -> None:
-    storage = file_storage(tmp_path / "images")
     sim_url, api_url, env = await start_stack(
         processes,
-        pg_database_url,
+        database_url,
         storage,
         PROVIDER_FILES,
         run_workers=False,
         job_lease_seconds=1,
     )
-    admin = await asyncpg.connect(asyncpg_dsn(pg_database_url))
+    holder = await create_hold(database_url)
     try:
         async with (
             httpx.AsyncClient(base_url=api_url, headers=auth(), timeout=10) as api,
@@ -363,29 +485,18 @@ async def test_a_worker_killed_after_the_files_api_upload_submits_once_with_that
             upload = await stack.upload(unique_png())
             created = await stack.create(reference_images=[{"upload_id": upload["id"]}])
 
-            # After the provider's copy is recorded (on task_references), the submission marks
-            # the create in flight: an UPDATE of tasks, which this lock holds back.
-            hold = admin.transaction()
-            await hold.start()
-            await admin.execute("LOCK TABLE tasks IN SHARE MODE")
+            await holder.hold()
             first = processes.start("worker", ["worker"], env)
-
-            def recorded(row: asyncpg.Record | None) -> bool:
-                return row is not None and row["provider_file_url"] is not None
-
-            row = await eventually(
-                lambda: admin.fetchrow(
-                    "SELECT provider_file_id, provider_file_url FROM task_references"
-                    " WHERE task_id = $1 AND position = 0",
-                    created["id"],
-                ),
-                recorded,
+            copy = await eventually(
+                lambda: holder.recorded(created["id"]),
+                lambda found: found is not None,
+                what="the provider's copy recorded on task_references",
             )
-            database = make_url(pg_database_url).database or ""
-            await eventually(lambda: blocked_by(admin, database), lambda waiting: waiting > 0)
+            assert copy is not None
+            await until(lambda: holder.holding(created["id"]), what="the worker held at the mark")
             assert await stack.sim_json("/_sim/tasks") == []  # no create was sent
             first.kill()
-            await hold.rollback()
+            await holder.release()
             second = processes.start("worker", ["worker"], env)
 
             task = await stack.finished(created["id"])
@@ -393,24 +504,23 @@ async def test_a_worker_killed_after_the_files_api_upload_submits_once_with_that
             files = await stack.uploaded_files()
             fetches = await stack.fetches(task)
     finally:
-        await admin.close()
+        await holder.close()
 
     assert (task["status"], task["error"]) == ("succeeded", None)
     assert [item["id"] for item in upstream] == [task["provider_task_id"]]
     [stored] = files  # uploaded once, by the killed worker; the second reused its record
-    assert (stored["file_id"], stored["sha256"]) == (row["provider_file_id"], upload["sha256"])
-    assert upstream[0]["request"]["image_urls"] == [row["provider_file_url"]]
-    assert stack.file_url(stored) == row["provider_file_url"]
+    assert (stored["file_id"], stored["sha256"]) == (copy.file_id, upload["sha256"])
+    assert upstream[0]["request"]["image_urls"] == [copy.file_url]
+    assert stack.file_url(stored) == copy.file_url
     [fetch] = fetches
-    assert (fetch["url"], fetch["ok"], fetch["sha256"]) == (
-        row["provider_file_url"],
-        True,
-        upload["sha256"],
-    )
+    assert (fetch["url"], fetch["ok"], fetch["sha256"]) == (copy.file_url, True, upload["sha256"])
     uploaded_line = "reference image uploaded to the provider's Files API"
     assert uploaded_line in first.output()
     assert uploaded_line not in second.output()
     assert "submitted upstream" in second.output()
+    if isinstance(holder, SqliteHold):
+        assert SQLITE_HOLD_MESSAGE in first.output()  # the worker stopped at the trigger
+        assert SQLITE_HOLD_MESSAGE not in second.output()
 
 
 # --- 5. a reference the provider cannot download fails the task --------------------------------
