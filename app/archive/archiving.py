@@ -202,9 +202,9 @@ class Archiver:
                     "created_at": now,
                 },
             )
+            line = None
             if written:
-                await event_repository.record(
-                    session,
+                line = event_repository.line(
                     task.id,
                     kind=EventKind.ARCHIVE,
                     source="archive",
@@ -212,8 +212,12 @@ class Archiver:
                     outcome="stored",
                     detail={"index": index, "bytes": info.bytes, "sha256": info.sha256},
                 )
-            if finish:
-                await service.apply_event(session, task, ArchiveDone(), now=now, source="archive")
+            if finish:  # the "stored" line goes in with the transition's, in one statement
+                await service.apply_event(
+                    session, task, ArchiveDone(), now=now, source="archive", line=line
+                )
+            elif line is not None:
+                await event_repository.record_lines(session, [line])
             await session.commit()
         log.info(
             "image archived",
