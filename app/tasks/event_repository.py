@@ -14,7 +14,21 @@ from app.tasks.events import EventKind, TaskEvent
 
 # A Core INSERT built once (no ORM unit of work, no RETURNING of the id nobody reads): every
 # call passes every column, so each one is the same compiled statement.
-_INSERT = insert(cast(Table, TaskEvent.__table__))
+EVENTS = cast(Table, TaskEvent.__table__)
+_INSERT = insert(EVENTS)
+# A line's columns, as line() gives them.
+LINE_COLUMNS = (
+    "task_id",
+    "at",
+    "kind",
+    "source",
+    "outcome",
+    "from_status",
+    "to_status",
+    "message",
+    "detail",
+    "operator_message",
+)
 
 
 def line(

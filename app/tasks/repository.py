@@ -158,7 +158,7 @@ def _values(keys: Sequence[str]) -> dict[Column[Any], Any]:
 
 
 @functools.cache
-def _transition_statement(keys: tuple[str, ...]) -> Update:
+def transition_statement(keys: tuple[str, ...]) -> Update:
     """The guarded UPDATE of a transition writing the columns `keys`, returning the row."""
     return (
         update(_TASKS)
@@ -242,19 +242,27 @@ async def update_if_state(
 ) -> bool:
     """Write `values` only if the row still has the expected status, progress and final
     claim; when it did, `task` holds the row as written (one round trip: RETURNING)."""
-    statement = _transition_statement(tuple(values))
-    parameters = _parameters(
-        task.id,
-        values,
-        status=expected.status.value,
-        progress=expected.progress,
-        claimed=expected.final_claimed,
-    )
+    statement, parameters = transition_parameters(task.id, expected, values)
     row = (await session.execute(statement, parameters)).first()
     if row is None:
         return False
     refresh_from(task, row)
     return True
+
+
+def transition_parameters(
+    task_id: str, expected: TaskState, values: Mapping[str, Any]
+) -> tuple[Update, dict[str, Any]]:
+    """`update_if_state`'s statement (built once per set of columns; RETURNING the whole row,
+    in `refresh_from`'s order) and its parameters."""
+    parameters = _parameters(
+        task_id,
+        values,
+        status=expected.status.value,
+        progress=expected.progress,
+        claimed=expected.final_claimed,
+    )
+    return transition_statement(tuple(values)), parameters
 
 
 def update_if_state_statement(

@@ -22,6 +22,7 @@ from app.provider.pricing import estimate_credits
 from app.tasks import (
     event_repository,
     notification_repository,
+    pg_transition,
     quotas,
     reference_repository,
     repository,
@@ -254,6 +255,13 @@ async def apply_event(
             return decision
         new = decision.state
         values = transition_values(current, new, now=now, extra=extra)
+        kinds = _composable_jobs(session, task, decision)
+        if kinds is not None:
+            if await _write_in_one(session, task, current, new, values, lines, kinds, now, source):
+                return decision
+            if not await repository.reload(session, task):
+                return Decision(None)
+            continue
         # On success `task` holds the row as written (RETURNING): no read after the write.
         if await repository.update_if_state(session, task, expected=current, values=values):
             if (moved := transition_event(current, new)) is not None:
@@ -265,6 +273,52 @@ async def apply_event(
         if not await repository.reload(session, task):
             return Decision(None)
     raise RuntimeError(f"task {task.id} kept changing under a transition")
+
+
+def _composable_jobs(
+    session: AsyncSession, task: Task, decision: Decision
+) -> tuple[JobKind, ...] | None:
+    """On PostgreSQL, the job kinds a transition enqueues when it can be written as one
+    statement (`pg_transition`); None elsewhere, and for a notification (its outbox row is
+    written apart)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    kinds = []
+    for effect in decision.effects:
+        kind = job_for(effect, task.notify_url)
+        if kind is JobKind.NOTIFY:
+            return None
+        if kind is not None and kind not in kinds:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+async def _write_in_one(
+    session: AsyncSession,
+    task: Task,
+    current: TaskState,
+    new: TaskState,
+    values: dict[str, Any],
+    lines: list[dict[str, Any]],
+    kinds: tuple[JobKind, ...],
+    now: datetime,
+    source: str,
+) -> bool:
+    """The transition, its lines and its jobs in one statement; False when the task was no
+    longer in `current` (nothing written)."""
+    moved = transition_event(current, new)
+    written = lines + (
+        [] if moved is None else [event_repository.line(task.id, source=source, at=now, **moved)]
+    )
+    statement, parameters = pg_transition.statement(task.id, current, values, written, kinds, now)
+    # On the connection: the ORM would take the inserts of mapped tables for bulk inserts.
+    row = (await (await session.connection()).execute(statement, parameters)).first()
+    if row is None:
+        return False
+    repository.refresh_from(task, row)
+    if moved is not None:
+        _log_transition(session, task, current, new, source)
+    return True
 
 
 async def apply_alone(
