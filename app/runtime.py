@@ -57,9 +57,11 @@ def provider_origin(settings: Settings) -> tuple[str, str]:
     return settings.provider_base_url, settings.provider_api_key.get_secret_value()
 
 
-# The pool of the statements every job runs (app/core/pg_compiled.py's LazyPool): each is one
-# short round trip, so a few connections serve a worker's slots.
-DIRECT_POOL_SIZE = 5
+# The asyncpg pools of the statements every job runs (app/core/pg_compiled.py's LazyPool): the
+# worker loop's own (a cycle, and the lease heartbeat, which nothing else may keep waiting), and
+# the job handlers' (each statement one short round trip: a few connections serve the slots).
+LOOP_POOL_SIZE = 2
+HANDLER_POOL_SIZE = 5
 
 
 def notify_slots(settings: Settings) -> int:
@@ -80,18 +82,21 @@ class Runtime:
     tasks: TaskContext
     archive: ArchiveContext
     notify: NotifyContext
-    # PostgreSQL: the asyncpg pool of the statements every job runs (claims, outcomes, the
-    # handlers' first reads); None on SQLite.
+    # PostgreSQL: the asyncpg pools of the job handlers' first reads and of the worker loop's
+    # claims, outcomes and leases; None on SQLite.
     direct: LazyPool | None = None
+    loop_pool: LazyPool | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         """Create every resource (connections are made lazily, on first use)."""
         engine = create_engine(settings.database_url)
         sessions = create_sessionmaker(engine)
-        direct = None
+        direct = loop_pool = None
         if not settings.is_sqlite:
-            direct = LazyPool(asyncpg_dsn(settings.database_url), max_size=DIRECT_POOL_SIZE)
+            dsn = asyncpg_dsn(settings.database_url)
+            direct = LazyPool(dsn, max_size=HANDLER_POOL_SIZE)
+            loop_pool = LazyPool(dsn, max_size=LOOP_POOL_SIZE)
         http = create_http_client()
         policy = FetchPolicy(
             allow_private=settings.allow_private_networks, max_bytes=settings.max_image_bytes
@@ -147,6 +152,7 @@ class Runtime:
                 present=present_tasks,
             ),
             direct=direct,
+            loop_pool=loop_pool,
         )
 
     def build_worker(self) -> Worker:
@@ -164,7 +170,7 @@ class Runtime:
             grace=self.settings.shutdown_grace_seconds.total_seconds(),
             caps={JobKind.NOTIFY: notify_slots(self.settings)},
             # PostgreSQL: the loop's claims and outcomes straight on asyncpg.
-            queue=None if self.direct is None else PgJobQueue(self.direct),
+            queue=None if self.loop_pool is None else PgJobQueue(self.loop_pool),
         )
 
     def build_balance_poller(self) -> BalancePoller:
@@ -195,6 +201,7 @@ class Runtime:
             await self.archive.own_images.fetcher.aclose()
         await self.notify.client.aclose()
         await self.http.aclose()
-        if self.direct is not None:
-            await self.direct.aclose()
+        for pool in (self.direct, self.loop_pool):
+            if pool is not None:
+                await pool.aclose()
         await self.engine.dispose()

@@ -120,23 +120,28 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 20) -> asy
 
 class LazyPool:
     """An asyncpg pool opened at its first use (a process that never needs it opens none), for
-    the compiled statements of the job loop and the job handlers' reads: several per task."""
+    compiled statements that run several times per task. Waiting for a free connection gives
+    up after `acquire_timeout` (as SQLAlchemy's pool does, 30 s by default)."""
 
-    def __init__(self, dsn: str, *, max_size: int) -> None:
+    def __init__(self, dsn: str, *, max_size: int, acquire_timeout: float = 30.0) -> None:
         self._dsn = dsn
         self._max_size = max_size
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self._closed = False
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool
         if pool is None:
             async with self._opening:
+                if self._closed:
+                    raise RuntimeError("the pool is closed")
                 if self._pool is None:
                     self._pool = await create_pool(self._dsn, max_size=self._max_size)
                 pool = self._pool
-        async with pool.acquire() as connection:
+        async with pool.acquire(timeout=self._acquire_timeout) as connection:
             yield connection
 
     async def fetch(self, compiled: Compiled, values: Mapping[str, Any]) -> list[asyncpg.Record]:
@@ -148,6 +153,9 @@ class LazyPool:
             return rows
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        """Close the pool (once its connections are given back); it is not opened again."""
+        async with self._opening:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()

@@ -32,13 +32,16 @@ def _statement(keys: tuple[str, ...], lines: int, kinds: tuple[JobKind, ...]) ->
         rows = [
             select(
                 *(
-                    bindparam(f"l{i}_{column}", type_=EVENTS.c[column].type)
+                    bindparam(f"l{i}_{column}", type_=EVENTS.c[column].type).label(column)
                     for column in LINE_COLUMNS
-                )
+                ),
+                literal(i).label("ord"),
             ).where(applied)
             for i in range(lines)
         ]
-        body = rows[0] if lines == 1 else union_all(*rows)
+        given = (rows[0] if lines == 1 else union_all(*rows)).subquery("given")
+        # Inserted in the order given, so their ids (the timeline's order) follow it.
+        body = select(*(given.c[column] for column in LINE_COLUMNS)).order_by(given.c.ord)
         ctes.append(insert(EVENTS).from_select(list(LINE_COLUMNS), body).cte("lines"))
     task_id = bindparam("w_id", type_=Job.task_id.type)
     run_at = bindparam("job_run_at", type_=Job.run_at.type)

@@ -1,7 +1,8 @@
 """The job handlers' reads of a task, and the submit job's mark: the statements every job of
 every task runs first. On PostgreSQL they go straight to asyncpg (compiled once, on the
 process's `LazyPool`: app/core/pg_compiled.py), each its own transaction; otherwise, and where a
-context has no pool (tests of one handler), through a session in autocommit. Both read the same
+context has no pool (tests of one handler), through a session (in autocommit on PostgreSQL; on
+SQLite every transaction takes the write lock, see app/core/db.py). Both read the same
 statement (`repository.row_statement`) and give the same detached `Task`."""
 
 from __future__ import annotations

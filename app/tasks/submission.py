@@ -249,10 +249,18 @@ class Submitter:
             task.submit_state = SubmitState.UNCERTAIN
             return await self._outcome_unknown(task, utcnow(), reason=exc.message)
         recorded = await self._durably(task, lambda: self._record_answer(task, accepted))
-        if recorded == "found":
-            # The id was there already (by its callback, or by a commit whose answer was lost):
-            # the "accepted" line may be too, so it is looked for before it is written.
-            await self._durably(task, lambda: self._accept(task, accepted, look=True))
+        if recorded is not None:
+            # The id is safe from here on: should this worker die now, the poll job written
+            # with it moves the task on. The timeline's "accepted" line can only be there
+            # already if this answer was recorded before, or on a retry of a lost commit.
+            tries = 0
+
+            async def accept() -> None:
+                nonlocal tries
+                tries += 1
+                await self._accept(task, accepted, look=recorded == "found" or tries > 1)
+
+            await self._durably(task, accept)
         return Done()
 
     async def _hold_creates(self, exc: ProviderUnavailable | ReferenceUnavailable) -> timedelta:
@@ -288,12 +296,11 @@ class Submitter:
     async def _record_answer(
         self, task: Task, accepted: ProviderTask
     ) -> Literal["recorded", "found"] | None:
-        """Write the upstream id, the poll job that follows it up and the acceptance (its
-        timeline line and transition), in one transaction: until it commits, the id is only in
-        this process's memory, and a SIGKILL loses it (the provider offers no other way to
-        learn it than the task's callback, which the mark in flight waits for). "recorded"
-        when this wrote it; "found" when the id was there already (the acceptance is then the
-        caller's to record); None when the task has another upstream task's id."""
+        """Write the upstream id and the poll job that follows it up, and nothing more: until
+        this commits, the id is only in this process's memory, and a SIGKILL loses it (the
+        provider offers no other way to learn it than the task's callback). Not None when
+        the task is this upstream task's, and the acceptance is to be recorded: "found" when
+        the id was there already."""
         now = utcnow()
         async with self._ctx.sessions() as session:
             recorded = await repository.update_fields(
@@ -313,12 +320,11 @@ class Submitter:
                 await jobs.enqueue(
                     session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
                 )
-                await self._apply_acceptance(session, task, accepted, now, line=True)
                 await session.commit()
-                self._log_accepted(task, accepted)
                 return "recorded"
             current = await repository.get(session, task.id)
         if current is not None and current.provider_task_id == accepted.id:
+            # Recorded already: by its callback, or by a commit whose answer was lost.
             return "found"
         log.error(
             "task already had a provider task id; second upstream task ignored",
@@ -327,39 +333,28 @@ class Submitter:
         return None
 
     async def _accept(self, task: Task, accepted: ProviderTask, *, look: bool) -> None:
-        """The acceptance of an id recorded before (idempotent; with `look`, the timeline line
-        is first looked for)."""
+        """The timeline line and the transition the create's answer implies (idempotent; with
+        `look`, the line is first looked for).
+
+        `task` is the row as read before the create: the transition is a conditional update,
+        so news that came in meanwhile (a callback) makes it read the row again, not lose."""
         now = utcnow()
         async with self._ctx.sessions() as session:
-            line = not look or not await event_repository.exists(
+            line = None
+            if not look or not await event_repository.exists(
                 session, task.id, kind=EventKind.SUBMIT, outcome="accepted"
-            )
-            await self._apply_acceptance(session, task, accepted, now, line=line)
+            ):
+                line = event_repository.line(
+                    task.id,
+                    kind=EventKind.SUBMIT,
+                    source="submit",
+                    at=now,
+                    outcome="accepted",
+                    detail={"provider_task_id": accepted.id},
+                )
+            news = ProviderNews(accepted, confirmed=True)
+            await service.apply_event(session, task, news, now=now, source="submit", line=line)
             await session.commit()
-        self._log_accepted(task, accepted)
-
-    @staticmethod
-    async def _apply_acceptance(
-        session: AsyncSession, task: Task, accepted: ProviderTask, now: datetime, *, line: bool
-    ) -> None:
-        """The "accepted" timeline line (with `line`) and the transition the create's answer
-        implies. `task` is the row as read before the create: the transition is a conditional
-        update, so news that came in meanwhile (a callback) makes it read the row again."""
-        accepted_line = None
-        if line:
-            accepted_line = event_repository.line(
-                task.id,
-                kind=EventKind.SUBMIT,
-                source="submit",
-                at=now,
-                outcome="accepted",
-                detail={"provider_task_id": accepted.id},
-            )
-        news = ProviderNews(accepted, confirmed=True)
-        await service.apply_event(session, task, news, now=now, source="submit", line=accepted_line)
-
-    @staticmethod
-    def _log_accepted(task: Task, accepted: ProviderTask) -> None:
         log.info(
             "submitted upstream",
             extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},

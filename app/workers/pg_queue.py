@@ -8,6 +8,7 @@ BEGIN or COMMIT. The pool (`LazyPool`) is the process's, shared with the job han
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from app.core.pg_compiled import Compiled, LazyPool
 from app.workers import repository
 from app.workers.models import Job
 from app.workers.outcomes import Outcome
-from app.workers.queues import ClaimFailed
+from app.workers.queues import Recorded, one_statement
 
 STATEMENTS = repository.queue_statements(arrays=True)
 
@@ -50,28 +51,28 @@ class PgJobQueue:
         self,
         outcomes: Sequence[tuple[int, Outcome]],
         *,
+        recorded: Recorded,
         worker: str,
         groups: Sequence[repository.KindGroup],
         total: int,
         now: datetime,
         lease: timedelta,
-    ) -> tuple[set[int], list[Job]]:
+    ) -> list[Job]:
         async with self._pool.acquire() as connection:
             run = _runner(connection)
-            kept = (
-                await repository.finish_many_with(run, STATEMENTS, outcomes, worker=worker, now=now)
-                if outcomes
-                else set()
+            kept: set[int] = set()
+            if outcomes:
+                # Several statements (a retry each) in a transaction: all recorded or none.
+                async with contextlib.AsyncExitStack() as stack:
+                    if not one_statement(outcomes):
+                        await stack.enter_async_context(connection.transaction())
+                    kept = await repository.finish_many_with(
+                        run, STATEMENTS, outcomes, worker=worker, now=now
+                    )
+            recorded(kept)
+            return await repository.claim_with(
+                run, STATEMENTS, worker=worker, groups=groups, total=total, now=now, lease=lease
             )
-            try:
-                jobs = await repository.claim_with(
-                    run, STATEMENTS, worker=worker, groups=groups, total=total, now=now, lease=lease
-                )
-            except Exception as exc:
-                if outcomes:
-                    raise ClaimFailed(kept) from exc
-                raise
-        return kept, jobs
 
     async def extend(self, job_ids: Sequence[int], *, worker: str, until: datetime) -> None:
         async with self._pool.acquire() as connection:

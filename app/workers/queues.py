@@ -4,7 +4,7 @@ Both run the same statements (app/workers/repository.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -13,15 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.db import autocommit
 from app.workers import repository
 from app.workers.models import Job
-from app.workers.outcomes import Outcome
+from app.workers.outcomes import Done, Outcome
+
+Recorded = Callable[[set[int]], None]
+"""Told, once, that a cycle's outcomes are committed: the ids this worker still held."""
 
 
-class ClaimFailed(Exception):
-    """The outcomes of a cycle were recorded (committed), then its claim failed."""
-
-    def __init__(self, kept: set[int]) -> None:
-        super().__init__("claiming jobs failed after their outcomes were recorded")
-        self.kept = kept
+def one_statement(outcomes: Sequence[tuple[int, Outcome]]) -> bool:
+    """Whether recording `outcomes` takes one statement at most (only jobs done; each retry
+    has one of its own)."""
+    return all(isinstance(outcome, Done) for _, outcome in outcomes)
 
 
 class JobQueue(Protocol):
@@ -29,14 +30,16 @@ class JobQueue(Protocol):
         self,
         outcomes: Sequence[tuple[int, Outcome]],
         *,
+        recorded: Recorded,
         worker: str,
         groups: Sequence[repository.KindGroup],
         total: int,
         now: datetime,
         lease: timedelta,
-    ) -> tuple[set[int], list[Job]]:
-        """Record `outcomes` (the ids this worker still held), then lease due jobs. Raises
-        ClaimFailed when the outcomes stay recorded although the claim failed."""
+    ) -> list[Job]:
+        """Record `outcomes`, all or none, and call `recorded` as soon as they are committed
+        (whatever happens next: a claim that fails or is cancelled never records them again);
+        then lease due jobs."""
 
     async def extend(self, job_ids: Sequence[int], *, worker: str, until: datetime) -> None:
         """Keep the leases of jobs this worker still runs."""
@@ -62,32 +65,32 @@ class SessionJobQueue:
         self,
         outcomes: Sequence[tuple[int, Outcome]],
         *,
+        recorded: Recorded,
         worker: str,
         groups: Sequence[repository.KindGroup],
         total: int,
         now: datetime,
         lease: timedelta,
-    ) -> tuple[set[int], list[Job]]:
-        """One transaction on SQLite; on PostgreSQL each statement commits by itself."""
+    ) -> list[Job]:
+        """One transaction on SQLite, and on PostgreSQL when some outcome is a retry; else, on
+        PostgreSQL, each statement commits by itself (the outcomes' update, the claim's ranking
+        read, its conditional take: each atomic on its own), with no BEGIN or COMMIT."""
         async with self._sessions() as session:
-            # Each statement is atomic on its own (an outcome's update, the claim's ranking
-            # read, its conditional take): on PostgreSQL none waits for a BEGIN or a COMMIT.
-            alone = await autocommit(session)
+            alone = one_statement(outcomes) and await autocommit(session)
             kept = (
                 await repository.finish_many(session, outcomes, worker=worker, now=now)
                 if outcomes
                 else set()
             )
-            try:
-                jobs = await repository.claim_groups(
-                    session, worker=worker, groups=groups, total=total, now=now, lease=lease
-                )
-                await session.commit()
-            except Exception as exc:
-                if alone and outcomes:
-                    raise ClaimFailed(kept) from exc
-                raise
-        return kept, jobs
+            if alone:
+                recorded(kept)
+            jobs = await repository.claim_groups(
+                session, worker=worker, groups=groups, total=total, now=now, lease=lease
+            )
+            await session.commit()
+        if not alone:
+            recorded(kept)
+        return jobs
 
     async def extend(self, job_ids: Sequence[int], *, worker: str, until: datetime) -> None:
         async with self._sessions.begin() as session:

@@ -357,7 +357,7 @@ def queue_statements(arrays: bool) -> QueueStatements:
     )
     finish_retry = (
         update(JOBS)
-        .where(JOBS.c.id == bindparam("job_id", type_=Integer), *_HELD_BY_WORKER)
+        .where(JOBS.c.id == bindparam("job_id", type_=JOBS.c.id.type), *_HELD_BY_WORKER)
         .values(
             lease_owner=None,
             lease_expires_at=None,

@@ -21,7 +21,7 @@ from app.core.retry import RetryStrategy
 from app.workers import repository
 from app.workers.models import Job, JobKind
 from app.workers.outcomes import Done, Outcome, RetryAt
-from app.workers.queues import ClaimFailed, JobQueue, SessionJobQueue
+from app.workers.queues import JobQueue, SessionJobQueue
 
 log = logging.getLogger(__name__)
 # Waits after failed claims (2 s doubling to 30 s) and failed records of an outcome (0.5 s
@@ -113,19 +113,15 @@ class Worker:
         groups = self._claim_groups()
         if not outcomes and not groups:
             return 0
-        try:
-            kept, jobs = await self._queue.cycle(
-                [(finished.job.id, finished.outcome) for finished in outcomes],
-                worker=self.name,
-                groups=groups,
-                total=self._concurrency - len(self._running),
-                now=utcnow(),
-                lease=self._lease,
-            )
-        except ClaimFailed as exc:
-            self._recorded(outcomes, exc.kept)  # committed: never recorded twice
-            raise
-        self._recorded(outcomes, kept)
+        jobs = await self._queue.cycle(
+            [(finished.job.id, finished.outcome) for finished in outcomes],
+            recorded=functools.partial(self._recorded, outcomes),
+            worker=self.name,
+            groups=groups,
+            total=self._concurrency - len(self._running),
+            now=utcnow(),
+            lease=self._lease,
+        )
         return self._start(jobs)
 
     def _claim_groups(self) -> list[repository.KindGroup]:

@@ -77,14 +77,19 @@ async def cycle(
     group: repository.KindGroup = SUBMIT,
     **options: Any,
 ) -> tuple[set[int], list[Job]]:
-    return await queue.cycle(
+    """One cycle: (the ids whose outcomes were recorded as still held, the jobs leased)."""
+    told: list[set[int]] = []
+    jobs = await queue.cycle(
         outcomes or [],
+        recorded=told.append,
         worker=worker,
         groups=[group],
         total=options.get("total", group.limit),
         now=options.get("now", utcnow()),
         lease=options.get("lease", LEASE),
     )
+    assert len(told) == 1  # told once
+    return told[0], jobs
 
 
 async def test_callers_take_turns_on_every_queue(setup: Setup) -> None:
@@ -232,21 +237,39 @@ async def test_a_worker_on_each_queue_runs_a_job_through_errors_and_retries(setu
     assert (job.state, job.last_error) == (JobState.DONE, "not yet")
 
 
+def fail_the_claim_after_outcomes(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> list[int]:
+    """Make the first claim that follows a record of outcomes raise `error`; the list counts
+    the claims so failed."""
+    failed: list[int] = []
+    recorded_now = False
+    real_finish = repository.finish_many_with
+    real_claim = repository.claim_with
+
+    async def finish(*args: Any, **kwargs: Any) -> set[int]:
+        nonlocal recorded_now
+        kept = await real_finish(*args, **kwargs)
+        recorded_now = recorded_now or bool(args[2])  # args: run, statements, outcomes
+        return kept
+
+    async def claim(*args: Any, **kwargs: Any) -> list[Job]:
+        nonlocal recorded_now
+        if recorded_now and not failed:
+            failed.append(1)
+            raise error
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "finish_many_with", finish)
+    monkeypatch.setattr(repository, "claim_with", claim)
+    return failed
+
+
 async def test_a_claim_that_fails_after_the_outcomes_records_each_once(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     await make_task(setup.sessions)
-    claims = 0
-    real_claim = repository.claim_with
-
-    async def failing_second_claim(*args: Any, **kwargs: Any) -> list[Job]:
-        nonlocal claims
-        claims += 1
-        if claims == 2:  # the cycle that records the job's outcome
-            raise ConnectionError("the database went away")
-        return await real_claim(*args, **kwargs)
-
-    monkeypatch.setattr(repository, "claim_with", failing_second_claim)
+    failed = fail_the_claim_after_outcomes(monkeypatch, ConnectionError("the database went away"))
 
     async def handler(_job: Job) -> Outcome:
         return Done()
@@ -257,7 +280,7 @@ async def test_a_claim_that_fails_after_the_outcomes_records_each_once(
     with caplog.at_level(logging.WARNING, logger="app.workers.runner"):
         await run_worker_until(worker, job_in(setup.sessions, JobState.DONE), "the job done")
 
-    assert claims >= 2
+    assert failed == [1]
     [job] = await all_jobs(setup.sessions)
     assert (job.state, job.attempts) == (JobState.DONE, 1)
     assert "claiming jobs failed" in caplog.text
@@ -277,3 +300,41 @@ async def test_jobs_read_by_each_queue_are_the_rows(setup: Setup) -> None:
 
 
 _COLUMNS = [column.key for column in Job.__table__.columns]
+
+
+async def test_a_closed_pool_is_not_opened_again(pg_database_url: str) -> None:
+    pool = LazyPool(asyncpg_dsn(pg_database_url), max_size=1)
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
+    await pool.aclose()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        async with pool.acquire():
+            pass
+
+
+async def test_a_claim_cancelled_after_the_outcomes_never_records_them_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_task(setup.sessions)
+    failed = fail_the_claim_after_outcomes(monkeypatch, asyncio.CancelledError())
+
+    async def handler(job: Job) -> Outcome:
+        async with setup.sessions.begin() as session:  # enqueued again while it ran
+            await session.execute(update(Job).where(Job.id == job.id).values(rerun=True))
+        return Done()
+
+    worker = Worker(
+        setup.sessions, {JobKind.SUBMIT: handler}, idle_wait=0.05, queue=setup.make_queue()
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="app.workers.runner"),
+        pytest.raises(asyncio.CancelledError),
+    ):
+        await worker.run(asyncio.Event())
+
+    assert failed == [1]
+    [job] = await all_jobs(setup.sessions)
+    # Recorded once: due again for its rerun, leased by no one (the drain did not finish it).
+    assert (job.state, job.lease_owner, job.attempts) == (JobState.QUEUED, None, 1)
+    assert "lease was lost" not in caplog.text
