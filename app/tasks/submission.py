@@ -337,9 +337,13 @@ class Submitter:
         `look`, the line is first looked for).
 
         `task` is the row as read before the create: the transition is a conditional update,
-        so news that came in meanwhile (a callback) makes it read the row again, not lose."""
+        so news that came in meanwhile (a callback) makes it read the row again, not lose. With
+        `look` (a second try) the row is read first: a try whose commit failed left `task`
+        holding what it wrote, which the database does not have."""
         now = utcnow()
         async with self._ctx.sessions() as session:
+            if look and not await repository.reload(session, task):
+                return
             line = None
             if not look or not await event_repository.exists(
                 session, task.id, kind=EventKind.SUBMIT, outcome="accepted"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.provider.types import ProviderTask
@@ -221,3 +222,47 @@ async def test_a_database_error_recording_an_accepted_create_is_ridden_out(
         row = await stack.gateway.task_row(created["id"])
         assert (row.submit_attempts, row.submit_state) == (1, SubmitState.ACCEPTED)
     assert calls == 2
+
+
+async def test_an_acceptance_whose_commit_failed_is_written_again_from_the_row(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first try applied the transition to the task in memory, then its commit failed: the
+    # second try must decide from the row (still queued), not from what the first try wrote.
+    original = Submitter._accept
+    real_commit = AsyncSession.commit
+    calls = 0
+    fail_next_commit = False
+
+    async def commit(self: AsyncSession) -> None:
+        nonlocal fail_next_commit
+        if fail_next_commit:
+            fail_next_commit = False
+            await self.rollback()
+            raise OperationalError("COMMIT", {}, ConnectionResetError("connection closed"))
+        await real_commit(self)
+
+    async def accept_failing_once(
+        self: Submitter, task: Task, accepted: ProviderTask, *, look: bool
+    ) -> None:
+        nonlocal calls, fail_next_commit
+        calls += 1
+        fail_next_commit = calls == 1
+        await original(self, task, accepted, look=look)
+
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    monkeypatch.setattr(Submitter, "_accept", accept_failing_once)
+    # No callback, and no poll for a minute: only the acceptance can move the task on.
+    config = SimulatorConfig(duration_seconds=30, faults=SimulatorFaults(callback_drop_rate=1.0))
+    async with running_stack(database_url, config, poll_after_seconds=60) as stack:
+        created = await stack.create()
+
+        async def submit_done() -> bool:
+            jobs = await stack.gateway.jobs(created["id"])
+            return any(job.kind == JobKind.SUBMIT and job.state == "done" for job in jobs)
+
+        await eventually(submit_done, bool, 20, what="the submit job done")
+        row = await stack.gateway.task_row(created["id"])
+
+    assert calls == 2
+    assert row.status == "pending"
