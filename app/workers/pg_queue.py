@@ -4,7 +4,10 @@ They run several times per task (every job is claimed, and finished, by one of t
 is atomic by itself; through SQLAlchemy's session each cost several times its round trip. Here
 each is compiled once (app/core/pg_compiled.py) from the very statements the session queue runs
 (app/workers/repository.py, in their `= ANY(array)` form) and sent as it is: no session, no
-BEGIN or COMMIT. The pool (`LazyPool`) is the process's, shared with the job handlers' reads."""
+BEGIN or COMMIT (but around the outcomes when some are retries: then all are recorded or none).
+The pool (`LazyPool`) is the loop's own: a cycle and the lease heartbeat never wait for a busy
+job handler's connection. A claim that commits a first batch of leases and then fails leaves
+those jobs to be taken over once their leases expire, as a worker that died would."""
 
 from __future__ import annotations
 
