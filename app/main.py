@@ -118,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not settings.is_sqlite:
             callback_pool = await pg_compiled.create_pool(asyncpg_dsn(settings.database_url))
             recorders.append(pg_recorder.PostgresRecorder(callback_pool))
+        app.state.fast_pool = callback_pool  # the create's statement too (app/tasks/service.py)
         recorders.append(OrmRecorder(runtime.sessions))
         app.state.callbacks = CallbackService(
             settings.callback_secret_bytes(), recorders, app.state.wake_workers
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
             if simulator is not None:
                 await simulator.stop()
             if callback_pool is not None:
+                app.state.fast_pool = None
                 await callback_pool.close()
             await runtime.close()
 

@@ -13,8 +13,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import repository as images
@@ -28,7 +30,8 @@ from app.core.retry import RetryStrategy
 from app.core.safe_http import FetchError, FetchPolicy
 from app.core.urls import is_under
 from app.storage.store import ObjectStore, StoreError
-from app.tasks import event_repository, service
+from app.tasks import direct_writes, event_repository, service
+from app.tasks.direct_writes import Direct, Writes
 from app.tasks.events import EventKind
 from app.tasks.links import upstream_completed_at
 from app.tasks.models import Task
@@ -89,6 +92,7 @@ class Archiver:
     def __init__(self, context: ArchiveContext) -> None:
         self._ctx = context
         self._rows = TaskRows(context.sessions, context.direct)
+        self._writes = Writes(context.sessions, context.direct)
         self._thumbnails = context.thumbnails
 
     async def __call__(self, job: Job) -> Outcome:
@@ -184,41 +188,54 @@ class Archiver:
         row), the task's `succeeded` too, in the same transaction: should it not commit, the
         job's next attempt copies the image again to the same key, as it would have anyway."""
         now = utcnow()
-        async with self._ctx.sessions() as session:
-            written = await images.record_once(
-                session,
-                {
-                    "task_id": task.id,
-                    "index": index,
-                    "key": image_key(task.id, index),
-                    "content_type": info.content_type,
-                    "bytes": info.bytes,
-                    "sha256": info.sha256,
-                    "width": info.width,
-                    "height": info.height,
-                    "source_url": url[:2048],
-                    "thumbnail_key": thumbnail.key,
-                    "thumbnail_error": thumbnail.error,
-                    "created_at": now,
-                },
+        row = {
+            "task_id": task.id,
+            "index": index,
+            "key": image_key(task.id, index),
+            "content_type": info.content_type,
+            "bytes": info.bytes,
+            "sha256": info.sha256,
+            "width": info.width,
+            "height": info.height,
+            "source_url": url[:2048],
+            "thumbnail_key": thumbnail.key,
+            "thumbnail_error": thumbnail.error,
+            "created_at": now,
+        }
+
+        def stored_line(written: bool) -> dict[str, Any] | None:
+            if not written:
+                return None
+            return event_repository.line(
+                task.id,
+                kind=EventKind.ARCHIVE,
+                source="archive",
+                at=now,
+                outcome="stored",
+                detail={"index": index, "bytes": info.bytes, "sha256": info.sha256},
             )
-            line = None
-            if written:
-                line = event_repository.line(
-                    task.id,
-                    kind=EventKind.ARCHIVE,
-                    source="archive",
-                    at=now,
-                    outcome="stored",
-                    detail={"index": index, "bytes": info.bytes, "sha256": info.sha256},
-                )
+
+        async def direct(target: Direct) -> bool:
+            statement, parameters = images.record_once_statement(postgresql.insert, row)
+            written = bool(await target.fetch(statement, parameters))
+            await direct_writes.apply_event(
+                target, task, ArchiveDone(), now=now, source="archive", line=stored_line(written)
+            )
+            return written
+
+        async def in_session(session: AsyncSession) -> bool:
+            written = await images.record_once(session, row)
+            line = stored_line(written)
             if finish:  # the "stored" line goes in with the transition's, in one statement
                 await service.apply_event(
                     session, task, ArchiveDone(), now=now, source="archive", line=line
                 )
             elif line is not None:
                 await event_repository.record_lines(session, [line])
-            await session.commit()
+            return written
+
+        # The last image's row and `succeeded` in one transaction (direct on PostgreSQL).
+        written = await self._writes.run(direct if finish else None, in_session, transaction=True)
         log.info(
             "image archived",
             extra=_ids(task) | {"index": index, "bytes": info.bytes, "written": written},

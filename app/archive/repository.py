@@ -33,9 +33,15 @@ def _record_once_statement(insert: Any, keys: tuple[str, ...]) -> Any:
 
 async def record_once(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert an image row unless one exists for (task, index); True when this call wrote it."""
-    statement = _record_once_statement(upsert_insert(session), tuple(values))
-    parameters = {f"v_{key}": value for key, value in values.items()}
+    statement, parameters = record_once_statement(upsert_insert(session), values)
     return await session.scalar(statement, parameters) is not None
+
+
+def record_once_statement(insert: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`record_once`'s statement for the `insert` of a database (built once per shape; it
+    returns a row when it wrote one) and its parameters."""
+    parameters = {f"v_{key}": value for key, value in values.items()}
+    return _record_once_statement(insert, tuple(values)), parameters
 
 
 _INDEXES = select(_IMAGES.c.index).where(_IMAGES.c.task_id == bindparam("task_id"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import asyncpg
 from sqlalchemy import ColumnElement, DateTime, MetaData, Result, event, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
@@ -265,6 +266,11 @@ DURABLE_RETRY = RetryStrategy(base=timedelta(seconds=0.5), cap=timedelta(seconds
 DURABLE_RETRIES = 7
 
 
+# The errors of statements run straight on asyncpg (app/core/pg_compiled.py): the server's, and
+# the connection's (lost, closed, or in a state it cannot run them in).
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 async def write_durably(
     write: Callable[[], Awaitable[T]], *, what: str, extra: dict[str, Any]
 ) -> T:
@@ -275,7 +281,7 @@ async def write_durably(
     for failures in range(1, DURABLE_RETRIES + 1):
         try:
             return await write()
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, *_DRIVER_ERRORS) as exc:
             delay = DURABLE_RETRY.delay(failures).total_seconds()
             log.warning(
                 f"could not record {what}; retrying",

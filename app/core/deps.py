@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -44,7 +45,15 @@ async def get_wake_workers(request: Request) -> WakeWorkers:
     return _no_workers if wake is None else wake
 
 
+async def get_fast_pool(request: Request) -> asyncpg.Pool | None:
+    """PostgreSQL: the API's asyncpg pool for the statements it runs straight on asyncpg (the
+    callback fast path, a task's create); None on SQLite, or before the app has started."""
+    pool: asyncpg.Pool | None = getattr(request.app.state, "fast_pool", None)
+    return pool
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeWorkersDep = Annotated[WakeWorkers, Depends(get_wake_workers)]
+FastPoolDep = Annotated[asyncpg.Pool | None, Depends(get_fast_pool)]

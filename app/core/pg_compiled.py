@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -83,6 +84,12 @@ class Compiled:
                 value = values[name]
                 arguments[i] = value if p is None else p(value)
         return arguments
+
+
+@functools.cache
+def compiled_once(statement: ClauseElement) -> Compiled:
+    """`Compiled.of_named` of a statement built once (or once per shape): compiled once."""
+    return Compiled.of_named(statement)
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)\b")

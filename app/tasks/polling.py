@@ -6,12 +6,15 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.core.clock import utcnow
 from app.core.retry import RetryStrategy
 from app.provider.types import ProviderRejected, ProviderStatus, ProviderTask, ProviderUnavailable
-from app.tasks import event_repository, repository, service
+from app.tasks import direct_writes, event_repository, repository, service
 from app.tasks.context import TaskContext
 from app.tasks.credits import changed_credits
+from app.tasks.direct_writes import Direct, Writes
 from app.tasks.events import EventKind
 from app.tasks.models import Task
 from app.tasks.rows import TaskRows
@@ -30,6 +33,7 @@ class Poller:
     def __init__(self, context: TaskContext) -> None:
         self._ctx = context
         self._rows = TaskRows(context.sessions, context.direct)
+        self._writes = Writes(context.sessions, context.direct)
         self._errors = RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=2))
         self._confirm = RetryStrategy(base=timedelta(seconds=1), cap=timedelta(minutes=1))
 
@@ -99,21 +103,25 @@ class Poller:
             outcome=news.raw_status,
             detail={"progress": news.progress},
         )
-        async with self._ctx.sessions() as session:
-            billing = changed_credits(task, news)
+        billing = changed_credits(task, news)
+        event = ProviderNews(news, confirmed=True)
+
+        async def direct(target: Direct) -> str:
+            await direct_writes.apply_event(
+                target, task, event, now=now, source="poll", extra=extra | billing, line=line
+            )
+            return task.status
+
+        async def in_session(session: AsyncSession) -> str:
             decision = await service.apply_event(
-                session,
-                task,
-                ProviderNews(news, confirmed=True),
-                now=now,
-                source="poll",
-                extra=extra | billing,
-                line=line,
+                session, task, event, now=now, source="poll", extra=extra | billing, line=line
             )
             if not decision.changed:
                 await repository.update_fields(session, task.id, {"last_news_at": now, **billing})
-            await session.commit()
             return task.status
+
+        # An answer that changes nothing (its `last_news_at` only) takes the session path.
+        return await self._writes.run(direct, in_session, transaction=False)
 
     async def _note(
         self, task: Task, outcome: str, message: str, detail: dict[str, Any] | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +15,7 @@ from app.core import metrics
 from app.core.auth import CallerDep, CallerRoute
 from app.core.body_cap import MAX_BODY_BYTES
 from app.core.clock import utcnow
-from app.core.deps import SessionDep, SettingsDep, WakeWorkersDep
+from app.core.deps import FastPoolDep, SessionDep, SettingsDep, WakeWorkersDep
 from app.core.errors import ERRORS, ApiError, ApiProblem
 from app.core.headers import checked_idempotency_key
 from app.core.limits import CallerLimits
@@ -86,6 +87,7 @@ async def create_generation(
     session: SessionDep,
     settings: SettingsDep,
     wake_workers: WakeWorkersDep,
+    fast_pool: FastPoolDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -114,7 +116,9 @@ async def create_generation(
             )
     limits = settings.limits.for_caller(caller)
     try:
-        task, created, references = await _create_or_replay(session, caller, body, key, limits)
+        task, created, references = await _create_or_replay(
+            session, caller, body, key, limits, fast_pool
+        )
     except Refused as exc:
         await session.rollback()
         metrics.CREATES_REFUSED.labels(caller, exc.code).inc()
@@ -149,6 +153,7 @@ async def _create_or_replay(
     body: CreateTaskRequest,
     key: str | None,
     limits: CallerLimits,
+    pool: asyncpg.Pool | None,
 ) -> tuple[Task, bool, list[ResolvedReference]]:
     """The replay of an accepted create as it was (its references are not checked again: an
     upload that has expired since never turns a replay into a refusal), else a new task whose
@@ -176,6 +181,7 @@ async def _create_or_replay(
         references=references,
         limits=limits,
         last_write=True,
+        pool=pool,
     )
     return task, created, references
 

@@ -7,7 +7,6 @@ statement (`repository.row_statement`) and give the same detached `Task`."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,17 +14,12 @@ from sqlalchemy import exists
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import autocommit, matched_any
-from app.core.pg_compiled import Compiled, LazyPool
+from app.core.pg_compiled import LazyPool, compiled_once
 from app.tasks import repository
 from app.tasks.models import Task
 from app.tasks.references import TaskReference
 
 HAS_REFERENCES = exists().where(TaskReference.task_id == Task.id).label("has_references")
-
-
-@functools.cache
-def _compiled(statement: Any) -> Compiled:
-    return Compiled.of_named(statement)
 
 
 class TaskRows:
@@ -43,7 +37,7 @@ class TaskRows:
         statement = repository.row_statement(flags)
         parameters = {"w_id": task_id}
         if self._direct is not None:
-            rows: list[Any] = await self._direct.fetch(_compiled(statement), parameters)
+            rows: list[Any] = await self._direct.fetch(compiled_once(statement), parameters)
         else:
             async with self._sessions() as session:
                 await autocommit(session)  # one read
@@ -64,7 +58,7 @@ class TaskRows:
         still matched `conditions`."""
         statement, parameters = repository.fields_statement(task_id, values, **conditions)
         if self._direct is not None:
-            compiled = _compiled(statement)
+            compiled = compiled_once(statement)
             async with self._direct.acquire() as connection:
                 status: str = await connection.execute(
                     compiled.sql, *compiled.arguments(parameters)

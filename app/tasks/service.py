@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import bindparam, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +19,7 @@ from app.core.clock import utcnow
 from app.core.db import after_commit, autocommit
 from app.core.errors import ApiProblem
 from app.core.limits import CallerLimits
+from app.core.pg_compiled import compiled_once
 from app.provider.pricing import estimate_credits
 from app.tasks import (
     event_repository,
@@ -85,11 +87,17 @@ _SQLITE_SUBMIT_JOB = _submit_job(sqlite.insert, bindparam("job_task_id", type_=J
 
 
 async def _insert_with_submit_job(
-    session: AsyncSession, task: Task, now: datetime, *, alone: bool
+    session: AsyncSession, task: Task, now: datetime, *, alone: bool, pool: asyncpg.Pool | None
 ) -> bool:
     """Insert a new task and its submit job unless its idempotency key was used (False).
     `alone`: on PostgreSQL, run that one statement as a transaction of its own (see
-    `create_task`)."""
+    `create_task`), straight on asyncpg when given a `pool` (the API's: app/main.py)."""
+    if alone and pool is not None:
+        query = compiled_once(_TASK_WITH_SUBMIT_JOB)
+        row = {**repository.task_row(task), "job_run_at": now}
+        async with pool.acquire() as connection:
+            inserted = await connection.fetchval(query.sql, *query.arguments(row))
+        return inserted is not None
     if alone:
         await autocommit(session)  # one atomic statement needs no BEGIN and COMMIT around it
     # On the connection: given parameters, Session.execute would take the ORM statement of
@@ -125,6 +133,7 @@ async def create_task(
     references: Sequence[ResolvedReference] = (),
     limits: CallerLimits = UNLIMITED,
     last_write: bool = False,
+    pool: asyncpg.Pool | None = None,
 ) -> tuple[Task, bool]:
     """Save a queued task, its references and its submission job; (task, created). Replays
     return the original. `references` are the request's `reference_images`, checked by the
@@ -136,7 +145,8 @@ async def create_task(
     `last_write`: the caller writes nothing else in this transaction and commits next. When the
     create is then a single statement (PostgreSQL, nothing read before it, no references, no
     limits) that statement commits by itself (the task with its job, all or nothing); the
-    session's connection is in autocommit until the caller's commit hands it back to the pool."""
+    session's connection is in autocommit until the caller's commit hands it back to the pool;
+    with a `pool` (PostgreSQL's, asyncpg), that statement runs on it instead, the session unused."""
     if len(references) != len(request.reference_images):
         raise ValueError("reference_images must be resolved before the task is created")
     estimate = estimate_credits(
@@ -188,7 +198,7 @@ async def create_task(
     )
     rows = new_references(request, references)
     alone = last_write and not rows and not limits.any
-    if await _insert_with_submit_job(session, task, now, alone=alone):
+    if await _insert_with_submit_job(session, task, now, alone=alone, pool=pool):
         await reference_repository.add_all(session, task.id, rows)
         return task, True
     assert idempotency_key is not None
@@ -255,7 +265,8 @@ async def apply_event(
             return decision
         new = decision.state
         values = transition_values(current, new, now=now, extra=extra)
-        kinds = _composable_jobs(session, task, decision)
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        kinds = composable_jobs(task, decision) if postgresql else None
         if kinds is not None:
             if await _write_in_one(session, task, current, new, values, lines, kinds, now, source):
                 return decision
@@ -275,14 +286,9 @@ async def apply_event(
     raise RuntimeError(f"task {task.id} kept changing under a transition")
 
 
-def _composable_jobs(
-    session: AsyncSession, task: Task, decision: Decision
-) -> tuple[JobKind, ...] | None:
-    """On PostgreSQL, the job kinds a transition enqueues when it can be written as one
-    statement (`pg_transition`); None elsewhere, and for a notification (its outbox row is
-    written apart)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return None
+def composable_jobs(task: Task, decision: Decision) -> tuple[JobKind, ...] | None:
+    """The job kinds a transition enqueues when it can be written as one statement on
+    PostgreSQL (`pg_transition`); None for a notification (its outbox row is written apart)."""
     kinds = []
     for effect in decision.effects:
         kind = job_for(effect, task.notify_url)

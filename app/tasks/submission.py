@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.callback_tokens import callback_url
@@ -29,6 +30,7 @@ from app.provider.types import (
     ProviderUnavailable,
 )
 from app.tasks import (
+    direct_writes,
     event_repository,
     provider_hold,
     reference_repository,
@@ -37,6 +39,7 @@ from app.tasks import (
 )
 from app.tasks.context import TaskContext
 from app.tasks.credits import NOTHING_BILLED, provider_credits
+from app.tasks.direct_writes import Direct, Writes
 from app.tasks.events import EventKind
 from app.tasks.models import SubmitState, Task
 from app.tasks.reference_delivery import (
@@ -73,6 +76,7 @@ class Submitter:
         # The shared 429 hold on creates, read at most once a second while there is none.
         self._hold = provider_hold.HoldWatch(provider_hold.CREATE)
         self._rows = TaskRows(context.sessions, context.direct)
+        self._writes = Writes(context.sessions, context.direct)
 
     async def __call__(self, job: Job) -> Outcome:
         now = utcnow()
@@ -302,27 +306,35 @@ class Submitter:
         the task is this upstream task's, and the acceptance is to be recorded: "found" when
         the id was there already."""
         now = utcnow()
-        async with self._ctx.sessions() as session:
-            recorded = await repository.update_fields(
-                session,
-                task.id,
-                {
-                    "provider_task_id": accepted.id,
-                    "submit_state": SubmitState.ACCEPTED,
-                    "submitted_at": now,
-                    "last_news_at": now,
-                    "updated_at": now,
-                    **provider_credits(accepted),
-                },
-                provider_task_id=None,
+        values = {
+            "provider_task_id": accepted.id,
+            "submit_state": SubmitState.ACCEPTED,
+            "submitted_at": now,
+            "last_news_at": now,
+            "updated_at": now,
+            **provider_credits(accepted),
+        }
+        poll_at = now + self._ctx.settings.poll_after_seconds
+
+        async def direct(target: Direct) -> bool:
+            statement, parameters = repository.fields_statement(
+                task.id, values, provider_task_id=None
             )
-            if recorded:
-                await jobs.enqueue(
-                    session, JobKind.POLL, task.id, now + self._ctx.settings.poll_after_seconds
-                )
-                await session.commit()
-                return "recorded"
-            current = await repository.get(session, task.id)
+            if not await target.execute(statement, parameters):
+                return False
+            poll = jobs.enqueue_parameters(JobKind.POLL, task.id, poll_at)
+            await target.execute(jobs.enqueue_upsert(postgresql.insert), poll)
+            return True
+
+        async def in_session(session: AsyncSession) -> bool:
+            if not await repository.update_fields(session, task.id, values, provider_task_id=None):
+                return False
+            await jobs.enqueue(session, JobKind.POLL, task.id, poll_at)
+            return True
+
+        if await self._writes.run(direct, in_session, transaction=True):
+            return "recorded"
+        current = await self._rows.get(task.id)
         if current is not None and current.provider_task_id == accepted.id:
             # Recorded already: by its callback, or by a commit whose answer was lost.
             return "found"
@@ -341,24 +353,36 @@ class Submitter:
         `look` (a second try) the row is read first: a try whose commit failed left `task`
         holding what it wrote, which the database does not have."""
         now = utcnow()
-        async with self._ctx.sessions() as session:
+        news = ProviderNews(accepted, confirmed=True)
+        accepted_line = event_repository.line(
+            task.id,
+            kind=EventKind.SUBMIT,
+            source="submit",
+            at=now,
+            outcome="accepted",
+            detail={"provider_task_id": accepted.id},
+        )
+
+        async def direct(target: Direct) -> bool:
+            await direct_writes.apply_event(
+                target, task, news, now=now, source="submit", line=accepted_line
+            )
+            return True
+
+        async def in_session(session: AsyncSession) -> bool:
             if look and not await repository.reload(session, task):
-                return
-            line = None
-            if not look or not await event_repository.exists(
+                return False
+            line: dict[str, Any] | None = accepted_line
+            if look and await event_repository.exists(
                 session, task.id, kind=EventKind.SUBMIT, outcome="accepted"
             ):
-                line = event_repository.line(
-                    task.id,
-                    kind=EventKind.SUBMIT,
-                    source="submit",
-                    at=now,
-                    outcome="accepted",
-                    detail={"provider_task_id": accepted.id},
-                )
-            news = ProviderNews(accepted, confirmed=True)
+                line = None
             await service.apply_event(session, task, news, now=now, source="submit", line=line)
-            await session.commit()
+            return True
+
+        # A second try looks for what the first wrote: through a session.
+        if not await self._writes.run(None if look else direct, in_session, transaction=False):
+            return
         log.info(
             "submitted upstream",
             extra={"task_id": task.id, "caller": task.caller, "provider_task_id": accepted.id},

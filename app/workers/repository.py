@@ -44,13 +44,17 @@ async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: da
     # after the flush the session would have made (the task row the job references, say).
     await session.flush()
     await (await session.connection()).execute(
-        _enqueue_compiled_once(upsert_insert(session)),
-        {"kind": kind.value, "task_id": task_id, "run_at": run_at},
+        enqueue_upsert(upsert_insert(session)), enqueue_parameters(kind, task_id, run_at)
     )
 
 
+def enqueue_parameters(kind: JobKind, task_id: str, run_at: datetime) -> dict[str, Any]:
+    """The parameters of `enqueue_upsert`'s statement."""
+    return {"kind": kind.value, "task_id": task_id, "run_at": run_at}
+
+
 @functools.cache
-def _enqueue_compiled_once(insert: Any) -> Any:
+def enqueue_upsert(insert: Any) -> Any:
     """The enqueue upsert with bound parameters, built once per dialect's `insert` (every step of
     a task enqueues the next: built per call, the statement cost more than its round trip)."""
     return enqueue_statement(

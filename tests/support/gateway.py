@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.main import create_app
+from app.tasks.events import TaskEvent
 from app.tasks.models import Task
 from app.workers.models import Job
 
@@ -40,6 +41,14 @@ class Gateway:
         async with self.sessions() as session:
             query = select(func.count()).select_from(model).where(*conditions)
             return int(await session.scalar(query) or 0)
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's timeline lines, oldest first."""
+        async with self.sessions() as session:
+            result = await session.scalars(
+                select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+            )
+            return list(result.all())
 
     async def jobs(self, task_id: str) -> list[Job]:
         async with self.sessions() as session:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.provider.types import ProviderTask
+from app.tasks.direct_writes import Direct
 from app.tasks.models import SubmitState, Task
 from app.tasks.submission import Submitter
 from app.workers.models import JobKind
@@ -227,30 +228,44 @@ async def test_a_database_error_recording_an_accepted_create_is_ridden_out(
 async def test_an_acceptance_whose_commit_failed_is_written_again_from_the_row(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first try applied the transition to the task in memory, then its commit failed: the
-    # second try must decide from the row (still queued), not from what the first try wrote.
+    # Through a session (SQLite): the first try applied the transition to the task in memory,
+    # then its commit failed; the second try must decide from the row (still queued), not from
+    # what the first try wrote. Straight on asyncpg (PostgreSQL: app/tasks/direct_writes.py):
+    # the first try's statement committed and its answer was lost; the second try must find
+    # the task pending and its "accepted" line, and write neither again.
     original = Submitter._accept
     real_commit = AsyncSession.commit
+    real_fetch = Direct.fetch
     calls = 0
-    fail_next_commit = False
+    failures = 0
+    fail_next = False
 
     async def commit(self: AsyncSession) -> None:
-        nonlocal fail_next_commit
-        if fail_next_commit:
-            fail_next_commit = False
+        nonlocal fail_next, failures
+        if fail_next:
+            fail_next, failures = False, failures + 1
             await self.rollback()
             raise OperationalError("COMMIT", {}, ConnectionResetError("connection closed"))
         await real_commit(self)
 
+    async def fetch(self: Direct, statement: Any, parameters: Any) -> Any:
+        nonlocal fail_next, failures
+        rows = await real_fetch(self, statement, parameters)
+        if fail_next:
+            fail_next, failures = False, failures + 1
+            raise ConnectionResetError("connection closed")
+        return rows
+
     async def accept_failing_once(
         self: Submitter, task: Task, accepted: ProviderTask, *, look: bool
     ) -> None:
-        nonlocal calls, fail_next_commit
+        nonlocal calls, fail_next
         calls += 1
-        fail_next_commit = calls == 1
+        fail_next = calls == 1
         await original(self, task, accepted, look=look)
 
     monkeypatch.setattr(AsyncSession, "commit", commit)
+    monkeypatch.setattr(Direct, "fetch", fetch)
     monkeypatch.setattr(Submitter, "_accept", accept_failing_once)
     # No callback, and no poll for a minute: only the acceptance can move the task on.
     config = SimulatorConfig(duration_seconds=30, faults=SimulatorFaults(callback_drop_rate=1.0))
@@ -264,5 +279,10 @@ async def test_an_acceptance_whose_commit_failed_is_written_again_from_the_row(
         await eventually(submit_done, bool, 20, what="the submit job done")
         row = await stack.gateway.task_row(created["id"])
 
-    assert calls == 2
+        lines = await stack.gateway.events(created["id"])
+
+    assert (calls, failures) == (2, 1)
     assert row.status == "pending"
+    accepted = [line for line in lines if (line.kind, line.outcome) == ("submit", "accepted")]
+    moved = [line for line in lines if (line.kind, line.to_status) == ("transition", "pending")]
+    assert (len(accepted), len(moved)) == (1, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -15,6 +16,7 @@ from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
 from app.tasks import repository, service
+from app.tasks.direct_writes import Direct
 from app.tasks.states import ServiceFailure
 from app.workers import repository as jobs
 from app.workers.models import JobKind
@@ -82,7 +84,17 @@ async def test_an_accepted_create_whose_first_write_failed_logs_its_transition_o
             raise OperationalError("INSERT INTO jobs", {}, ConnectionResetError("reset"))
         await original(session, kind, task_id, at)
 
+    real_execute = Direct.execute
+
+    async def execute_failing_once(self: Direct, statement: Any, parameters: Any) -> int:
+        # PostgreSQL writes the answer straight on asyncpg (app/tasks/direct_writes.py).
+        if parameters.get("kind") == JobKind.POLL.value and not failed:
+            failed.append(parameters["task_id"])
+            raise ConnectionResetError("reset")
+        return await real_execute(self, statement, parameters)
+
     monkeypatch.setattr(jobs, "enqueue", failing_once)
+    monkeypatch.setattr(Direct, "execute", execute_failing_once)
     config = SimulatorConfig(duration_seconds=0.3, faults=SimulatorFaults(callback_drop_rate=1.0))
     async with running_stack(database_url, config) as stack:
         created = await stack.create()
