@@ -12,7 +12,9 @@ where there is no pool (SQLite; tests of one handler) or where the direct one ra
 `NotComposable` (a decision the one-statement transition does not cover: a notification's outbox
 row, a transition that changes nothing). A fallback starts from scratch: nothing the direct
 attempt wrote was committed (its transaction rolls back; a block of one statement raises before
-it writes)."""
+it writes). A direct form must not raise `NotComposable` after its `apply_event` wrote: the task
+object then holds a row that was rolled back, and `Writes.run` refuses (a RuntimeError) rather
+than let the session path decide from it. Every direct form here ends with its transition."""
 
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ class Direct:
 
     connection: asyncpg.Connection
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # A transition was written into a task object: the write can no longer fall back to the
+    # session path, whose decision would start from what this one wrote (see `Writes.run`).
+    wrote_task: bool = False
 
     async def fetch(self, statement: Any, parameters: Mapping[str, Any]) -> list[asyncpg.Record]:
         """The rows of `statement` (compiled once) with `parameters` by name."""
@@ -94,7 +99,11 @@ class Writes:
                     async with block:
                         result = await direct(target)
                 except NotComposable:
-                    pass
+                    if target.wrote_task:
+                        raise RuntimeError(
+                            "a direct write fell back after it wrote a transition: the session "
+                            "path would decide from a task holding what was rolled back"
+                        ) from None
                 else:
                     _run_all(target.after_commit)
                     return result
@@ -156,6 +165,7 @@ async def apply_event(
         rows = await direct.fetch(statement, parameters)
         if rows:
             repository.refresh_from(task, tuple(rows[0]))
+            direct.wrote_task = True
             if moved is not None:
                 fields = service.transition_log_fields(
                     task.id, task.caller, task.provider_task_id, current, new, source
