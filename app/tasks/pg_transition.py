@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 
 from app.tasks import repository
 from app.tasks.event_repository import EVENTS, LINE_COLUMNS
+from app.tasks.models import Task
 from app.tasks.states import TaskState
 from app.workers import repository as jobs
 from app.workers.models import Job, JobKind
@@ -69,3 +70,30 @@ def statement(
     if kinds:
         parameters["job_run_at"] = now
     return _statement(tuple(values), len(lines), tuple(kinds)), parameters
+
+
+@functools.cache
+def _fields_with_job(update: Any, kind: JobKind) -> Any:
+    upd = update.returning(Task.id).cte("upd")
+    job = jobs.enqueue_statement(
+        postgresql.insert,
+        literal(kind.value, Job.kind.type),
+        bindparam("w_id", type_=Job.task_id.type),
+        bindparam("job_run_at", type_=Job.run_at.type),
+        when=exists(select(upd.c.id)),
+    )
+    return job.add_cte(upd).returning(Job.task_id)
+
+
+def fields_with_job(
+    task_id: str,
+    values: Mapping[str, Any],
+    kind: JobKind,
+    run_at: datetime,
+    **conditions: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """`repository.update_fields` and, only when it matched, the upsert of a `kind` job at
+    `run_at`, as one statement (built once per shape): it returns a row when the update
+    matched, none otherwise."""
+    update, parameters = repository.fields_statement(task_id, values, **conditions)
+    return _fields_with_job(update, kind), parameters | {"job_run_at": run_at}

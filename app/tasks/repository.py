@@ -174,7 +174,7 @@ def transition_statement(keys: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _fields_statement(keys: tuple[str, ...], conditions: tuple[tuple[str, bool], ...]) -> Update:
+def fields_update(keys: tuple[str, ...], conditions: tuple[tuple[str, bool], ...]) -> Update:
     """UPDATE of the columns `keys` where the row matches `conditions` ((column, is None))."""
     clauses = [_TASKS.c.id == bindparam("w_id", type_=_TASKS.c.id.type)]
     for key, is_none in conditions:
@@ -221,7 +221,7 @@ def fields_statement(
 ) -> tuple[Update, dict[str, Any]]:
     """`update_fields`'s statement (built once per shape) and its parameters."""
     shape = tuple((name, value is None) for name, value in conditions.items())
-    return _fields_statement(tuple(values), shape), _parameters(task_id, values, **conditions)
+    return fields_update(tuple(values), shape), _parameters(task_id, values, **conditions)
 
 
 async def reload(session: AsyncSession, task: Task) -> bool:

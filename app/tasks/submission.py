@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.callback_tokens import callback_url
@@ -32,6 +31,7 @@ from app.provider.types import (
 from app.tasks import (
     direct_writes,
     event_repository,
+    pg_transition,
     provider_hold,
     reference_repository,
     repository,
@@ -317,14 +317,13 @@ class Submitter:
         poll_at = now + self._ctx.settings.poll_after_seconds
 
         async def direct(target: Direct) -> bool:
-            statement, parameters = repository.fields_statement(
-                task.id, values, provider_task_id=None
+            # One statement, in a transaction all the same: should this worker die while it
+            # waits on a lock, the statement is rolled back with its connection, never
+            # committed later (tests/e2e/test_submission_crash.py).
+            statement, parameters = pg_transition.fields_with_job(
+                task.id, values, JobKind.POLL, poll_at, provider_task_id=None
             )
-            if not await target.execute(statement, parameters):
-                return False
-            poll = jobs.enqueue_parameters(JobKind.POLL, task.id, poll_at)
-            await target.execute(jobs.enqueue_upsert(postgresql.insert), poll)
-            return True
+            return bool(await target.fetch(statement, parameters))
 
         async def in_session(session: AsyncSession) -> bool:
             if not await repository.update_fields(session, task.id, values, provider_task_id=None):

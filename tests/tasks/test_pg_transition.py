@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
 from app.provider.types import ProviderStatus, ProviderTask
-from app.tasks import event_repository, repository, service
+from app.tasks import event_repository, pg_transition, repository, service
 from app.tasks.events import EventKind, TaskEvent
 from app.tasks.models import Task
 from app.tasks.states import ProviderNews, TaskStatus
@@ -139,3 +139,41 @@ async def test_a_rolled_back_transition_leaves_no_line_and_no_job(
     assert row.status == TaskStatus.PENDING.value
     assert await timeline(sessions, task.id) == []
     assert await archive_jobs(sessions, task.id) == 0
+
+
+async def poll_jobs(sessions: async_sessionmaker[AsyncSession], task_id: str) -> list[Any]:
+    async with sessions() as session:
+        found = await session.scalars(
+            select(Job.run_at).where(
+                Job.task_id == task_id, Job.kind == JobKind.POLL, Job.state == JobState.QUEUED
+            )
+        )
+        return list(found.all())
+
+
+async def test_fields_with_a_job_write_both_when_the_row_matches_and_neither_when_not(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # The submit job's answer: the upstream id only where none is recorded, with its poll job.
+    task = await make_task(sessions)
+    poll_at = utcnow()
+    values = {"provider_task_id": "task-unified-1", "updated_at": poll_at}
+
+    async with sessions() as session:
+        statement, parameters = pg_transition.fields_with_job(
+            task.id, values, JobKind.POLL, poll_at, provider_task_id=None
+        )
+        first = (await (await session.connection()).execute(statement, parameters)).all()
+        values = {"provider_task_id": "task-unified-2", "updated_at": utcnow()}
+        statement, parameters = pg_transition.fields_with_job(
+            task.id, values, JobKind.POLL, utcnow(), provider_task_id=None
+        )
+        second = (await (await session.connection()).execute(statement, parameters)).all()
+        await session.commit()
+
+    assert (len(first), len(second)) == (1, 0)
+    async with sessions() as session:
+        row = await repository.get(session, task.id)
+    assert row is not None
+    assert row.provider_task_id == "task-unified-1"
+    assert await poll_jobs(sessions, task.id) == [poll_at]

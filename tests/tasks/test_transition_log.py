@@ -84,17 +84,18 @@ async def test_an_accepted_create_whose_first_write_failed_logs_its_transition_o
             raise OperationalError("INSERT INTO jobs", {}, ConnectionResetError("reset"))
         await original(session, kind, task_id, at)
 
-    real_execute = Direct.execute
+    real_fetch = Direct.fetch
 
-    async def execute_failing_once(self: Direct, statement: Any, parameters: Any) -> int:
-        # PostgreSQL writes the answer straight on asyncpg (app/tasks/direct_writes.py).
-        if parameters.get("kind") == JobKind.POLL.value and not failed:
-            failed.append(parameters["task_id"])
+    async def fetch_failing_once(self: Direct, statement: Any, parameters: Any) -> Any:
+        # PostgreSQL writes the answer (the id with its poll job, one statement) straight on
+        # asyncpg (app/tasks/direct_writes.py).
+        if "v_provider_task_id" in parameters and not failed:
+            failed.append(parameters["w_id"])
             raise ConnectionResetError("reset")
-        return await real_execute(self, statement, parameters)
+        return await real_fetch(self, statement, parameters)
 
     monkeypatch.setattr(jobs, "enqueue", failing_once)
-    monkeypatch.setattr(Direct, "execute", execute_failing_once)
+    monkeypatch.setattr(Direct, "fetch", fetch_failing_once)
     config = SimulatorConfig(duration_seconds=0.3, faults=SimulatorFaults(callback_drop_rate=1.0))
     async with running_stack(database_url, config) as stack:
         created = await stack.create()
