@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.runtime = runtime
         app.state.sessions = runtime.sessions
         app.state.store = runtime.store
-        app.state.thumbnails = runtime.archive.thumbnails
+        app.state.thumbnails = runtime.thumbnails
         stop = asyncio.Event()
         runner: asyncio.Task[None] | None = None
         if simulator is not None:

@@ -82,6 +82,8 @@ class Runtime:
     tasks: TaskContext
     archive: ArchiveContext
     notify: NotifyContext
+    # The console's thumbnails (one decoder process per service process; started on first use).
+    thumbnails: Thumbnailer
     # PostgreSQL: the asyncpg pools of the job handlers' first reads and of the worker loop's
     # claims, outcomes and leases; None on SQLite.
     direct: LazyPool | None = None
@@ -142,7 +144,6 @@ class Runtime:
                 fetcher=fetcher,
                 policy=policy,
                 own_images=own_images,
-                thumbnails=Thumbnailer(store),
                 direct=direct,
             ),
             notify=NotifyContext(
@@ -151,6 +152,7 @@ class Runtime:
                 client=create_notify_client(settings),
                 present=present_tasks,
             ),
+            thumbnails=Thumbnailer(store),
             direct=direct,
             loop_pool=loop_pool,
         )
@@ -195,7 +197,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Close clients and connections, end the thumbnail decoder process."""
-        await self.archive.thumbnails.aclose()
+        await self.thumbnails.aclose()
         await self.fetcher.aclose()
         if self.archive.own_images is not None:
             await self.archive.own_images.fetcher.aclose()

@@ -1,13 +1,12 @@
 """Child process of `bench.archive_copy`: the RSS of a worker copying one large image.
 
-    .venv/bin/python -m bench.archive_worker_rss STORE_URL WARM_URL BIG_URL [THUMB_URL]
+    .venv/bin/python -m bench.archive_worker_rss STORE_URL WARM_URL BIG_URL
 
 Imports the archive code, creates the fetch client and the store as a worker does, copies the
 small image at WARM_URL once (so that lazily created runtimes and buffers exist, as in a worker
 that has archived before), then copies the image at BIG_URL with the production code path
-(`open_image` -> `put_stream`, then the thumbnail step) while recording the peak RSS; then the
-same for THUMB_URL when given, an image whose thumbnail is made (under `with_thumbnail`). Prints
-one JSON object (KiB)."""
+(`open_image` -> `put_stream`; the archive makes no thumbnail since issue 17, the console does)
+while recording the peak RSS. Prints one JSON object (KiB)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from pathlib import Path
 import httpx
 
 from app.archive.fetch import ImageInfo, create_fetch_client, open_image
-from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core.safe_http import FetchPolicy
 from app.storage.store import ObjectStore
 
@@ -75,24 +73,11 @@ class Sampler(threading.Thread):
         self.peak = max(self.peak, status_kib("VmRSS"))
 
 
-async def copy(
-    fetcher: httpx.AsyncClient, store: ObjectStore, url: str, key: str
-) -> tuple[ImageInfo, ThumbnailResult]:
-    """The production copy and thumbnail (`Archiver._copy`, `Thumbnailer.store_thumbnail`)."""
-    keeper = BodyKeeper()
+async def copy(fetcher: httpx.AsyncClient, store: ObjectStore, url: str, key: str) -> ImageInfo:
+    """The production copy (`Archiver._copy`)."""
     async with open_image(fetcher, url, POLICY) as download:
-        await store.put_stream(
-            key, keeper.tee(download.chunks()), content_type=download.content_type
-        )
-    info = download.info
-    thumbnailer = Thumbnailer(store)  # the decode itself runs in its own process
-    try:
-        thumbnail = await thumbnailer.store_thumbnail(
-            key, info.content_type, keeper.take(), (info.width, info.height)
-        )
-    finally:
-        await thumbnailer.aclose()
-    return info, thumbnail
+        await store.put_stream(key, download.chunks(), content_type=download.content_type)
+    return download.info
 
 
 async def measured(
@@ -105,7 +90,7 @@ async def measured(
     sampler.start()
     started = time.perf_counter()
     try:
-        info, thumbnail = await copy(fetcher, store, url, key)
+        info = await copy(fetcher, store, url, key)
     finally:
         seconds = time.perf_counter() - started
         sampler.stop()
@@ -121,29 +106,22 @@ async def measured(
         "bytes": info.bytes,
         "sha256": info.sha256,
         "key": key,
-        "thumbnail": thumbnail.key,
-        "thumbnail_error": thumbnail.error,
     }
 
 
-async def main(
-    store_url: str, warm_url: str, big_url: str, thumb_url: str | None = None
-) -> dict[str, object]:
+async def main(store_url: str, warm_url: str, big_url: str) -> dict[str, object]:
     fetcher = create_fetch_client(POLICY)
     store = ObjectStore.from_url(store_url)
     try:
         cold = settled_rss()
         await copy(fetcher, store, warm_url, "tasks/rss-warm/images/0")
         report = await measured(fetcher, store, big_url, "tasks/rss-big/images/0")
-        if thumb_url is not None:
-            thumbed = await measured(fetcher, store, thumb_url, "tasks/rss-thumb/images/0")
-            report["with_thumbnail"] = thumbed
     finally:
         await fetcher.aclose()
     return report | {"cold_idle_kib": cold}
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5):
+    if len(sys.argv) != 4:
         sys.exit(__doc__)
     print(json.dumps(asyncio.run(main(*sys.argv[1:]))))

@@ -2,9 +2,11 @@
 
 The copy streams from the provider's link to the store (nothing is held in memory or inside a
 database transaction); the image row is written once per (task, index) and the task becomes
-`succeeded` when every image has one. Each stored image gets a small WebP thumbnail beside it,
-best effort: an image without one is archived all the same. Keys are deterministic, so a copy
-repeated after a crash replaces its own objects instead of adding some."""
+`succeeded` when every image has one. No thumbnail is made here: the console makes one on its
+first request for it (app/console/thumbnails.py; issue 17: most images are never viewed there,
+and decoding was a large share of a task's CPU), so the row's thumbnail columns start NULL. Keys
+are deterministic, so a copy repeated after a crash replaces its own object instead of adding
+one."""
 
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import repository as images
 from app.archive.fetch import ImageInfo, LinkGone, TransientFetchError, open_image
-from app.archive.thumbnails import BodyKeeper, Thumbnailer, ThumbnailResult
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.config import Settings
@@ -70,7 +71,6 @@ class ArchiveContext:
     store: ObjectStore
     fetcher: httpx.AsyncClient
     policy: FetchPolicy
-    thumbnails: Thumbnailer  # one per process: it bounds the decodes of the whole process
     retry: RetryStrategy = field(
         default_factory=lambda: RetryStrategy(base=timedelta(seconds=2), cap=timedelta(minutes=10))
     )
@@ -93,7 +93,6 @@ class Archiver:
         self._ctx = context
         self._rows = TaskRows(context.sessions, context.direct)
         self._writes = Writes(context.sessions, context.direct)
-        self._thumbnails = context.thumbnails
 
     async def __call__(self, job: Job) -> Outcome:
         found = await self._rows.read(job.task_id, images.HAS_IMAGES)
@@ -112,9 +111,8 @@ class Archiver:
         for index, url in enumerate(urls):
             if index in done:
                 continue
-            keeper = BodyKeeper()
             try:
-                info = await self._copy(task, index, url, keeper)
+                info = await self._copy(task, index, url)
             except LinkGone as exc:
                 return await self._fail(
                     task, "links_expired", f"image {index}: the provider's link is gone ({exc})"
@@ -133,18 +131,7 @@ class Archiver:
                     )
                 retry_at = min(utcnow() + self._ctx.retry.delay(job.attempts), deadline)
                 return RetryAt(retry_at, f"image {index}: {exc}")
-            # Not retried with the job: the image is safe, and a thumbnail never holds it up.
-            thumbnail = await self._thumbnails.store_thumbnail(
-                image_key(task.id, index),
-                info.content_type,
-                keeper.take(),
-                (info.width, info.height),
-            )
-            if thumbnail.error is not None:
-                log.warning(
-                    "no thumbnail", extra=_ids(task) | {"index": index, "reason": thumbnail.error}
-                )
-            await self._record(task, index, url, info, thumbnail, finish=index == last)
+            await self._record(task, index, url, info, finish=index == last)
             if index == last:
                 return Done()
         return await self._finish(task)  # every image was stored by an earlier attempt
@@ -152,8 +139,8 @@ class Archiver:
     def _deadline(self, task: Task) -> datetime:
         return upstream_completed_at(task) + self._ctx.settings.archive_deadline_seconds
 
-    async def _copy(self, task: Task, index: int, url: str, keeper: BodyKeeper) -> ImageInfo:
-        """Stream the image at `url` to its key; `keeper` keeps the body when it is small."""
+    async def _copy(self, task: Task, index: int, url: str) -> ImageInfo:
+        """Stream the image at `url` to its key."""
         key = image_key(task.id, index)
         fetcher, policy = self._ctx.source(url)
         started = time.perf_counter()
@@ -162,7 +149,7 @@ class Archiver:
             async with asyncio.timeout(COPY_TIMEOUT.total_seconds()):
                 async with open_image(fetcher, url, policy) as download:
                     await self._ctx.store.put_stream(
-                        key, keeper.tee(download.chunks()), content_type=download.content_type
+                        key, download.chunks(), content_type=download.content_type
                     )
         except TimeoutError:
             metrics.ARCHIVE_SECONDS.labels("error").observe(time.perf_counter() - started)
@@ -180,7 +167,6 @@ class Archiver:
         index: int,
         url: str,
         info: ImageInfo,
-        thumbnail: ThumbnailResult,
         *,
         finish: bool,
     ) -> None:
@@ -198,8 +184,8 @@ class Archiver:
             "width": info.width,
             "height": info.height,
             "source_url": url[:2048],
-            "thumbnail_key": thumbnail.key,
-            "thumbnail_error": thumbnail.error,
+            "thumbnail_key": None,  # made on the console's first request for it
+            "thumbnail_error": None,
             "created_at": now,
         }
 

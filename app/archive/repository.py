@@ -6,11 +6,11 @@ import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.models import TaskImage
-from app.core.db import upsert_insert
+from app.core.db import matched_any, upsert_insert
 from app.tasks.models import Task
 
 _IMAGES = cast(Table, TaskImage.__table__)
@@ -70,3 +70,24 @@ async def for_tasks(session: AsyncSession, task_ids: Sequence[str]) -> dict[str,
 async def one(session: AsyncSession, task_id: str, index: int) -> TaskImage | None:
     """One archived image."""
     return await session.get(TaskImage, (task_id, index))
+
+
+_RECORD_THUMBNAIL = (
+    update(_IMAGES)
+    .where(
+        _IMAGES.c.task_id == bindparam("w_task_id"),
+        _IMAGES.c.index == bindparam("w_index"),
+        _IMAGES.c.thumbnail_key.is_(None),
+        _IMAGES.c.thumbnail_error.is_(None),
+    )
+    .values(thumbnail_key=bindparam("v_key"), thumbnail_error=bindparam("v_error"))
+)
+
+
+async def record_thumbnail(
+    session: AsyncSession, task_id: str, index: int, key: str | None, error: str | None
+) -> bool:
+    """Note what became of an image's thumbnail (made on the console's first request) unless a
+    concurrent request noted it first; True when this call wrote it. Not committed."""
+    parameters = {"w_task_id": task_id, "w_index": index, "v_key": key, "v_error": error}
+    return matched_any(await session.execute(_RECORD_THUMBNAIL, parameters))

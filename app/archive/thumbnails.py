@@ -1,12 +1,13 @@
-"""Thumbnails of archived images: one small WebP per image, made at archive time, stored beside it.
+"""Thumbnails of stored images: one small WebP per image, made on the console's first request
+for it (never at archive time: issue 17), stored beside the image.
 
-Result bodies are hostile input. Only bodies the copy kept in memory anyway (those the store
-takes in one put, at most 5 MiB) are decoded, never one read back, and only when the header's
-pixel count fits the decode budget (app/archive/decoding.py). Decoding runs in a child process,
-one at a time per service process, under a deadline: a decode that passes it (a hostile image,
-a decoder bug) gets its process killed, which frees the slot and the CPU, and the next
-thumbnail starts a fresh process. A thumbnail that cannot be made leaves the image archived
-without one, with the reason."""
+They are for the console only, and most images are never viewed there; made at archive time they
+were a large share of every task's CPU. Stored bodies are hostile input. Only objects of at most
+MAX_SOURCE_BYTES (5 MiB) are read back and decoded, and only when the pixel count (the header, as
+recorded) fits the decode budget (app/archive/decoding.py). Decoding runs in a child process, one
+at a time per service process, under a deadline: a decode that passes it (a hostile image, a
+decoder bug) gets its process killed, which frees the slot and the CPU, and the next thumbnail
+starts a fresh process. A thumbnail that cannot be made is a reason, shown as a placeholder."""
 
 from __future__ import annotations
 
@@ -28,11 +29,10 @@ from app.archive.decoding import (
     check_pixels,
     pillow_format,
 )
-from app.storage.store import ObjectStore, StoreError
+from app.storage.store import ObjectStore
 
 THUMBNAIL_CONTENT_TYPE: Final = "image/webp"
-# The store buffers bodies up to one cloud part for a single put: keeping their chunks until the
-# thumbnail is made costs no memory beyond the copy's own. Larger bodies get no thumbnail.
+# The largest object read back into memory to be decoded (one cloud part); larger ones get none.
 MAX_SOURCE_BYTES: Final = 5 * 1024 * 1024
 THUMBNAILS_AT_ONCE: Final = 1  # decoder processes per service process: the budget holds per one
 # The largest allowed image decodes in well under a second; ten leave room for a loaded host.
@@ -52,38 +52,6 @@ class ThumbnailResult:
 
     key: str | None
     error: str | None
-
-
-class BodyKeeper:
-    """Keeps the chunks of a stream passing through while it is at most `limit` bytes long."""
-
-    def __init__(self, limit: int = MAX_SOURCE_BYTES) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    async def tee(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Yield `source` unchanged, keeping references to its chunks while within the limit."""
-        try:
-            async for chunk in source:
-                self._size += len(chunk)
-                if self._size <= self._limit:
-                    self._chunks.append(chunk)
-                elif self._chunks:
-                    self._chunks = []  # past the limit: let go before the store does
-                yield chunk
-        finally:
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    def take(self) -> bytes | None:
-        """The whole body when it fitted the limit (once), else None."""
-        if self._size > self._limit:
-            return None
-        body = b"".join(self._chunks)
-        self._chunks = []
-        return body
 
 
 class Decoder:
@@ -197,31 +165,33 @@ class Thumbnailer:
         for decoder in self._decoders:
             self._idle.put_nowait(decoder)
 
-    async def store_thumbnail(
-        self,
-        image_key: str,
-        content_type: str,
-        body: bytes | None,
-        size: tuple[int | None, int | None],
-    ) -> ThumbnailResult:
-        """Make and store the thumbnail of the image stored at `image_key`; never raises for
-        the image's sake (a failure is the result's `error`), so the image is archived anyway."""
-        key = thumbnail_key(image_key)
+    async def thumbnail_of(
+        self, image_key: str, content_type: str, size: tuple[int | None, int | None]
+    ) -> ThumbnailResult | None:
+        """Make the thumbnail of the object stored at `image_key` and store it at
+        `thumbnail_key(image_key)`. None when the object is not in the store; a result with an
+        `error` when no thumbnail is made of it (too large, past the pixel budget, not decodable,
+        past the deadline, the decoder process failing: kept by callers, as the archive kept
+        them, so that a hostile image costs a decode once). Raises StoreError when the store
+        fails (reading or writing): that says nothing about the image, so a later request may
+        try again. Two calls for one image at once both make it: same key, same bytes."""
         try:
-            if body is None:
-                raise ThumbnailRefused(f"the image is larger than {MAX_SOURCE_BYTES} bytes")
             width, height = size
             if width is not None and height is not None:  # the header, as the copy read it
                 check_pixels(pillow_format(content_type), width, height)
+            body = await _small_body(self._store, image_key)
+            if body is None:
+                return None
             decoder = await self._idle.get()
             try:
                 data = await decoder.thumbnail(body, content_type)
             finally:
                 self._idle.put_nowait(decoder)
-            del body
-            await self._store.put_stream(key, _once(data), content_type=THUMBNAIL_CONTENT_TYPE)
-        except (ThumbnailRefused, StoreError) as exc:
+        except ThumbnailRefused as exc:
             return ThumbnailResult(key=None, error=str(exc)[:200])
+        del body
+        key = thumbnail_key(image_key)
+        await self._store.put_stream(key, _once(data), content_type=THUMBNAIL_CONTENT_TYPE)
         return ThumbnailResult(key=key, error=None)
 
     async def aclose(self) -> None:
@@ -232,3 +202,27 @@ class Thumbnailer:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _small_body(store: ObjectStore, key: str) -> bytes | None:
+    """The object's bytes, None when there is no such object; ThumbnailRefused when it is
+    longer than MAX_SOURCE_BYTES (reading stops at the limit)."""
+    opened = await store.open(key)
+    if opened is None:
+        return None
+    stored, chunks = opened
+    kept: list[bytes] = []
+    size = 0
+    try:
+        if stored.size > MAX_SOURCE_BYTES:
+            raise ThumbnailRefused(f"the image is larger than {MAX_SOURCE_BYTES} bytes")
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_SOURCE_BYTES:
+                raise ThumbnailRefused(f"the image is larger than {MAX_SOURCE_BYTES} bytes")
+            kept.append(chunk)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return b"".join(kept)

@@ -13,20 +13,16 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.serving import StoreDep, etag_matches
-from app.archive.thumbnails import (
-    MAX_SOURCE_BYTES,
-    THUMBNAIL_CONTENT_TYPE,
-    Thumbnailer,
-    thumbnail_key,
-)
+from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE, Thumbnailer, thumbnail_key
 from app.console import repository
 from app.console.images import IMAGE_CACHE, Index, placeholder, stream_stored
+from app.console.thumbnails import ThumbnailerDep
 from app.console.web import PREFIX, ConsoleRoute, OperatorDep, PageError
 from app.core.deps import SessionDep
 from app.storage.store import ObjectStore, StoreError
@@ -59,15 +55,6 @@ class ReferenceView:
     sha256: str | None = None
     thumbnail_url: str | None = None
     note: str | None = None  # shown in place of the thumbnail: why there is none
-
-
-async def get_thumbnailer(request: Request) -> Thumbnailer:
-    """The running app's Thumbnailer (shared with the archive copies: one decoder a process)."""
-    thumbnails: Thumbnailer = request.app.state.thumbnails
-    return thumbnails
-
-
-ThumbnailerDep = Annotated[Thumbnailer, Depends(get_thumbnailer)]
 
 
 async def views(session: AsyncSession, store: ObjectStore, task: Task) -> list[ReferenceView]:
@@ -154,8 +141,9 @@ async def reference_thumbnail(
     if etag_matches(etag, request.headers.get("if-none-match")):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": IMAGE_CACHE})
     key = thumbnail_key(reference.key)
+    await session.commit()  # the read's transaction ends: no pooled connection waits on a decode
     try:
-        if await store.head(key) is None and not await _make(store, thumbnails, reference):
+        if await store.head(key) is None and not await _make(thumbnails, reference):
             return placeholder()
     except StoreError as exc:
         log.warning(
@@ -165,16 +153,12 @@ async def reference_thumbnail(
     return await stream_stored(request, store, task_id, key, THUMBNAIL_CONTENT_TYPE, etag)
 
 
-async def _make(store: ObjectStore, thumbnails: Thumbnailer, reference: TaskReference) -> bool:
-    """Make and store the thumbnail of an uploaded reference; whether there is one now."""
+async def _make(thumbnails: Thumbnailer, reference: TaskReference) -> bool:
+    """Make and store the thumbnail of an uploaded reference; whether there is one now. Nothing
+    is recorded: the next request finds the thumbnail in the store, or tries again."""
     assert reference.key is not None
-    body = await _small_body(store, reference.key)
-    if body is None:
-        return False
-    made = await thumbnails.store_thumbnail(
-        reference.key, reference.content_type or "", body, (None, None)
-    )
-    if made.error is not None:
+    made = await thumbnails.thumbnail_of(reference.key, reference.content_type or "", (None, None))
+    if made is not None and made.error is not None:
         log.info(
             "no thumbnail of a reference image",
             extra={
@@ -183,27 +167,4 @@ async def _make(store: ObjectStore, thumbnails: Thumbnailer, reference: TaskRefe
                 "error": made.error,
             },
         )
-    return made.key is not None
-
-
-async def _small_body(store: ObjectStore, key: str) -> bytes | None:
-    """The object's bytes when it exists and is at most MAX_SOURCE_BYTES long, else None."""
-    opened = await store.open(key)
-    if opened is None:
-        return None
-    stored, chunks = opened
-    kept: list[bytes] = []
-    size = 0
-    try:
-        if stored.size > MAX_SOURCE_BYTES:
-            return None
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > MAX_SOURCE_BYTES:
-                return None
-            kept.append(chunk)
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    return b"".join(kept)
+    return made is not None and made.key is not None

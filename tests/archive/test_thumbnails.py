@@ -1,4 +1,5 @@
-"""Thumbnails from hostile bodies: small WebPs of the right shape, or a reason and no decode."""
+"""Thumbnails from hostile bodies: small WebPs of the right shape, or a reason and no decode;
+made from the stored object (on the console's first request), stored beside it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,20 @@ import io
 import random
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import pytest
 from PIL import Image
 
 from app.archive.decoding import MAX_PIXELS, THUMBNAIL_SIZE, ThumbnailRefused, make_thumbnail
-from app.archive.thumbnails import BodyKeeper, thumbnail_key
+from app.archive.thumbnails import (
+    MAX_SOURCE_BYTES,
+    THUMBNAIL_CONTENT_TYPE,
+    Thumbnailer,
+    ThumbnailResult,
+    thumbnail_key,
+)
+from app.storage.store import ObjectStore, StoredObject, StoreError
 
 FORMATS = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
 
@@ -136,20 +144,95 @@ async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def test_the_keeper_passes_every_chunk_and_keeps_a_small_body() -> None:
-    keeper = BodyKeeper(limit=10)
+@pytest.fixture
+async def thumbnailer() -> AsyncIterator[Thumbnailer]:
+    made = Thumbnailer(ObjectStore.from_url("memory://"))
+    try:
+        yield made
+    finally:
+        await made.aclose()
 
-    passed = [chunk async for chunk in keeper.tee(pieces(b"abcd", b"efgh"))]
 
-    assert passed == [b"abcd", b"efgh"]
-    assert keeper.take() == b"abcdefgh"
+async def stored(thumbnailer: Thumbnailer, key: str, body: bytes, content_type: str) -> None:
+    await thumbnailer._store.put_stream(key, pieces(body), content_type=content_type)
 
 
-async def test_the_keeper_lets_go_of_a_large_body() -> None:
-    keeper = BodyKeeper(limit=10)
+async def read(store: ObjectStore, key: str) -> bytes:
+    found = await store.open(key)
+    assert found is not None
+    return b"".join([chunk async for chunk in found[1]])
 
-    passed = [chunk async for chunk in keeper.tee(pieces(b"abcd", b"efgh", b"ijkl"))]
 
-    assert passed == [b"abcd", b"efgh", b"ijkl"]
-    assert keeper._chunks == []
-    assert keeper.take() is None
+@pytest.mark.parametrize(("pil_format", "content_type"), FORMATS)
+async def test_the_thumbnail_of_a_stored_image_is_stored_beside_it(
+    thumbnailer: Thumbnailer, pil_format: str, content_type: str
+) -> None:
+    key = "tasks/t/images/0"
+    await stored(thumbnailer, key, encoded(picture((900, 600)), pil_format), content_type)
+
+    made = await thumbnailer.thumbnail_of(key, content_type, (900, 600))
+
+    assert made == ThumbnailResult(key=f"{key}.thumb.webp", error=None)
+    assert await thumbnailer._store.list_keys() == [key, f"{key}.thumb.webp"]
+    assert opened(await read(thumbnailer._store, f"{key}.thumb.webp")).size == (256, 171)
+
+
+async def test_a_missing_object_gives_no_result(thumbnailer: Thumbnailer) -> None:
+    assert await thumbnailer.thumbnail_of("tasks/t/images/0", "image/png", (10, 10)) is None
+
+
+async def test_the_recorded_size_is_checked_before_the_object_is_read(
+    thumbnailer: Thumbnailer,
+) -> None:
+    # No object at all: a refusal from the recorded header alone reads nothing, decodes nothing.
+    made = await thumbnailer.thumbnail_of("tasks/t/images/0", "image/png", (100_000, 100_000))
+
+    assert made is not None
+    assert made.key is None
+    assert "100000x100000 pixels is more than" in (made.error or "")
+
+
+async def test_an_undecodable_object_gets_the_reason(thumbnailer: Thumbnailer) -> None:
+    await stored(thumbnailer, "k", png_claiming(64, 48, b"not zlib at all"), "image/png")
+
+    made = await thumbnailer.thumbnail_of("k", "image/png", (64, 48))
+
+    assert made is not None
+    assert made.key is None
+    assert "undecodable PNG" in (made.error or "")
+    assert await thumbnailer._store.list_keys() == ["k"]
+
+
+async def test_an_object_larger_than_the_limit_is_not_read_whole(
+    thumbnailer: Thumbnailer,
+) -> None:
+    body = encoded(noise((1400, 1400)), "PNG")  # 5.6 MiB, within the pixel budget
+    assert len(body) > MAX_SOURCE_BYTES
+    await stored(thumbnailer, "k", body, "image/png")
+
+    made = await thumbnailer.thumbnail_of("k", "image/png", (1400, 1400))
+
+    assert made == ThumbnailResult(
+        key=None, error=f"the image is larger than {MAX_SOURCE_BYTES} bytes"
+    )
+
+
+class ThumbnailsFail(ObjectStore):
+    """A memory store that refuses thumbnails."""
+
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes], *, content_type: str
+    ) -> StoredObject:
+        if content_type == THUMBNAIL_CONTENT_TYPE:
+            raise StoreError(f"put {key!r} failed: the store is down")
+        return await super().put_stream(key, chunks, content_type=content_type)
+
+
+async def test_a_store_error_is_raised_not_kept_as_the_images_reason() -> None:
+    thumbnailer = Thumbnailer(ThumbnailsFail.from_url("memory://"))
+    try:
+        await stored(thumbnailer, "k", encoded(picture((300, 200)), "PNG"), "image/png")
+        with pytest.raises(StoreError, match="the store is down"):
+            await thumbnailer.thumbnail_of("k", "image/png", (300, 200))
+    finally:
+        await thumbnailer.aclose()

@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from app.archive.models import TaskImage
 from app.provider.simulator.config import SimulatorConfig, SimulatorFaults
@@ -62,14 +61,13 @@ async def test_a_completed_task_is_archived_served_and_succeeds(
         assert other_caller.status_code == 404
         assert missing == 404
         stored = sorted(p for p in storage.rglob("*") if p.is_file())
-        assert [p.name for p in stored] == ["0", "0.thumb.webp"]  # the image, its thumbnail
+        # The image alone: its thumbnail is made on the console's first view (issue 17).
+        assert [p.name for p in stored] == ["0"]
         assert hashlib.sha256(stored[0].read_bytes()).hexdigest() == upstream["image_sha256"]
-        with Image.open(stored[1], formats=["WEBP"]) as thumbnail:
-            assert thumbnail.size == (256, 171)  # 3:2, like the 1536x1024 image
         async with stack.gateway.sessions() as session:
             row_image = await session.get(TaskImage, (created["id"], 0))
         assert row_image is not None
-        assert row_image.thumbnail_key == f"tasks/{created['id']}/images/0.thumb.webp"
+        assert (row_image.thumbnail_key, row_image.thumbnail_error) == (None, None)
         row = await stack.gateway.task_row(created["id"])
         assert (row.status, row.progress) == ("succeeded", 100)
 
@@ -128,7 +126,7 @@ async def test_many_tasks_each_get_exactly_one_image(database_url: str, tmp_path
             ]
             assert len(events) == 1
         stored = [p.name for p in storage.rglob("*") if p.is_file()]
-        assert sorted(stored) == ["0"] * 8 + ["0.thumb.webp"] * 8
+        assert sorted(stored) == ["0"] * 8  # no thumbnails: the console makes them
 
 
 async def _timeline(stack: Stack, task_id: str) -> list:  # type: ignore[type-arg]
