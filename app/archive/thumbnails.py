@@ -118,14 +118,14 @@ class Decoder:
                 stderr=asyncio.subprocess.DEVNULL,
             )
         except OSError as exc:  # no process to be had (out of memory or process slots)
-            raise ThumbnailRefused(f"cannot start the decoder process: {exc}") from None
+            raise DecoderUnavailable(f"cannot start the decoder process: {exc}") from None
         assert self._process.stdout is not None
         try:
             async with asyncio.timeout(START_DEADLINE.total_seconds()):
                 ready = await self._process.stdout.readexactly(len(READY))
         except (TimeoutError, asyncio.IncompleteReadError):
             code = await self._stop()
-            raise ThumbnailRefused(
+            raise DecoderUnavailable(
                 f"the decoder process did not start (exit status {code})"
             ) from None
         except BaseException:
@@ -133,7 +133,7 @@ class Decoder:
             raise
         if ready != READY:
             await self._stop()
-            raise ThumbnailRefused("the decoder process did not start (it said something else)")
+            raise DecoderUnavailable("the decoder process did not start (it said something else)")
         return self._process
 
     async def _stop(self) -> int | None:
@@ -145,6 +145,11 @@ class Decoder:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         return await process.wait()
+
+
+class DecoderUnavailable(Exception):
+    """No decoder process could be started: the host's state, not the image's (not recorded
+    against it; a later request tries again)."""
 
 
 class Thumbnailer:
@@ -174,7 +179,8 @@ class Thumbnailer:
         past the deadline, the decoder process failing: kept by callers, as the archive kept
         them, so that a hostile image costs a decode once). Raises StoreError when the store
         fails (reading or writing): that says nothing about the image, so a later request may
-        try again. Two calls for one image at once both make it: same key, same bytes."""
+        try again; DecoderUnavailable when no decoder process can be started, for the same
+        reason. Two calls for one image at once both make it: same key, same bytes."""
         try:
             width, height = size
             if width is not None and height is not None:  # the header, as the copy read it

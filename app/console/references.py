@@ -19,7 +19,12 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.serving import StoreDep, etag_matches
-from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE, Thumbnailer, thumbnail_key
+from app.archive.thumbnails import (
+    THUMBNAIL_CONTENT_TYPE,
+    DecoderUnavailable,
+    Thumbnailer,
+    thumbnail_key,
+)
 from app.console import repository
 from app.console.images import IMAGE_CACHE, Index, placeholder, stream_stored
 from app.console.thumbnails import ThumbnailerDep
@@ -150,6 +155,9 @@ async def reference_thumbnail(
             "reference thumbnail: the store failed", extra={"task_id": task_id, "error": str(exc)}
         )
         raise PageError(503, "the image store is unavailable; retry") from None
+    except DecoderUnavailable as exc:
+        log.warning("reference thumbnail: %s", exc, extra={"task_id": task_id})
+        raise PageError(503, "no thumbnail can be made now; retry") from None
     return await stream_stored(request, store, task_id, key, THUMBNAIL_CONTENT_TYPE, etag)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.archive import repository as images
 from app.archive.models import TaskImage
 from app.archive.serving import etag_matches
-from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE, Thumbnailer
+from app.archive.thumbnails import THUMBNAIL_CONTENT_TYPE, DecoderUnavailable, Thumbnailer
 from app.console.images import IMAGE_CACHE, placeholder, stream_stored
 from app.console.web import PageError
 from app.storage.store import ObjectStore, StoreError
@@ -64,6 +64,9 @@ async def image_thumbnail(
                 "image thumbnail: the store failed", extra={"task_id": task_id, "error": str(exc)}
             )
             raise PageError(503, "the image store is unavailable; retry") from None
+        except DecoderUnavailable as exc:
+            log.warning("image thumbnail: %s", exc, extra={"task_id": task_id})
+            raise PageError(503, "no thumbnail can be made now; retry") from None
         if made is None:
             log.warning(
                 "image thumbnail: the image is not in the store", extra={"task_id": task_id}

@@ -18,7 +18,12 @@ from sqlalchemy import select
 from app.archive import repository as images
 from app.archive.archiving import image_key
 from app.archive.models import TaskImage
-from app.archive.thumbnails import Thumbnailer, ThumbnailResult, thumbnail_key
+from app.archive.thumbnails import (
+    DecoderUnavailable,
+    Thumbnailer,
+    ThumbnailResult,
+    thumbnail_key,
+)
 from app.core.clock import utcnow
 from app.storage.store import ObjectStore
 from tests.archive.hanging_decoder import MARK
@@ -84,6 +89,10 @@ async def test_a_decode_past_its_deadline_is_killed_and_frees_the_slot(decoder_p
         hostile = asyncio.create_task(
             thumbnailer.thumbnail_of("tasks/a/images/0", "image/png", (300, 200))
         )
+        # The slot goes to whichever read of its body from the store ends first: the hostile
+        # image takes it before the next one asks.
+        while not thumbnailer._idle.empty() and not hostile.done():
+            await asyncio.sleep(0.001)
         queued = asyncio.create_task(  # waits for the one slot
             thumbnailer.thumbnail_of("tasks/b/images/0", "image/png", (300, 200))
         )
@@ -135,24 +144,27 @@ async def test_a_decode_nobody_stops_ends_at_its_own_cpu_limit(
     assert len(pids(decoder_pids)) == 2
 
 
-async def test_a_decoder_that_cannot_start_costs_only_the_thumbnail(tmp_path: Path) -> None:
+async def test_a_decoder_that_cannot_start_is_the_hosts_state_not_the_images(
+    tmp_path: Path,
+) -> None:
+    # Not a result with an error (callers record those against the image for good): an
+    # exception, so that a later request tries again.
     store = ObjectStore.from_url("memory://")
     missing = Thumbnailer(store, command=[str(tmp_path / "no-such-python")])
     silent = Thumbnailer(store, command=[sys.executable, "-c", "pass"])
+    errors = []
     try:
-        results = [await made_of(thumbnailer, "t/a", GOOD) for thumbnailer in (missing, silent)]
+        for thumbnailer in (missing, silent):
+            with pytest.raises(DecoderUnavailable) as raised:
+                await made_of(thumbnailer, "t/a", GOOD)
+            errors.append(str(raised.value))
     finally:
         await missing.aclose()
         await silent.aclose()
 
-    assert [result and result.key for result in results] == [None, None]
-    assert ((results[0] and results[0].error) or "").startswith(
-        "cannot start the decoder process: "
-    )
+    assert errors[0].startswith("cannot start the decoder process: ")
     # Exit status 0, or 255 when asyncio's child watcher lost it (see the CPU limit's test).
-    assert ((results[1] and results[1].error) or "").startswith(
-        "the decoder process did not start (exit status "
-    )
+    assert errors[1].startswith("the decoder process did not start (exit status ")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from PIL import Image
 from app.archive import repository as images
 from app.archive.archiving import image_key
 from app.archive.models import TaskImage
-from app.archive.thumbnails import Decoder, thumbnail_key
+from app.archive.thumbnails import Decoder, DecoderUnavailable, thumbnail_key
 from app.core.clock import utcnow
 from app.storage.store import ObjectStore, StoreError
 from tests.archive.test_thumbnails import encoded, picture, png_claiming
@@ -181,6 +181,27 @@ async def test_a_failing_store_gives_a_503_and_nothing_recorded(
 
     assert response.status_code == 503
     assert "the image store is unavailable" in response.text
+    assert (recorded.thumbnail_key, recorded.thumbnail_error) == (None, None)
+    assert (later.status_code, later.headers["content-type"]) == (200, "image/webp")
+
+
+async def test_no_decoder_process_gives_a_503_and_nothing_recorded(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host's state (no process to be had), not the image's: a later request tries again.
+    task_id = await archived(gateway, PICTURE)
+
+    async def unavailable(self: Decoder, body: bytes, content_type: str) -> bytes:
+        raise DecoderUnavailable("cannot start the decoder process: [Errno 12] out of memory")
+
+    monkeypatch.setattr(Decoder, "thumbnail", unavailable)
+    response = await gateway.client.get(path(task_id))
+    recorded = await row(gateway, task_id)
+    monkeypatch.undo()
+    later = await gateway.client.get(path(task_id))
+
+    assert response.status_code == 503
+    assert "no thumbnail can be made now" in response.text
     assert (recorded.thumbnail_key, recorded.thumbnail_error) == (None, None)
     assert (later.status_code, later.headers["content-type"]) == (200, "image/webp")
 
