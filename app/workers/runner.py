@@ -69,6 +69,7 @@ class Worker:
         self._kinds: dict[int, str] = {}
         # Jobs whose handler returned, in order, waiting for the next cycle to record them.
         self._outcomes: list[_Finished] = []
+        self._asked = 0  # how many jobs the last cycle's claim asked for
         # The most slots jobs of a kind may hold at once in this worker (notifications: a share
         # of the pool, so that slow receivers never hold every slot).
         self._caps = {kind: max(1, cap) for kind, cap in (caps or {}).items()}
@@ -96,7 +97,11 @@ class Worker:
                     self._count_failed_records()
                     await self._sleep(stop, CLAIM_RETRY.delay(failures).total_seconds())
                     continue
-                if self._wakeup.is_set() or (claimed and len(self._running) < self._concurrency):
+                # Claim again at once only when the claim filled what it asked for (more may be
+                # due): one that got fewer found every due job, and asking again would find none.
+                if self._wakeup.is_set() or (
+                    claimed and claimed == self._asked and len(self._running) < self._concurrency
+                ):
                     continue
                 await self._sleep(stop, self._idle_wait)
         finally:
@@ -111,6 +116,9 @@ class Worker:
         enqueued again while it ran (`rerun`) be claimed in the same cycle."""
         outcomes = list(self._outcomes)  # jobs may finish while this runs: they wait a cycle
         groups = self._claim_groups()
+        self._asked = min(
+            self._concurrency - len(self._running), sum(group.limit for group in groups)
+        )
         if not outcomes and not groups:
             return 0
         jobs = await self._queue.cycle(

@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -17,6 +18,7 @@ from app.core.retry import RetryStrategy
 from app.workers import repository
 from app.workers.models import Job, JobKind, JobState
 from app.workers.outcomes import Done, Outcome, RetryAt
+from app.workers.queues import SessionJobQueue
 from app.workers.runner import Worker
 from tests.support.rows import make_task
 from tests.support.waiting import until
@@ -268,3 +270,47 @@ def test_retry_delays_grow_are_capped_and_jittered() -> None:
     assert max(delays) <= 60
     no_jitter = RetryStrategy(jitter=0.0)
     assert [no_jitter.delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+
+
+class CountingQueue(SessionJobQueue):
+    """The sessions' queue, counting the cycles that claimed (were asked for jobs)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions)
+        self.claims = 0
+
+    async def cycle(self, outcomes: Any, **kwargs: Any) -> list[Job]:
+        if kwargs["groups"]:
+            self.claims += 1
+        return await super().cycle(outcomes, **kwargs)
+
+
+async def test_a_claim_that_got_fewer_jobs_than_it_asked_for_is_not_repeated_at_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # It found every due job: asking again before a wake-up or the idle tick finds none (a round
+    # trip per job, and a query of the whole due set, for nothing).
+    await make_task(sessions)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(job: Job) -> Outcome:
+        started.set()
+        await release.wait()
+        return Done()
+
+    queue = CountingQueue(sessions)
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, concurrency=4, idle_wait=30, queue=queue)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.3)
+        claims_while_running = queue.claims
+        worker.wake()  # an enqueue elsewhere in the process still claims at once
+        await until(lambda: queue.claims > claims_while_running, what="a claim on wake-up")
+    finally:
+        release.set()
+        stop.set()
+        await running
+
+    assert claims_while_running == 1
