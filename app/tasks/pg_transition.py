@@ -21,6 +21,7 @@ from app.tasks.event_repository import EVENTS, LINE_COLUMNS
 from app.tasks.models import Task
 from app.tasks.states import TaskState
 from app.workers import repository as jobs
+from app.workers import signals
 from app.workers.models import Job, JobKind
 
 
@@ -69,6 +70,7 @@ def statement(
         parameters |= {f"l{i}_{column}": line[column] for column in LINE_COLUMNS}
     if kinds:
         parameters["job_run_at"] = now
+        signals.note_enqueued(now)
     return _statement(tuple(values), len(lines), tuple(kinds)), parameters
 
 
@@ -96,4 +98,5 @@ def fields_with_job(
     `run_at`, as one statement (built once per shape): it returns a row when the update
     matched, none otherwise."""
     update, parameters = repository.fields_statement(task_id, values, **conditions)
+    signals.note_enqueued(run_at)
     return _fields_with_job(update, kind), parameters | {"job_run_at": run_at}

@@ -60,19 +60,23 @@ class PgJobQueue:
         total: int,
         now: datetime,
         lease: timedelta,
+        claim: bool = True,
     ) -> list[Job]:
         async with self._pool.acquire() as connection:
             run = _runner(connection)
             kept: set[int] = set()
+            due: set[int] = set()
             if outcomes:
                 # Several statements (a retry each) in a transaction: all recorded or none.
                 async with contextlib.AsyncExitStack() as stack:
                     if not one_statement(outcomes):
                         await stack.enter_async_context(connection.transaction())
                     kept = await repository.finish_many_with(
-                        run, STATEMENTS, outcomes, worker=worker, now=now
+                        run, STATEMENTS, outcomes, worker=worker, now=now, due=due
                     )
             recorded(kept)
+            if not claim and not due:
+                return []
             return await repository.claim_with(
                 run, STATEMENTS, worker=worker, groups=groups, total=total, now=now, lease=lease
             )

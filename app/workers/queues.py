@@ -36,10 +36,12 @@ class JobQueue(Protocol):
         total: int,
         now: datetime,
         lease: timedelta,
+        claim: bool = True,
     ) -> list[Job]:
         """Record `outcomes`, all or none, and call `recorded` as soon as they are committed
         (whatever happens next: a claim that fails or is cancelled never records them again);
-        then lease due jobs."""
+        then lease due jobs: with `claim`, or when one of the outcomes left its job due again
+        at once (enqueued again while it ran)."""
 
     async def extend(self, job_ids: Sequence[int], *, worker: str, until: datetime) -> None:
         """Keep the leases of jobs this worker still runs."""
@@ -71,22 +73,26 @@ class SessionJobQueue:
         total: int,
         now: datetime,
         lease: timedelta,
+        claim: bool = True,
     ) -> list[Job]:
         """One transaction on SQLite, and on PostgreSQL when some outcome is a retry; else, on
         PostgreSQL, each statement commits by itself (the outcomes' update, the claim's ranking
         read, its conditional take: each atomic on its own), with no BEGIN or COMMIT."""
         async with self._sessions() as session:
             alone = one_statement(outcomes) and await autocommit(session)
+            due: set[int] = set()
             kept = (
-                await repository.finish_many(session, outcomes, worker=worker, now=now)
+                await repository.finish_many(session, outcomes, worker=worker, now=now, due=due)
                 if outcomes
                 else set()
             )
             if alone:
                 recorded(kept)
-            jobs = await repository.claim_groups(
-                session, worker=worker, groups=groups, total=total, now=now, lease=lease
-            )
+            jobs = []
+            if claim or due:
+                jobs = await repository.claim_groups(
+                    session, worker=worker, groups=groups, total=total, now=now, lease=lease
+                )
             await session.commit()
         if not alone:
             recorded(kept)

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import literal, null
 
 from app.core.db import UTCDateTime, as_expression, upsert_insert
+from app.workers import signals
 from app.workers.models import Job, JobKind, JobState
 from app.workers.outcomes import Done, Outcome
 from app.workers.outcomes import RetryAt as RetryAt  # tests/callbacks import it from here still
@@ -43,6 +44,7 @@ async def enqueue(session: AsyncSession, kind: JobKind, task_id: str, run_at: da
     # On the session's connection (through the session, parameters make an ORM bulk insert),
     # after the flush the session would have made (the task row the job references, say).
     await session.flush()
+    signals.note_enqueued(run_at)
     await (await session.connection()).execute(
         enqueue_upsert(upsert_insert(session)), enqueue_parameters(kind, task_id, run_at)
     )
@@ -357,7 +359,7 @@ def queue_statements(arrays: bool) -> QueueStatements:
             state=case((JOBS.c.rerun, JobState.QUEUED), else_=JobState.DONE),
             finished_at=case((JOBS.c.rerun, null()), else_=_NOW),
         )
-        .returning(JOBS.c.id)
+        .returning(JOBS.c.id, (JOBS.c.state == JobState.QUEUED).label("due"))
     )
     finish_retry = (
         update(JOBS)
@@ -370,7 +372,7 @@ def queue_statements(arrays: bool) -> QueueStatements:
             run_at=case((JOBS.c.rerun, _NOW), else_=bindparam("retry_at", type_=UTCDateTime())),
             last_error=bindparam("error", type_=Text()),
         )
-        .returning(JOBS.c.id)
+        .returning(JOBS.c.id, (JOBS.c.run_at <= _NOW).label("due"))
     )
     extend = (
         update(JOBS)
@@ -408,10 +410,11 @@ async def finish_many(
     *,
     worker: str,
     now: datetime,
+    due: set[int] | None = None,
 ) -> set[int]:
     """`finish_many_with` on the session."""
     return await finish_many_with(
-        session_runner(session), EXPANDING, outcomes, worker=worker, now=now
+        session_runner(session), EXPANDING, outcomes, worker=worker, now=now, due=due
     )
 
 
@@ -422,14 +425,16 @@ async def finish_many_with(
     *,
     worker: str,
     now: datetime,
+    due: set[int] | None = None,
 ) -> set[int]:
     """Record the outcomes of several jobs (one statement for all that are done, one per retry);
-    the ids of those this worker still held."""
+    the ids of those this worker still held. `due`, when given, gets the ids of the jobs due
+    again at once: enqueued again while they ran (`rerun`), or retried at once."""
     kept: set[int] = set()
     done = [job_id for job_id, outcome in outcomes if isinstance(outcome, Done)]
+    rows: list[Any] = []
     if done:
-        rows = await run(statements.finish_done, {"ids": done, "worker": worker, "now": now})
-        kept.update(row["id"] for row in rows)
+        rows += await run(statements.finish_done, {"ids": done, "worker": worker, "now": now})
     for job_id, outcome in outcomes:
         if isinstance(outcome, Done):
             continue
@@ -440,7 +445,10 @@ async def finish_many_with(
             "retry_at": outcome.when,
             "error": outcome.error[:2000],
         }
-        kept.update(row["id"] for row in await run(statements.finish_retry, params))
+        rows += await run(statements.finish_retry, params)
+    kept.update(row["id"] for row in rows)
+    if due is not None:
+        due.update(row["id"] for row in rows if row["due"])
     return kept
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import metrics
 from app.core.clock import utcnow
 from app.core.retry import RetryStrategy
-from app.workers import repository
+from app.workers import repository, signals
 from app.workers.models import Job, JobKind
 from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.queues import JobQueue, SessionJobQueue
@@ -70,12 +70,18 @@ class Worker:
         # Jobs whose handler returned, in order, waiting for the next cycle to record them.
         self._outcomes: list[_Finished] = []
         self._asked = 0  # how many jobs the last cycle's claim asked for
+        # Whether the next cycle claims: on a wake-up, the idle tick, after a job whose handler
+        # enqueued due work (app/workers/signals.py), or while due jobs may wait for a slot.
+        # A cycle that only records finished jobs does not ask the table for more.
+        self._claim_wanted = True
+        self._more_due = False
         # The most slots jobs of a kind may hold at once in this worker (notifications: a share
         # of the pool, so that slow receivers never hold every slot).
         self._caps = {kind: max(1, cap) for kind, cap in (caps or {}).items()}
 
     def wake(self) -> None:
         """Look for due jobs now instead of at the next idle tick."""
+        self._claim_wanted = True
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,6 +101,7 @@ class Worker:
                     failures += 1
                     log.exception("claiming jobs failed", extra={"worker": self.name})
                     self._count_failed_records()
+                    self._claim_wanted = True
                     await self._sleep(stop, CLAIM_RETRY.delay(failures).total_seconds())
                     continue
                 # Claim again at once only when the claim filled what it asked for (more may be
@@ -103,7 +110,8 @@ class Worker:
                     claimed and claimed == self._asked and len(self._running) < self._concurrency
                 ):
                     continue
-                await self._sleep(stop, self._idle_wait)
+                if not await self._sleep(stop, self._idle_wait):
+                    self._claim_wanted = True  # the idle tick: other processes' jobs, retries
         finally:
             try:
                 await self._drain()  # leases stay renewed while the running jobs finish
@@ -119,8 +127,11 @@ class Worker:
         self._asked = min(
             self._concurrency - len(self._running), sum(group.limit for group in groups)
         )
-        if not outcomes and not groups:
+        claim = self._claim_wanted or self._more_due
+        if not outcomes and not (claim and groups):
+            self._more_due = self._more_due or (claim and not groups)  # no slot free: later
             return 0
+        self._claim_wanted = False  # a wake-up while the cycle runs sets it again
         jobs = await self._queue.cycle(
             [(finished.job.id, finished.outcome) for finished in outcomes],
             recorded=functools.partial(self._recorded, outcomes),
@@ -129,7 +140,11 @@ class Worker:
             total=self._concurrency - len(self._running),
             now=utcnow(),
             lease=self._lease,
+            claim=claim,
         )
+        if claim:
+            # Filled to its ask, or no slot to ask with: more may be due once a slot frees.
+            self._more_due = not groups or len(jobs) >= self._asked
         return self._start(jobs)
 
     def _claim_groups(self) -> list[repository.KindGroup]:
@@ -191,6 +206,7 @@ class Worker:
     async def _run_one(self, job: Job) -> None:
         """Run the handler; its outcome is recorded by the next cycle of the loop."""
         handler = self._handlers[JobKind(job.kind)]
+        enqueued = signals.watch()  # this task's own context: what its handler enqueues
         try:
             outcome = await handler(job)
         except asyncio.CancelledError:
@@ -199,6 +215,8 @@ class Worker:
             extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
             log.exception("job failed unexpectedly", extra=extra)
             outcome = RetryAt(utcnow() + self._retry.delay(job.attempts), f"{type(exc).__name__}")
+        if enqueued.due:
+            self._claim_wanted = True  # claimed by the cycle that records this job
         self._outcomes.append(_Finished(job, outcome))
 
     async def _heartbeat(self) -> None:
@@ -210,13 +228,17 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._queue.extend(held, worker=self.name, until=utcnow() + self._lease)
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> bool:
+        """Wait for a wake-up, `stop` or `seconds`; whether it was one of the first two."""
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        return bool(done)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period; cancel the rest; record the

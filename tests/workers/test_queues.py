@@ -18,7 +18,7 @@ from app.core.clock import utcnow
 from app.core.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.core.pg_compiled import LazyPool
 from app.core.retry import RetryStrategy
-from app.workers import repository
+from app.workers import repository, signals
 from app.workers.models import Job, JobKind, JobState
 from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.pg_queue import PgJobQueue
@@ -272,6 +272,8 @@ async def test_a_claim_that_fails_after_the_outcomes_records_each_once(
     failed = fail_the_claim_after_outcomes(monkeypatch, ConnectionError("the database went away"))
 
     async def handler(_job: Job) -> Outcome:
+        # Work due at once enqueued by the handler: the cycle that records it claims next.
+        signals.note_enqueued(utcnow())
         return Done()
 
     worker = Worker(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.clock import utcnow
 from app.core.db import create_engine, create_sessionmaker
 from app.core.retry import RetryStrategy
-from app.workers import repository
+from app.workers import repository, signals
 from app.workers.models import Job, JobKind, JobState
 from app.workers.outcomes import Done, Outcome, RetryAt
 from app.workers.queues import SessionJobQueue
@@ -278,9 +278,11 @@ class CountingQueue(SessionJobQueue):
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         super().__init__(sessions)
         self.claims = 0
+        self.cycles = 0
 
     async def cycle(self, outcomes: Any, **kwargs: Any) -> list[Job]:
-        if kwargs["groups"]:
+        self.cycles += 1
+        if kwargs["groups"] and kwargs.get("claim", True):
             self.claims += 1
         return await super().cycle(outcomes, **kwargs)
 
@@ -314,3 +316,82 @@ async def test_a_claim_that_got_fewer_jobs_than_it_asked_for_is_not_repeated_at_
         await running
 
     assert claims_while_running == 1
+
+
+async def test_recording_a_job_that_enqueued_nothing_due_asks_for_no_more(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A submit job enqueues its poll for later: the cycle that records it claims nothing.
+    task = await make_task(sessions)
+
+    async def handler(job: Job) -> Outcome:
+        async with sessions.begin() as session:
+            later = utcnow() + timedelta(minutes=5)
+            await repository.enqueue(session, JobKind.POLL, task.id, later)
+        return Done()
+
+    queue = CountingQueue(sessions)
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=30, queue=queue)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: queue.cycles >= 2, what="the job recorded")
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await running
+
+    assert (queue.cycles, queue.claims) == (2, 1)  # the claim, then the record alone
+
+
+async def test_a_job_whose_handler_enqueued_due_work_is_followed_by_a_claim(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A poll job enqueues the archive, due at once: claimed when the poll is recorded, not at
+    # the idle tick (30 s here).
+    task = await make_task(sessions)
+    ran: list[str] = []
+
+    async def submit(job: Job) -> Outcome:
+        async with sessions.begin() as session:
+            await repository.enqueue(session, JobKind.POLL, task.id, utcnow())
+        ran.append(job.kind)
+        return Done()
+
+    async def poll(job: Job) -> Outcome:
+        ran.append(job.kind)
+        return Done()
+
+    worker = Worker(sessions, {JobKind.SUBMIT: submit, JobKind.POLL: poll}, idle_wait=30)
+    await run_worker_until(worker, lambda: len(ran) == 2, "the poll job run")
+
+    assert ran == [JobKind.SUBMIT, JobKind.POLL]
+
+
+async def test_a_job_enqueued_again_while_it_ran_is_claimed_when_it_is_recorded(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # By another process (no wake-up here): the record of the first run says it is due again.
+    await make_task(sessions)
+    runs: list[int] = []
+
+    async def handler(job: Job) -> Outcome:
+        runs.append(job.id)
+        if len(runs) == 1:
+            async with sessions.begin() as session:
+                await session.execute(update(Job).where(Job.id == job.id).values(rerun=True))
+        return Done()
+
+    worker = Worker(sessions, {JobKind.SUBMIT: handler}, idle_wait=30)
+    await run_worker_until(worker, lambda: len(runs) == 2, "the second run")
+
+    assert runs[0] == runs[1]
+
+
+def test_only_work_due_at_once_counts() -> None:
+    seen = signals.watch()
+    signals.note_enqueued(utcnow() + timedelta(seconds=5))
+    later = seen.due
+    signals.note_enqueued(utcnow())
+
+    assert (later, seen.due) == (False, True)
