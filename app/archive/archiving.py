@@ -220,8 +220,12 @@ class Archiver:
                 await event_repository.record_lines(session, [line])
             return written
 
-        # The last image's row and `succeeded` in one transaction (direct on PostgreSQL).
-        written = await self._writes.run(direct if finish else None, in_session, transaction=True)
+        # The last image's row and `succeeded` in one transaction (direct on PostgreSQL, but
+        # for a task whose `succeeded` opens a notification: the session path writes its row).
+        one_statement = finish and task.notify_url is None
+        written = await self._writes.run(
+            direct if one_statement else None, in_session, transaction=True
+        )
         log.info(
             "image archived",
             extra=_ids(task) | {"index": index, "bytes": info.bytes, "written": written},

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Worker:
         # A cycle that only records finished jobs does not ask the table for more.
         self._claim_wanted = True
         self._more_due = False
+        self._last_claim = time.monotonic()
+        self._at_cap = False
         # The most slots jobs of a kind may hold at once in this worker (notifications: a share
         # of the pool, so that slow receivers never hold every slot).
         self._caps = {kind: max(1, cap) for kind, cap in (caps or {}).items()}
@@ -110,8 +113,11 @@ class Worker:
                     claimed and claimed == self._asked and len(self._running) < self._concurrency
                 ):
                     continue
-                if not await self._sleep(stop, self._idle_wait):
-                    self._claim_wanted = True  # the idle tick: other processes' jobs, retries
+                # Until the idle tick (counted from the last claim, however often jobs finish
+                # meanwhile): other processes' jobs, retries that fell due.
+                await self._sleep(
+                    stop, max(0.0, self._last_claim + self._idle_wait - time.monotonic())
+                )
         finally:
             try:
                 await self._drain()  # leases stay renewed while the running jobs finish
@@ -127,9 +133,12 @@ class Worker:
         self._asked = min(
             self._concurrency - len(self._running), sum(group.limit for group in groups)
         )
-        claim = self._claim_wanted or self._more_due
+        ticked = time.monotonic() - self._last_claim >= self._idle_wait
+        claim = self._claim_wanted or self._more_due or ticked
         if not outcomes and not (claim and groups):
-            self._more_due = self._more_due or (claim and not groups)  # no slot free: later
+            if claim and not groups:  # no slot free: claim when one frees, not before
+                self._more_due = True
+                self._last_claim = time.monotonic()
             return 0
         self._claim_wanted = False  # a wake-up while the cycle runs sets it again
         jobs = await self._queue.cycle(
@@ -142,14 +151,15 @@ class Worker:
             lease=self._lease,
             claim=claim,
         )
-        if claim:
-            # Filled to its ask, or no slot to ask with: more may be due once a slot frees.
-            self._more_due = not groups or len(jobs) >= self._asked
+        if claim or jobs:  # (without `claim`: a job was due again at once, and claimed)
+            self._last_claim = time.monotonic()
+            self._more_due = self._at_cap or _may_leave_due(groups, jobs, self._asked)
         return self._start(jobs)
 
     def _claim_groups(self) -> list[repository.KindGroup]:
         """Capped kinds first, each up to the room under its cap; the rest of the pool then."""
         free = self._concurrency - len(self._running)
+        self._at_cap = False  # some capped kind holds its whole cap (not asked for)
         if free <= 0:
             return []
         groups = []
@@ -157,6 +167,7 @@ class Worker:
             if kind in self._handlers:
                 held = sum(1 for running in self._kinds.values() if running == kind)
                 groups.append(repository.KindGroup((kind,), min(free, cap - held)))
+                self._at_cap = self._at_cap or held >= cap
         uncapped = tuple(kind for kind in self._handlers if kind not in self._caps)
         if uncapped:
             groups.append(repository.KindGroup(uncapped, free))
@@ -228,17 +239,13 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._queue.extend(held, worker=self.name, until=utcnow() + self._lease)
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> bool:
-        """Wait for a wake-up, `stop` or `seconds`; whether it was one of the first two."""
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
-        return bool(done)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period; cancel the rest; record the
@@ -292,6 +299,15 @@ class _Finished:
     job: Job
     outcome: Outcome
     failures: int = 0  # cycles that failed to record it
+
+
+def _may_leave_due(groups: list[repository.KindGroup], jobs: list[Job], asked: int) -> bool:
+    """Whether due jobs may still wait after a claim that took `jobs`: it had no free slot to
+    ask with, it took all it asked for, or some group took its whole limit (a capped kind at
+    its cap: the next slot under the cap that frees may take another)."""
+    if not groups or len(jobs) >= asked:
+        return True
+    return any(sum(job.kind in group.kinds for job in jobs) >= group.limit for group in groups)
 
 
 def _outcome_name(outcome: Outcome) -> str:

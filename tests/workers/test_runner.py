@@ -395,3 +395,70 @@ def test_only_work_due_at_once_counts() -> None:
     signals.note_enqueued(utcnow())
 
     assert (later, seen.due) == (False, True)
+
+
+async def test_slots_of_a_capped_kind_refill_as_its_jobs_finish(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Eight notifications due, a cap of four: each that finishes makes room for the next at
+    # once, not at the idle tick (30 s here), though the notify job enqueues nothing.
+    # The claim asks for eight (other kinds could use the rest) and gets the four of the cap.
+    for index in range(8):
+        task = await make_task(sessions, prompt=f"p{index}")
+        async with sessions.begin() as session:
+            await repository.enqueue(session, JobKind.NOTIFY, task.id, utcnow())
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Job).where(Job.kind == JobKind.SUBMIT).values(state=JobState.DONE)
+        )
+    ran: list[int] = []
+
+    async def notify(job: Job) -> Outcome:
+        await asyncio.sleep(0.1)
+        ran.append(job.id)
+        return Done()
+
+    async def submit(job: Job) -> Outcome:
+        return Done()
+
+    worker = Worker(
+        sessions,
+        {JobKind.NOTIFY: notify, JobKind.SUBMIT: submit},
+        concurrency=8,
+        caps={JobKind.NOTIFY: 4},
+        idle_wait=30,
+    )
+    await run_worker_until(worker, lambda: len(ran) == 8, "every notification sent")
+
+    assert len(set(ran)) == 8
+
+
+async def test_the_idle_tick_comes_however_often_running_jobs_finish(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Jobs finishing 0.3 s apart (under the 0.5 s idle wait) must not keep pushing the tick
+    # back: a job that falls due meanwhile (as a retry or another process's job would) is
+    # claimed at the tick, before the last of them finishes.
+    for index in range(5):
+        await make_task(sessions, prompt=f"slow{index}")
+    later = await make_task(sessions, prompt="later")
+    async with sessions.begin() as session:
+        await repository.enqueue(session, JobKind.POLL, later.id, utcnow() + timedelta(seconds=0.2))
+    events: list[str] = []
+    delays = iter(0.3 * (n + 1) for n in range(5))
+
+    async def slow(job: Job) -> Outcome:
+        await asyncio.sleep(next(delays))
+        events.append("slow")
+        return Done()
+
+    async def poll(job: Job) -> Outcome:
+        events.append("poll")
+        return Done()
+
+    worker = Worker(
+        sessions, {JobKind.SUBMIT: slow, JobKind.POLL: poll}, concurrency=8, idle_wait=0.5
+    )
+    await run_worker_until(worker, lambda: len(events) == 6, "every job run")
+
+    assert events.index("poll") < 5  # before the last slow job finished (at 1.5 s)
