@@ -37,6 +37,8 @@ MAX_SOURCE_BYTES: Final = 5 * 1024 * 1024
 THUMBNAILS_AT_ONCE: Final = 1  # decoder processes per service process: the budget holds per one
 # The largest allowed image decodes in well under a second; ten leave room for a loaded host.
 DECODE_DEADLINE: Final = timedelta(seconds=10)
+# The longest a request waits for a free decoder (a page of new images fills in one after another).
+SLOT_WAIT: Final = timedelta(seconds=30)
 START_DEADLINE: Final = timedelta(seconds=30)  # the decoder process's start (Pillow's import)
 DECODER_COMMAND: Final = (sys.executable, "-m", "app.archive.decoding")
 
@@ -169,6 +171,8 @@ class Thumbnailer:
         self._idle: asyncio.Queue[Decoder] = asyncio.Queue()  # the free slots
         for decoder in self._decoders:
             self._idle.put_nowait(decoder)
+        # The thumbnails being made, by key: later requests for one share its decode.
+        self._making: dict[str, asyncio.Future[ThumbnailResult | None]] = {}
 
     async def thumbnail_of(
         self, image_key: str, content_type: str, size: tuple[int | None, int | None]
@@ -179,24 +183,48 @@ class Thumbnailer:
         past the deadline, the decoder process failing: kept by callers, as the archive kept
         them, so that a hostile image costs a decode once). Raises StoreError when the store
         fails (reading or writing): that says nothing about the image, so a later request may
-        try again; DecoderUnavailable when no decoder process can be started, for the same
-        reason. Two calls for one image at once both make it: same key, same bytes."""
+        try again; DecoderUnavailable when no decoder process can be started, or none is free
+        within SLOT_WAIT, for the same reason.
+
+        Requests for one image while its thumbnail is being made share that one decode (in
+        this process; another replica may make it too: same key, same bytes). A body is read
+        only once a decoder is free, so waiting requests hold no image in memory, and the
+        store is asked first whether an earlier request made the thumbnail meanwhile."""
+        key = thumbnail_key(image_key)
+        pending = self._making.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._make(image_key, content_type, size))
+            self._making[key] = pending
+            pending.add_done_callback(lambda _: self._making.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _make(
+        self, image_key: str, content_type: str, size: tuple[int | None, int | None]
+    ) -> ThumbnailResult | None:
+        key = thumbnail_key(image_key)
         try:
             width, height = size
             if width is not None and height is not None:  # the header, as the copy read it
                 check_pixels(pillow_format(content_type), width, height)
-            body = await _small_body(self._store, image_key)
-            if body is None:
-                return None
-            decoder = await self._idle.get()
             try:
+                async with asyncio.timeout(SLOT_WAIT.total_seconds()):
+                    decoder = await self._idle.get()
+            except TimeoutError:
+                raise DecoderUnavailable(
+                    f"every decoder was busy for {SLOT_WAIT.total_seconds():g} s"
+                ) from None
+            try:
+                if await self._store.head(key) is not None:  # made while this one waited
+                    return ThumbnailResult(key=key, error=None)
+                body = await _small_body(self._store, image_key)
+                if body is None:
+                    return None
                 data = await decoder.thumbnail(body, content_type)
+                del body
             finally:
                 self._idle.put_nowait(decoder)
         except ThumbnailRefused as exc:
             return ThumbnailResult(key=None, error=str(exc)[:200])
-        del body
-        key = thumbnail_key(image_key)
         await self._store.put_stream(key, _once(data), content_type=THUMBNAIL_CONTENT_TYPE)
         return ThumbnailResult(key=key, error=None)
 

@@ -3,19 +3,24 @@ made from the stored object (on the console's first request), stored beside it."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import struct
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator
+from datetime import timedelta
 
 import pytest
 from PIL import Image
 
+from app.archive import thumbnails
 from app.archive.decoding import MAX_PIXELS, THUMBNAIL_SIZE, ThumbnailRefused, make_thumbnail
 from app.archive.thumbnails import (
     MAX_SOURCE_BYTES,
     THUMBNAIL_CONTENT_TYPE,
+    Decoder,
+    DecoderUnavailable,
     Thumbnailer,
     ThumbnailResult,
     thumbnail_key,
@@ -236,3 +241,55 @@ async def test_a_store_error_is_raised_not_kept_as_the_images_reason() -> None:
             await thumbnailer.thumbnail_of("k", "image/png", (300, 200))
     finally:
         await thumbnailer.aclose()
+
+
+async def put_object(store: ObjectStore, key: str, body: bytes) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    await store.put_stream(key, chunks(), content_type="image/png")
+
+
+async def test_requests_for_one_image_share_one_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A page refreshed, several tabs, several operators: one decode, every request answered.
+    store = ObjectStore.from_url("memory://")
+    await put_object(store, "t/a", encoded(picture((300, 200)), "PNG"))
+    decodes: list[str] = []
+    original = Decoder.thumbnail
+
+    async def counted(self: Decoder, body: bytes, content_type: str) -> bytes:
+        decodes.append(content_type)
+        return await original(self, body, content_type)
+
+    monkeypatch.setattr(Decoder, "thumbnail", counted)
+    thumbnailer = Thumbnailer(store)
+    try:
+        results = await asyncio.gather(
+            *(thumbnailer.thumbnail_of("t/a", "image/png", (300, 200)) for _ in range(5))
+        )
+        again = await thumbnailer.thumbnail_of("t/a", "image/png", (300, 200))  # made: found
+    finally:
+        await thumbnailer.aclose()
+
+    assert results == [ThumbnailResult(key=thumbnail_key("t/a"), error=None)] * 5
+    assert again == results[0]
+    assert decodes == ["image/png"]
+
+
+async def test_a_request_that_finds_no_free_decoder_in_time_is_told_to_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not recorded against the image (DecoderUnavailable: the host's state); nothing was read.
+    store = ObjectStore.from_url("memory://")
+    await put_object(store, "t/b", encoded(picture((300, 200)), "PNG"))
+    monkeypatch.setattr(thumbnails, "SLOT_WAIT", timedelta(milliseconds=50))
+    thumbnailer = Thumbnailer(store)
+    slot = await thumbnailer._idle.get()  # the one decoder, busy
+    try:
+        with pytest.raises(DecoderUnavailable, match="busy"):
+            await thumbnailer.thumbnail_of("t/b", "image/png", (300, 200))
+    finally:
+        thumbnailer._idle.put_nowait(slot)
+        await thumbnailer.aclose()
+
+    assert await store.head(thumbnail_key("t/b")) is None
