@@ -131,7 +131,7 @@ async def _run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    worker = runtime.build_worker()
+    worker = runtime.build_worker(woken_by_api=False)
     if settings.worker_metrics_port is not None:
         from app.core.metrics import start_http_server
 

@@ -157,8 +157,10 @@ class Runtime:
             loop_pool=loop_pool,
         )
 
-    def build_worker(self) -> Worker:
-        """A worker running every job kind."""
+    def build_worker(self, *, woken_by_api: bool = True) -> Worker:
+        """A worker running every job kind. `woken_by_api`: the process's API wakes it on every
+        create and callback (`serve`); a `worker` process, which nothing wakes, looks for due
+        jobs each time a job finishes as well as at its idle tick (app/workers/signals.py)."""
         return Worker(
             self.sessions,
             {
@@ -173,6 +175,7 @@ class Runtime:
             caps={JobKind.NOTIFY: notify_slots(self.settings)},
             # PostgreSQL: the loop's claims and outcomes straight on asyncpg.
             queue=None if self.loop_pool is None else PgJobQueue(self.loop_pool),
+            claim_on_finish=not woken_by_api,
         )
 
     def build_balance_poller(self) -> BalancePoller:

@@ -54,6 +54,7 @@ class Worker:
         retry: RetryStrategy | None = None,
         caps: Mapping[JobKind, int] | None = None,
         queue: JobQueue | None = None,
+        claim_on_finish: bool = False,
     ) -> None:
         self.name = worker_name()
         # Where the loop's own statements run (claims, outcomes, leases): the sessions unless
@@ -76,6 +77,9 @@ class Worker:
         # A cycle that only records finished jobs does not ask the table for more.
         self._claim_wanted = True
         self._more_due = False
+        # Without an API in the process to wake it, each finished job is also a look for due
+        # jobs (other processes' creates and callbacks), as every cycle was before signals.
+        self._claim_on_finish = claim_on_finish
         self._last_claim = time.monotonic()
         self._at_cap = False
         # The most slots jobs of a kind may hold at once in this worker (notifications: a share
@@ -226,7 +230,7 @@ class Worker:
             extra = {"job_id": job.id, "job_kind": job.kind, "task_id": job.task_id}
             log.exception("job failed unexpectedly", extra=extra)
             outcome = RetryAt(utcnow() + self._retry.delay(job.attempts), f"{type(exc).__name__}")
-        if enqueued.due:
+        if enqueued.due or self._claim_on_finish:
             self._claim_wanted = True  # claimed by the cycle that records this job
         self._outcomes.append(_Finished(job, outcome))
 

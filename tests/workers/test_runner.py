@@ -462,3 +462,32 @@ async def test_the_idle_tick_comes_however_often_running_jobs_finish(
     await run_worker_until(worker, lambda: len(events) == 6, "every job run")
 
     assert events.index("poll") < 5  # before the last slow job finished (at 1.5 s)
+
+
+async def test_a_worker_nothing_wakes_looks_for_due_jobs_after_each_finish(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A `worker` process: the creates and callbacks of the API processes wake it never, so each
+    # job it finishes is also a claim (the signals only spare a `serve` process that claim).
+    task = await make_task(sessions)
+
+    async def handler(job: Job) -> Outcome:
+        async with sessions.begin() as session:
+            later = utcnow() + timedelta(minutes=5)
+            await repository.enqueue(session, JobKind.POLL, task.id, later)
+        return Done()
+
+    queue = CountingQueue(sessions)
+    worker = Worker(
+        sessions, {JobKind.SUBMIT: handler}, idle_wait=30, queue=queue, claim_on_finish=True
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: queue.cycles >= 2, what="the job recorded")
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await running
+
+    assert (queue.cycles, queue.claims) == (2, 2)
